@@ -1,0 +1,17 @@
+"""sdpa_rewrite: rewrite hand-written eager attention in torch.fx graphs to scaled_dot_product_attention.
+
+    torch.compile(model, backend="sdpa_rewrite")     # rewrite, then Inductor
+    report = sdpa_rewrite.rewrite(gm)                # any traced GraphModule, in place
+    sdpa_rewrite.explain(model, *args)               # which sites match, which don't, and why
+"""
+from .backend import register as _register
+from .backend import sdpa_rewrite_backend
+from .explain import explain
+from .find import Attention, Miss, find
+from .report import Report, Site
+from .rewrite import rewrite
+
+__all__ = ["rewrite", "explain", "find", "Report", "Site", "Attention", "Miss", "sdpa_rewrite_backend"]
+__version__ = "0.1.0"
+
+_register()

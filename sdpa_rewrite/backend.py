@@ -1,0 +1,69 @@
+"""The torch.compile entry: rewrite the Dynamo graph, then hand it to the downstream compiler.
+
+The rewrite runs before AOTAutograd, so training differentiates through SDPA. An internal error
+leaves the graph untouched, warns once, and compiles it anyway; `strict=True` raises instead.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, Callable, Optional
+
+import torch.fx as fx
+
+from .rewrite import rewrite
+
+OPTIONS = ("downstream", "report", "strict")
+_warned: set = set()
+
+
+def sdpa_rewrite_backend(gm: fx.GraphModule, example_inputs: list, options: Optional[dict] = None,
+                         mode: Optional[str] = None) -> Callable:
+    """`torch.compile(model, backend="sdpa_rewrite", options={"downstream": ..., "report": ..., "strict": ...})`."""
+    options = dict(options or {})
+    downstream = options.pop("downstream", "inductor")
+    show = options.pop("report", os.environ.get("SDPA_REWRITE_REPORT", "0") not in ("", "0"))
+    strict = options.pop("strict", False)
+    if options and downstream != "inductor":
+        raise ValueError(f"sdpa_rewrite: unknown options {sorted(options)}; known: {OPTIONS}")
+    try:
+        report = rewrite(gm)
+    except Exception as e:
+        if strict:
+            raise
+        key = f"{type(e).__name__}: {e}"
+        if key not in _warned:
+            _warned.add(key)
+            warnings.warn(f"sdpa_rewrite left a graph untouched after an internal error ({key}); "
+                          "it is compiled as it was. Pass options={'strict': True} to raise.", stacklevel=2)
+        report = None
+    if show and report is not None:
+        print(report)
+    if strict and report is not None and report.skipped and strict == "all":
+        raise RuntimeError(f"sdpa_rewrite: sites left eager:\n{report}")
+    return compile_downstream(downstream, gm, example_inputs, mode=mode, config=options)
+
+
+def compile_downstream(downstream: Any, gm: fx.GraphModule, example_inputs: list, mode=None, config=None):
+    if callable(downstream):
+        return downstream(gm, example_inputs)
+    if downstream == "eager":
+        return gm.forward
+    if downstream == "inductor":
+        from torch._inductor import list_mode_options
+        from torch._inductor.compile_fx import compile_fx
+
+        patches = dict(list_mode_options(mode) if mode else {})
+        patches.update(config or {})
+        return compile_fx(gm, example_inputs, config_patches=patches or None)
+    from torch._dynamo.backends.registry import lookup_backend
+
+    return lookup_backend(downstream)(gm, example_inputs)
+
+
+def register() -> None:
+    """Make `backend="sdpa_rewrite"` resolve; defer to the entry point when Dynamo has discovered it."""
+    from torch._dynamo.backends import registry
+
+    if "sdpa_rewrite" not in registry._BACKENDS and "sdpa_rewrite" not in registry._COMPILER_FNS:
+        registry.register_backend(sdpa_rewrite_backend, name="sdpa_rewrite")

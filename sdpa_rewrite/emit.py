@@ -1,0 +1,159 @@
+"""Stage 5, emit: turn an `Attention` record into one SDPA call spliced into the graph.
+
+All new nodes go right before the ·V node (every input of the site is defined by then), the ·V node's
+users move to the new output, and only the nodes the site consumed are erased. It does no matching.
+"""
+from __future__ import annotations
+
+import math
+import operator
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+
+from .find import Attention
+from .scores import Operand
+from .view import _SCALAR_FUNCTIONS, dtype, shape, view
+
+
+def dropout_p_of(module: torch.nn.Module) -> float:
+    """nn.Dropout decides at run time: p while training, 0 in eval — SDPA must follow the module's flag."""
+    return module.p if module.training else 0.0
+
+
+def emit(gm: fx.GraphModule, att: Attention) -> fx.Node:
+    g = gm.graph
+    with g.inserting_before(att.output):
+        b = _Builder(g)
+        q = b.operand(att.q, att.batch, 1)
+        for kind, t in att.tensor_scale:                   # (t·q)·kᵀ = t·(q·kᵀ) when t is constant along keys
+            q = b.call(operator.mul if kind == "mul" else operator.truediv, q, t)
+            if dtype(t) != att.compute_dtype:
+                q = b.method("to", q, att.compute_dtype)
+        k = b.operand(att.k, att.batch, att.gqa)
+        v = b.operand(att.v, att.batch, att.gqa)
+        if dtype(att.v.node) != att.compute_dtype:
+            v = b.method("to", v, att.compute_dtype)
+        mask = _mask(b, att)
+        kwargs = {"attn_mask": mask, "dropout_p": _dropout_p(b, att), "is_causal": False, "scale": att.scale}
+        if att.gqa > 1:
+            kwargs["enable_gqa"] = True
+        out = g.call_function(F.scaled_dot_product_attention, (q, k, v), kwargs)
+        for key in ("nn_module_stack", "stack_trace", "source_fn_stack"):
+            if key in att.softmax.meta:
+                out.meta[key] = att.softmax.meta[key]
+        if att.uniform_rows:
+            out = _uniform_rows(b, att, out, v)
+        if att.out_permute is not None:
+            out = b.method("permute", out, *att.out_permute)
+        if att.out_dtype != att.compute_dtype:
+            out = b.method("to", out, att.out_dtype)
+    att.output.replace_all_uses_with(out)
+    _erase_dead(g, (att.output,) + att.consumed)
+    return out
+
+
+class _Builder:
+    def __init__(self, g: fx.Graph):
+        self.g = g
+
+    def call(self, fn, *args, **kwargs) -> fx.Node:
+        return self.g.call_function(fn, args, kwargs)
+
+    def method(self, name: str, *args) -> fx.Node:
+        return self.g.call_method(name, args)
+
+    def operand(self, x: Operand, batch: tuple, gqa: int) -> fx.Node:
+        node = x.node
+        s = list(shape(node))
+        if x.permute is not None:
+            node = self.method("permute", node, *x.permute)
+            s = [s[i] for i in x.permute]
+        if x.transpose:
+            node = self.method("transpose", node, -2, -1)
+            s[-2], s[-1] = s[-1], s[-2]
+        target = list(batch)
+        if gqa > 1:
+            target[-1] = s[-3]                               # keep k/v's own head count: enable_gqa repeats them
+        if tuple(s[:-2]) != tuple(target):
+            node = self.method("expand", node, *target, -1, -1)  # a view: broadcast batch dims as the matmul did
+        return node
+
+
+def _mask(b: _Builder, att: Attention):
+    """Σ cᵢ·Tᵢ (+ absorbing fills) as a float mask; -inf fills as a bool keep-mask; both -> masked float."""
+    parts = []
+    for term in att.terms:
+        x = term.node
+        if term.coeff != 1:
+            x = b.call(operator.mul, x, term.coeff)
+        for kind, t in term.factors:
+            x = b.call(operator.mul if kind == "mul" else operator.truediv, x, t)
+        parts.append(x)
+    for cond, masked_when, value in att.absorbing:
+        masked = cond if masked_when else b.call(torch.logical_not, cond)
+        parts.append(b.call(operator.mul, b.method("to", masked, att.compute_dtype), value))  # where(R, f, 0)
+    additive = None
+    for x in parts:
+        additive = x if additive is None else b.call(operator.add, additive, x)
+    keep = _keep(b, att)
+    if additive is not None and any(dtype(t.node) != att.compute_dtype for t in att.terms):
+        additive = b.method("to", additive, att.compute_dtype)
+    if additive is not None and keep is not None:
+        return b.call(torch.masked_fill, additive, b.call(torch.logical_not, keep), -math.inf)
+    return additive if additive is not None else keep
+
+
+def _keep(b: _Builder, att: Attention):
+    keep = None
+    for cond, masked_when in att.keep:
+        if dtype(cond) != torch.bool:
+            cond = b.method("to", cond, torch.bool)
+        k = b.call(torch.logical_not, cond) if masked_when else cond   # masked_fill(c, -inf) -> keep ~c
+        keep = k if keep is None else b.call(torch.logical_and, keep, k)
+    return keep
+
+
+def _dropout_p(b: _Builder, att: Attention):
+    d = att.dropout
+    if d is None:
+        return 0.0
+    if d.module is not None:
+        return b.call(dropout_p_of, b.g.get_attr(d.module))
+    return d.p if d.training else 0.0
+
+
+def _uniform_rows(b: _Builder, att: Attention, out: fx.Node, v: fx.Node) -> fx.Node:
+    """Eager gives a fully masked row (finite fill) uniform weights: its output is the mean of V."""
+    keep = _keep(b, att)
+    any_visible = b.method("any", keep, -1, True)
+    mean_v = b.method("mean", v, -2, True)
+    if att.gqa > 1:
+        mean_v = b.method("repeat_interleave", mean_v, att.gqa, -3)
+    return b.call(torch.where, any_visible, out, mean_v)
+
+
+_INPLACE = {operator.iadd, operator.isub, operator.imul, operator.itruediv}
+
+
+def _pure(n: fx.Node) -> bool:
+    """Erasable once unused: a call in our vocabulary (or scalar arithmetic) that mutates nothing."""
+    if n.op not in ("call_function", "call_method") or n.target in _INPLACE:
+        return False
+    if n.op == "call_method":
+        return not n.target.endswith("_")
+    return view(n) is not None or n.target in _SCALAR_FUNCTIONS
+
+
+def _erase_dead(g: fx.Graph, candidates: tuple) -> None:
+    """Erase the site's own nodes once nothing uses them, then any pure input they leave unused."""
+    pending, erased = list(dict.fromkeys(candidates)), set()
+    while pending:
+        n = pending.pop()
+        if n in erased or n.users or n.op in ("placeholder", "output", "get_attr"):
+            continue
+        inputs = n.all_input_nodes
+        g.erase_node(n)
+        erased.add(n)
+        pending.extend(i for i in inputs if _pure(i) or i in candidates)

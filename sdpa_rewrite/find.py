@@ -1,0 +1,318 @@
+"""Stage 2, find: anchor on every softmax, walk down to the ·V matmul and up to Q·Kᵀ, and return one
+record per softmax: `Attention` (everything emit needs to call SDPA) or `Miss(reason)`.
+
+It reads the graph and never mutates it; it knows nothing about how SDPA is called.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+import torch.fx as fx
+
+from .scores import NoMatch, Operand, Scores, read_scores, read_value_einsum
+from .view import dtype, meta_value, norm_dim, rank, scalar, shape, view
+
+# A finite fill this large swallows any score it is added to (ulp/2 > 1e6 in fp32), so
+# `where(R, f, s)` and `s + where(R, f, 0)` give the same logits: the additive form is exact.
+ABSORBING_FILL = 2.0 ** 44
+
+
+@dataclass(frozen=True)
+class Dropout:
+    p: float
+    training: bool
+    module: Optional[str] = None   # nn.Dropout target: p is read from the module's training flag at run time
+
+
+@dataclass(frozen=True)
+class Attention:
+    location: str
+    softmax: fx.Node
+    output: fx.Node               # the ·V node SDPA replaces
+    q: Operand
+    k: Operand
+    v: Operand
+    scale: float
+    scale_notes: tuple
+    tensor_scale: tuple
+    terms: tuple                  # additive Terms, summed into a float attn_mask
+    keep: tuple                   # (cond, masked_when) pairs: a boolean keep-mask, True = attend
+    absorbing: tuple              # (cond, masked_when, value): finite fills emitted as additive terms
+    uniform_rows: bool            # fully masked rows get eager's uniform weights (mean of V)
+    dropout: Optional[Dropout]
+    out_permute: Optional[tuple]
+    batch: tuple                  # broadcast batch shape of the output
+    gqa: int                      # query heads per key/value head (1: none)
+    compute_dtype: torch.dtype
+    out_dtype: torch.dtype
+    q_shape: tuple
+    k_shape: tuple
+    v_shape: tuple
+    mask_kind: str
+    consumed: tuple               # nodes that die with the rewrite
+
+
+@dataclass(frozen=True)
+class Miss:
+    location: str
+    softmax: fx.Node
+    reason: str
+
+
+Finding = Union[Attention, Miss]
+
+
+def location(node: fx.Node, gm: Optional[fx.GraphModule] = None) -> str:
+    """Module path of the node: Dynamo's nn_module_stack, the call_module target, else the node name."""
+    stack = node.meta.get("nn_module_stack")
+    if stack:
+        path = list(stack.values())[-1][0]
+        path = path.replace("L['self'].", "").replace("L['self']", "").replace("['", ".").replace("']", "")
+        path = path.replace("_modules.", "")
+        return f"{path.strip('.') or '<root>'}:{node.name}"
+    if node.op == "call_module":
+        return str(node.target)
+    return node.name
+
+
+def find(gm: fx.GraphModule) -> list:
+    """One Finding per softmax in the graph, in graph order."""
+    modules = dict(gm.named_modules())
+    findings = []
+    for node in gm.graph.nodes:
+        op = view(node, modules)
+        if op is not None and op.kind == "softmax":
+            try:
+                findings.append(_match(gm, op, modules))
+            except NoMatch as miss:
+                findings.append(Miss(location(node, gm), node, miss.reason))
+    return findings
+
+
+def _match(gm, sm, modules) -> Attention:
+    node = sm.node
+    top = sm["input"]
+    if not isinstance(top, fx.Node) or shape(top) is None:
+        raise NoMatch("no shape metadata on the graph: pass example_inputs= to rewrite()")
+    r = len(shape(top))
+    dim = sm["dim"]
+    if not isinstance(dim, int):
+        raise NoMatch("softmax without an explicit dim")
+    if norm_dim(dim, r) != r - 1:
+        raise NoMatch(f"softmax over dim {dim}, not the key (last) dim")
+    if len(top.users) != 1:
+        raise NoMatch(f"the scores `{top.name}` are also used outside the softmax")
+    pv, p_node, drop, down = _walk_to_value(node, modules)
+    if not _matmul_above(top, modules):
+        raise NoMatch("not attention: no Q·Kᵀ matmul feeds this softmax")
+    scores = read_scores(top, modules, gm)
+    return _assemble(gm, node, top, scores, pv, p_node, drop, down, modules)
+
+
+def _matmul_above(top: fx.Node, modules, budget: int = 32) -> bool:
+    """Is there a matmul among the nearest ancestors of the softmax input? (cheap, bounded)"""
+    seen, frontier = set(), [top]
+    while frontier and len(seen) < budget:
+        node = frontier.pop()
+        if node in seen or not isinstance(node, fx.Node):
+            continue
+        seen.add(node)
+        op = view(node, modules)
+        if op is not None and op.kind in ("matmul", "baddbmm", "einsum"):
+            return True
+        frontier.extend(n for n in node.all_input_nodes if n.op != "placeholder")
+    return False
+
+
+def _walk_to_value(node: fx.Node, modules):
+    """softmax -> casts / dropout -> the matmul with V; the weights may go nowhere else."""
+    drop, chain = None, ()
+    while True:
+        users = list(node.users)
+        if len(users) != 1:
+            if not users:
+                raise NoMatch("the attention weights are never used")
+            raise NoMatch(f"the attention weights `{node.name}` are used outside the ·V product (returned, or output_attentions)")
+        user = users[0]
+        op = view(user, modules)
+        if op is None:
+            raise NoMatch(f"the softmax output feeds `{user.name}`, not a ·V matmul")
+        if op.kind in ("cast", "layout"):
+            chain, node = chain + (user,), user
+            continue
+        if op.kind == "dropout":
+            if drop is not None:
+                raise NoMatch("two dropouts on the attention weights")
+            p = scalar(op["p"] if op["p"] is not None else 0.5)
+            training = op["training"] if op["training"] is not None else True
+            if p is None or not isinstance(training, bool):
+                raise NoMatch("dropout with a p or training flag that is not a constant")
+            drop = Dropout(float(p), training, op["module"])
+            chain, node = chain + (user,), user
+            continue
+        if op.kind == "matmul" and op["input"] is node and op["other"] is not node:
+            return op, node, drop, chain
+        if op.kind == "einsum" and len(op["operands"] or ()) == 2 and node in op["operands"]:
+            return op, node, drop, chain
+        raise NoMatch(f"the attention weights feed `{user.name}` ({op.kind}), not a ·V matmul")
+
+
+def _assemble(gm, node, top, sc: Scores, pv, p_node, drop, down, modules) -> Attention:
+    q, k = sc.q, sc.k
+    out_permute = None
+    if pv.kind == "einsum":
+        operands = pv["operands"]
+        p_index = operands.index(p_node)
+        vnode = operands[1 - p_index]
+        ranks = [rank(x) for x in operands]
+        if None in ranks:
+            raise NoMatch("the graph has no shape for V")
+        read = read_value_einsum(pv["equation"], p_index, ranks)
+        if read is None:
+            raise NoMatch(f"einsum '{pv['equation']}' is not P·V")
+        v = Operand(vnode, permute=read[0])
+        out_permute = read[1]
+    else:
+        v = Operand(pv["other"])
+    qs, ks, vs = (_laid_out(x) for x in (q, k, v))
+    if None in (qs, ks, vs):
+        raise NoMatch("the graph has no shapes for Q, K or V")
+    if not (len(qs) == len(ks) == len(vs) == len(shape(top))):
+        raise NoMatch("Q, K and V have different ranks (broadcast across ranks)")
+    if qs[-1] != ks[-1] or ks[-2] != vs[-2]:
+        raise NoMatch(f"shapes do not line up: q {qs}, k {ks}, v {vs}")
+    L, S = qs[-2], ks[-2]
+    if tuple(shape(sc.qk)) != tuple(shape(top)) or tuple(shape(top)[-2:]) != (L, S):
+        raise NoMatch("a mask or bias broadcasts the scores to a larger shape")
+    batch = tuple(shape(pv.node)[:-2]) if out_permute is None else tuple(shape(top)[:-2])
+    gqa = 1
+    k, v, ks, vs, gqa = _unrepeat(q, k, v, qs, ks, vs)
+    for name, s in (("q", qs), ("k", ks), ("v", vs)):
+        if not _broadcasts(s[:-2], batch):
+            raise NoMatch(f"{name} batch dims {s[:-2]} do not broadcast to {batch}")
+    if gqa == 1 and len(batch) >= 2 and ks[-3] != batch[-3] and ks[-3] == vs[-3] and batch[-3] % ks[-3] == 0:
+        gqa = batch[-3] // ks[-3]            # k/v heads broadcast inside the matmul (MQA): SDPA's GQA
+    keep, absorbing, uniform = _classify_fills(sc, drop)
+    cdt = dtype(q.node)
+    if dtype(k.node) != cdt:
+        raise NoMatch("Q and K have different dtypes")
+    out_dtype = dtype(pv.node)
+    return Attention(
+        location=location(node, gm), softmax=node, output=pv.node, q=q, k=k, v=v,
+        scale=float(sc.alpha), scale_notes=sc.scale_notes or ("none → 1.0",), tensor_scale=sc.tensor_scale,
+        terms=sc.terms, keep=keep, absorbing=absorbing, uniform_rows=uniform, dropout=drop,
+        out_permute=out_permute, batch=batch, gqa=gqa, compute_dtype=cdt, out_dtype=out_dtype,
+        q_shape=qs, k_shape=ks, v_shape=vs, mask_kind=_mask_kind(sc, keep, absorbing, uniform),
+        consumed=(node,) + down + sc.consumed)
+
+
+def _laid_out(x: Operand) -> Optional[tuple]:
+    s = shape(x.node)
+    if s is None:
+        return None
+    if x.permute is not None:
+        s = tuple(s[i] for i in x.permute)
+    if x.transpose:
+        s = s[:-2] + (s[-1], s[-2])
+    return tuple(s)
+
+
+def _broadcasts(small: tuple, big: tuple) -> bool:
+    return len(small) == len(big) and all(a == b or a == 1 for a, b in zip(small, big))
+
+
+def _unrepeat(q, k, v, qs, ks, vs):
+    """k/v repeated along heads (`repeat_kv`: unsqueeze+expand+reshape, or repeat_interleave) -> their
+    sources with enable_gqa: SDPA's GQA maps query head h to key head h // groups, as the repeat does."""
+    if len(qs) != 4 or k.permute or v.permute or k.transpose or v.transpose:
+        return k, v, ks, vs, 1
+    rk, rv = repeated_source(k.node), repeated_source(v.node)
+    if rk is None or rv is None or rk[1] != rv[1]:
+        return k, v, ks, vs, 1
+    (sk, n), (sv, _) = rk, rv
+    return Operand(sk), Operand(sv), tuple(shape(sk)), tuple(shape(sv)), n
+
+
+def repeated_source(node: fx.Node):
+    """(source, n) when `node` is its source repeated n times along dim 1 of (B, H, S, E), else None."""
+    op = view(node)
+    out = shape(node)
+    if op is None or out is None or len(out) != 4:
+        return None
+    if op.kind == "repeat_interleave":
+        src, n, dim = op["input"], op["repeats"], op["dim"]
+        if isinstance(n, int) and isinstance(dim, int) and norm_dim(dim, 4) == 1 and shape(src) is not None:
+            s = shape(src)
+            if (s[0], s[1] * n, s[2], s[3]) == out:
+                return src, n
+        return None
+    if op.kind != "reshape":
+        return None
+    expanded = op["input"]
+    eop = view(expanded) if isinstance(expanded, fx.Node) else None
+    es = shape(expanded)
+    if eop is None or eop.kind != "expand" or es is None or len(es) != 5:
+        return None
+    b, h, n, s_, e = es
+    if (b, h * n, s_, e) != out:
+        return None
+    unsq = eop["input"]
+    us = shape(unsq)
+    if us is None or tuple(us) != (b, h, 1, s_, e):
+        return None
+    uop = view(unsq)
+    if uop is None:
+        return None
+    if uop.kind == "unsqueeze" and norm_dim(uop["dim"], 5) == 2:
+        src = uop["input"]
+    elif uop.kind == "getitem" and isinstance(uop["index"], tuple) and _only_new_axis_at(uop["index"], 2):
+        src = uop["input"]
+    else:
+        return None
+    return (src, n) if shape(src) is not None and tuple(shape(src)) == (b, h, s_, e) else None
+
+
+def _only_new_axis_at(index: tuple, pos: int) -> bool:
+    full = slice(None, None, None)
+    if index.count(None) != 1 or any(i not in (None, full, Ellipsis) for i in index):
+        return False
+    return index.index(None) == pos and Ellipsis not in index[:pos]
+
+
+def _classify_fills(sc: Scores, drop: Optional[Dropout]):
+    """Split the fills into a boolean keep-mask and exact additive terms; decide fully-masked rows."""
+    keep, absorbing, finite = [], [], []
+    n_terms = len(sc.terms)
+    for f in sc.fills:
+        if f.factors_after:
+            raise NoMatch("a tensor-valued scale is applied after a masked fill")
+        if f.value == -math.inf:
+            keep.append((f.cond, f.masked_when))     # where(c, s, -inf) -> bool keep-mask c
+        elif f.value > 0 or math.isnan(f.value):
+            raise NoMatch(f"a masked fill with {f.value:g} raises the masked logits")
+        elif abs(f.value) >= ABSORBING_FILL and f.value != -math.inf and n_terms - f.terms_after == 0:
+            absorbing.append((f.cond, f.masked_when, f.value))   # where(R, f, s) = s + where(R, f, 0) when f swallows s
+        else:
+            finite.append(f)
+    if not finite:
+        return tuple(keep), tuple(absorbing), False
+    if len(finite) > 1 or keep or absorbing or finite[0].terms_after:
+        raise NoMatch("a finite masked fill combined with other masks: fully masked rows would differ from eager")
+    if drop is not None and drop.p > 0 and (drop.training or drop.module):
+        raise NoMatch("a finite masked fill with dropout: fully masked rows would lose eager's dropout")
+    f = finite[0]
+    # finite fill: masked logits all equal -> eager gives uniform weights on a fully masked row; SDPA gets a
+    # bool mask and those rows are patched to mean(V)
+    return ((f.cond, f.masked_when),), (), True
+
+
+def _mask_kind(sc: Scores, keep, absorbing, uniform) -> str:
+    parts = []
+    if keep:
+        parts.append("bool keep-mask" + (" (finite fill: uniform rows kept)" if uniform else ""))
+    if sc.terms or absorbing:
+        parts.append("additive")
+    return " + ".join(parts) or "none"

@@ -1,0 +1,92 @@
+"""Stage 6, report: one `Site` per softmax — rewritten, or skipped with a reason a person can act on —
+printed as a table and serialisable as JSON. It neither matches nor mutates graphs."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+from tabulate import tabulate
+
+from .find import Attention, Miss
+
+
+@dataclass(frozen=True)
+class Site:
+    location: str
+    status: str                   # "rewritten" | "skipped" | "failed"
+    reason: str = ""
+    q: Optional[tuple] = None
+    k: Optional[tuple] = None
+    v: Optional[tuple] = None
+    dtype: str = ""
+    scale: Optional[float] = None
+    scale_source: str = ""
+    mask: str = ""
+    dropout: str = ""
+    causal: bool = False
+    gqa_groups: int = 1
+    graph: int = 0
+
+    @property
+    def rewritten(self) -> bool:
+        return self.status == "rewritten"
+
+    @classmethod
+    def from_finding(cls, f, graph: int = 0, status: Optional[str] = None, reason: str = "") -> "Site":
+        if isinstance(f, Miss):
+            return cls(f.location, status or "skipped", reason or f.reason, graph=graph)
+        d = f.dropout
+        drop = "" if d is None else (f"p={d.p:g} (module: when training)" if d.module else
+                                     f"p={d.p:g}" if d.training and d.p else "off")
+        return cls(
+            f.location, status or "rewritten", reason, q=tuple(f.q_shape), k=tuple(f.k_shape),
+            v=tuple(f.v_shape), dtype=str(f.compute_dtype).replace("torch.", ""), scale=f.scale,
+            scale_source=", ".join(f.scale_notes), mask=f.mask_kind, dropout=drop, causal=False,
+            gqa_groups=f.gqa, graph=graph)
+
+
+@dataclass
+class Report:
+    sites: list = field(default_factory=list)
+    notes: list = field(default_factory=list)   # graph-level notes (graph breaks, missing shapes, errors)
+
+    @property
+    def rewritten(self) -> list:
+        return [s for s in self.sites if s.rewritten]
+
+    @property
+    def skipped(self) -> list:
+        return [s for s in self.sites if not s.rewritten]
+
+    def extend(self, other: "Report") -> None:
+        self.sites.extend(other.sites)
+        self.notes.extend(other.notes)
+
+    def to_dict(self) -> dict:
+        return {
+            "sites": [{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(s).items()} for s in self.sites],
+            "rewritten": len(self.rewritten),
+            "skipped": len(self.skipped),
+            "notes": list(self.notes),
+        }
+
+    def table(self) -> str:
+        rows = []
+        for s in self.sites:
+            shapes = "" if s.q is None else f"q{list(s.q)} k{list(s.k)} v{list(s.v)}"
+            scale = "" if s.scale is None else f"{s.scale:.4g} ({s.scale_source})"
+            gqa = f"{s.gqa_groups}" if s.gqa_groups > 1 else ""
+            rows.append([s.location, s.status, shapes, s.dtype, scale, s.mask, s.dropout,
+                         "yes" if s.causal else "", gqa, s.reason])
+        headers = ["site", "status", "shapes", "dtype", "scale", "mask", "dropout", "causal", "gqa", "reason"]
+        return tabulate(rows, headers=headers, tablefmt="simple")
+
+    def __str__(self) -> str:
+        head = f"sdpa_rewrite: {len(self.rewritten)} of {len(self.sites)} softmax sites rewritten to SDPA"
+        body = [head]
+        if self.sites:
+            body.append(self.table())
+        body.extend(f"note: {n}" for n in self.notes)
+        return "\n".join(body)
+
+    __repr__ = __str__

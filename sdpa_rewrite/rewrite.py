@@ -1,0 +1,95 @@
+"""The pass: find every site, emit the rewritable ones, and report all of them — all or nothing.
+
+A failure anywhere puts the graph back exactly as it was before the exception propagates, so a caller
+never sees a half-rewritten graph.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence
+
+import torch
+import torch.fx as fx
+
+from .emit import emit
+from .find import Attention, find
+from .report import Report, Site
+
+
+def rewrite(gm: fx.GraphModule, example_inputs: Optional[Sequence] = None, *, graph: int = 0) -> Report:
+    """Rewrite every eager attention site of `gm` to SDPA in place (lint + recompile); return the report.
+
+    Graphs from Dynamo carry their shapes; for a `symbolic_trace` graph pass `example_inputs` (real or
+    fake tensors) so shapes can be propagated — without them sites are skipped with that reason.
+    """
+    if not isinstance(gm, fx.GraphModule):
+        raise TypeError(
+            "sdpa_rewrite.rewrite() takes a torch.fx.GraphModule (from torch.fx.symbolic_trace or a "
+            f"torch.compile backend), not {type(gm).__name__}; for an nn.Module use "
+            "torch.compile(model, backend='sdpa_rewrite') or sdpa_rewrite.explain(model, *args)")
+    report = Report()
+    if example_inputs is not None:
+        note = propagate_shapes(gm, example_inputs)
+        if note:
+            report.notes.append(note)
+    saved = snapshot(gm.graph)
+    try:
+        findings = find(gm)
+        replaced: dict = {}
+        for f in findings:
+            if isinstance(f, Attention):
+                f = _remap(f, replaced)
+                replaced[f.output] = emit(gm, f)
+            report.sites.append(Site.from_finding(f, graph))
+        if any(isinstance(f, Attention) for f in findings):
+            gm.graph.lint()
+            gm.recompile()
+    except BaseException:
+        restore(gm, saved)
+        raise
+    return report
+
+
+def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence) -> str:
+    """Record fake-tensor shapes on every node (meta['val']); returns a note when it cannot."""
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+    from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+
+    fakes = [x for x in example_inputs if isinstance(x, FakeTensor)]
+    mode = fakes[0].fake_mode if fakes else FakeTensorMode(allow_non_fake_inputs=True)
+    try:
+        with mode:
+            FakeTensorProp(gm, mode).propagate_dont_convert_inputs(
+                *[mode.from_tensor(x) if isinstance(x, torch.Tensor) and not isinstance(x, FakeTensor) else x
+                  for x in example_inputs])
+    except Exception as e:  # a graph that fake tensors cannot run: sites are skipped for lack of shapes
+        return f"could not propagate shapes from example_inputs: {type(e).__name__}: {e}"
+    return ""
+
+
+def snapshot(graph: fx.Graph) -> fx.Graph:
+    """A copy of `graph` (nodes and meta, not tensors) that `restore` can put back."""
+    copy = fx.Graph(owning_module=graph.owning_module, tracer_cls=graph._tracer_cls)
+    copy._codegen = graph._codegen
+    out = copy.graph_copy(graph, {})
+    copy.output(out)
+    return copy
+
+
+def restore(gm: fx.GraphModule, saved: fx.Graph) -> None:
+    gm.graph = saved
+    gm.recompile()
+
+
+def _remap(value, mapping: dict):
+    """Point a record at the outputs of sites already rewritten (stacked attention: q from a previous site)."""
+    if not mapping:
+        return value
+    if isinstance(value, fx.Node):
+        return mapping.get(value, value)
+    if isinstance(value, tuple):
+        return tuple(_remap(v, mapping) for v in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        changes = {f.name: _remap(getattr(value, f.name), mapping) for f in dataclasses.fields(value)}
+        return dataclasses.replace(value, **changes)
+    return value

@@ -1,0 +1,392 @@
+"""Stage 3, the score algebra: read the path from Q·Kᵀ up to the softmax as
+
+    S = where(R, Fill, α·(Q·Kᵀ) + Σ cᵢ·Tᵢ)
+
+where α gathers every scalar factor (on the scores, on q, on k, baddbmm's alpha), Tᵢ are additive
+terms (masks, position biases) with the factors met after them, and R / Fill are the positions
+replaced by `masked_fill` / `where`. It reads the graph and never mutates it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch.fx as fx
+
+from .view import Op, norm_dim, rank, scalar, shape, view
+
+
+class NoMatch(Exception):
+    """The path is not `α·Q·Kᵀ + masks`; `reason` says why in words a user can act on."""
+
+    def __init__(self, reason: str, depth: int = 0):
+        super().__init__(reason)
+        self.reason = reason
+        self.depth = depth
+
+
+@dataclass(frozen=True)
+class Operand:
+    """A tensor for SDPA: `node`, then `permute` (einsum layouts) or a swap of the last two dims."""
+
+    node: fx.Node
+    transpose: bool = False
+    permute: Optional[tuple] = None
+
+
+@dataclass(frozen=True)
+class Term:
+    """An additive term: `coeff · node`, then the tensor factors met after it."""
+
+    node: fx.Node
+    coeff: float
+    factors: tuple = ()
+
+
+@dataclass(frozen=True)
+class Fill:
+    """Positions where `cond == masked_when` are replaced by `value` (after later scalar factors)."""
+
+    cond: fx.Node
+    masked_when: bool
+    value: float
+    terms_after: int        # how many additive terms are applied after this fill
+    factors_after: bool     # a tensor factor is applied after this fill
+
+
+@dataclass(frozen=True)
+class Scores:
+    qk: fx.Node
+    q: Operand
+    k: Operand
+    alpha: float
+    scale_notes: tuple
+    tensor_scale: tuple  # (('mul' | 'div', node), ...) folded into q
+    terms: tuple
+    fills: tuple
+    consumed: tuple
+
+
+@dataclass
+class _State:
+    post: float = 1.0          # product of the scalar factors met so far (they apply after this point)
+    post_t: tuple = ()         # tensor factors met so far
+    terms: tuple = ()
+    fills: tuple = ()
+    notes: tuple = ()
+    terms_seen: bool = False   # an additive term lies after this point
+
+
+def read_scores(top: fx.Node, modules: dict, root) -> Scores:
+    """Parse the softmax input `top` down to its Q·Kᵀ; raise NoMatch with a reason otherwise."""
+    return _parse(top, _State(), (), modules, root, depth=0)
+
+
+def _describe(node: fx.Node) -> str:
+    target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
+    hints = {"tanh": "soft-capping (tanh) ", "cat": "a concatenated logit column (attention sink?) ",
+             "clamp": "a clamp ", "abs": "an abs "}
+    return f"{hints.get(target, '')}`{target}` ({node.name})"
+
+
+def _parse(node, st: _State, consumed: tuple, modules, root, depth: int) -> Scores:
+    if not isinstance(node, fx.Node):
+        raise NoMatch("the softmax input is a constant, not Q·Kᵀ", depth)
+    op = view(node, modules)
+    consumed = consumed + (node,)
+    if op is None:
+        raise NoMatch(f"{_describe(node)} lies between Q·Kᵀ and the softmax", depth)
+    kind = op.kind
+    if kind in ("cast", "layout"):
+        return _parse(_single(op["input"], node, depth), st, consumed, modules, root, depth + 1)
+    if kind in ("mul", "div"):
+        return _parse_factor(op, st, consumed, modules, root, depth)
+    if kind in ("add", "sub"):
+        return _parse_term(op, st, consumed, modules, root, depth)
+    if kind in ("masked_fill", "where"):
+        return _parse_fill(op, st, consumed, modules, root, depth)
+    if kind in ("matmul", "baddbmm", "einsum"):
+        return _read_qk(op, st, consumed, modules, root, depth)
+    raise NoMatch(f"{_describe(node)} lies between Q·Kᵀ and the softmax", depth)
+
+
+def _single(x, user: fx.Node, depth: int) -> fx.Node:
+    """`x` feeds only `user`: otherwise the scores are needed elsewhere and cannot vanish into SDPA."""
+    if not isinstance(x, fx.Node):
+        raise NoMatch("the softmax input is a constant, not Q·Kᵀ", depth)
+    if len(x.users) != 1:
+        raise NoMatch(f"the scores `{x.name}` are also used outside the softmax", depth)
+    return x
+
+
+def _either(op: Op, a, b, parse_with, depth: int):
+    """Try each operand as the scores side; keep the reason from the attempt that got deeper."""
+    best: Optional[NoMatch] = None
+    for chain, other in ((a, b), (b, a)):
+        if not isinstance(chain, fx.Node):
+            continue
+        try:
+            return parse_with(chain, other)
+        except NoMatch as miss:
+            if best is None or miss.depth > best.depth:
+                best = miss
+    raise best or NoMatch(f"{_describe(op.node)} has no Q·Kᵀ operand", depth)
+
+
+def _tensor_factor_ok(t: fx.Node, top: fx.Node) -> bool:
+    # s[..., i, j] · t[..., i, 0] = (q[..., i, :] · t[..., i, 0]) · k[..., j, :]: foldable into q iff t is constant along keys
+    ts, ss = shape(t), shape(top)
+    return ts is not None and ss is not None and len(ts) <= len(ss) and (len(ts) == 0 or ts[-1] == 1)
+
+
+def _parse_factor(op: Op, st, consumed, modules, root, depth):
+    a, b = op["input"], op["other"]
+    if op.kind == "div" and op["rounding_mode"] is not None:
+        raise NoMatch(f"a rounding division `{op.node.name}` lies between Q·Kᵀ and the softmax", depth)
+    sb = scalar(b, modules, root)
+    sa = scalar(a, modules, root) if op.kind == "mul" else None
+    if sb is not None or sa is not None:
+        value, chain = (sb, a) if sb is not None else (sa, b)
+        if value == 0:
+            raise NoMatch("the scores are multiplied by zero", depth)
+        factor = value if op.kind == "mul" else 1.0 / value
+        sign = "*" if op.kind == "mul" else "/"
+        st2 = _State(st.post * factor, st.post_t, st.terms, st.fills, (_note(sign, value, chain, "scores"),) + st.notes, st.terms_seen)
+        return _parse(_single(chain, op.node, depth), st2, consumed, modules, root, depth + 1)
+
+    def with_tensor(chain, t):
+        if op.kind == "div" and chain is not a:
+            raise NoMatch("the scores divide a tensor", depth)
+        if not _tensor_factor_ok(t, op.node):
+            raise NoMatch(f"the scores are multiplied by `{getattr(t, 'name', t)}`, which varies along the key dim", depth)
+        st2 = _State(st.post, ((op.kind, t),) + st.post_t, st.terms, st.fills,
+                     (f"{'×' if op.kind == 'mul' else '÷'} tensor `{t.name}` (folded into q)",) + st.notes, st.terms_seen)
+        return _parse(_single(chain, op.node, depth), st2, consumed, modules, root, depth + 1)
+
+    return _either(op, a, b, with_tensor, depth)
+
+
+def _note(sign: str, value: float, chain, where: str) -> str:
+    d = shape(chain)
+    e = d[-1] if d else None
+    if isinstance(e, int) and e > 0:
+        for power, text in ((0.5, "sqrt"), (0.25, "sqrt(sqrt")):
+            root_e = e ** power
+            if math.isclose(value, root_e, rel_tol=1e-6) and sign == "/":
+                return f"1/{text}({e}){')' if power == 0.25 else ''} on {where}"
+            if math.isclose(value, 1 / root_e, rel_tol=1e-6) and sign == "*":
+                return f"{e}^-{power:g} on {where}"
+    return f"{'' if sign == '*' else '1/'}{value:.6g} on {where}"
+
+
+def _parse_term(op: Op, st, consumed, modules, root, depth):
+    a, b = op["input"], op["other"]
+    alpha = op["alpha"] if op["alpha"] is not None else 1
+    if scalar(alpha, modules, root) is None:
+        raise NoMatch(f"`{op.node.name}` adds with a non-constant alpha", depth)
+
+    def with_term(chain, term):
+        if scalar(term, modules, root) is not None:
+            # adding a constant to every logit leaves the softmax unchanged: softmax(s + c) = softmax(s)
+            return _parse(_single(chain, op.node, depth), st, consumed, modules, root, depth + 1)
+        coeff = st.post * (alpha if term is b else 1)
+        if op.kind == "sub":
+            if chain is not a:
+                raise NoMatch("the scores are subtracted from a tensor (negated logits)", depth)
+            coeff = -coeff
+        elif chain is not a and alpha != 1:
+            raise NoMatch("the scores are scaled by add's alpha", depth)
+        ts, ss = shape(term), shape(op.node)
+        if ts is None or ss is None or len(ts) > len(ss):
+            raise NoMatch(f"the additive term `{term.name}` does not broadcast to the scores", depth)
+        st2 = _State(st.post, st.post_t, (Term(term, coeff, st.post_t),) + st.terms, st.fills, st.notes, True)
+        return _parse(_single(chain, op.node, depth), st2, consumed, modules, root, depth + 1)
+
+    return _either(op, a, b, with_term, depth)
+
+
+def _parse_fill(op: Op, st, consumed, modules, root, depth):
+    if op.kind == "masked_fill":
+        chain, cond, value, masked_when = op["input"], op["mask"], op["value"], True
+    else:
+        cond, x, y = op["condition"], op["input"], op["other"]
+        if scalar(y, modules, root) is not None:          # where(c, s, f): keep where c
+            chain, value, masked_when = x, y, False
+        elif scalar(x, modules, root) is not None:        # where(c, f, s): keep where ~c
+            chain, value, masked_when = y, x, True
+        else:
+            raise NoMatch(f"`{op.node.name}` selects between the scores and a tensor, not a constant fill", depth)
+    fill = scalar(value, modules, root)
+    if fill is None:
+        raise NoMatch(f"`{op.node.name}` fills with a tensor, not a constant", depth)
+    if not isinstance(cond, fx.Node):
+        raise NoMatch(f"`{op.node.name}` has a constant condition", depth)
+    fill_value = -math.inf if fill == -math.inf else fill * st.post
+    entry = Fill(cond, masked_when, fill_value, len(st.terms), bool(st.post_t))
+    st2 = _State(st.post, st.post_t, st.terms, (entry,) + st.fills, st.notes, st.terms_seen)
+    return _parse(_single(chain, op.node, depth), st2, consumed, modules, root, depth + 1)
+
+
+def _read_qk(op: Op, st, consumed, modules, root, depth):
+    alpha, terms, notes = st.post, st.terms, st.notes
+    if op.kind == "baddbmm":
+        beta = scalar(op["beta"] if op["beta"] is not None else 1, modules, root)
+        a = scalar(op["alpha"] if op["alpha"] is not None else 1, modules, root)
+        if beta is None or a is None:
+            raise NoMatch("baddbmm with a non-constant alpha or beta", depth)
+        if beta != 0:   # beta·input + alpha·(b1 @ b2); beta = 0 ignores the input entirely
+            terms = (Term(op["input"], st.post * beta, st.post_t),) + terms
+        if a != 1:
+            notes = (f"alpha={a:.6g} (baddbmm)",) + notes
+        alpha *= a
+        left, right = op["batch1"], op["batch2"]
+    elif op.kind == "einsum":
+        return _read_einsum_qk(op, st, consumed, modules, root, depth)
+    else:
+        left, right = op["input"], op["other"]
+    if rank(left) is None or rank(right) is None:
+        raise NoMatch("the graph has no shapes for Q and K", depth)
+    if rank(left) < 3 or rank(right) < 3:
+        raise NoMatch("Q·Kᵀ on 2-D tensors (no batch dim)", depth)
+    q, qf, qnotes, qc = _peel(left, "q", modules, root)
+    kt, kf, knotes, kc = _peel(right, "k", modules, root)
+    k = Operand(kt.node, transpose=not kt.transpose)   # kᵀ as stored -> k in (..., S, E)
+    for fact in (qf, kf):
+        alpha *= fact
+    notes = notes + qnotes + knotes
+    _check_fills(st, depth)
+    return Scores(op.node, q, k, alpha, notes, st.post_t, terms, st.fills, consumed + qc + kc)
+
+
+def _check_fills(st: _State, depth: int) -> None:
+    if st.post <= 0 and st.fills:
+        raise NoMatch("a non-positive scale after a masked fill flips its sign", depth)
+
+
+def _peel(node: fx.Node, side: str, modules, root, allow_transpose: bool = True):
+    """Walk up from a matmul operand through scalar factors and last-two-dim transposes."""
+    factor, transposed, notes, consumed = 1.0, False, (), ()
+    while isinstance(node, fx.Node) and len(node.users) == 1:
+        op = view(node, modules)
+        if op is None:
+            break
+        if op.kind in ("mul", "div") and op["rounding_mode"] is None:
+            a, b = op["input"], op["other"]
+            sb, sa = scalar(b, modules, root), scalar(a, modules, root) if op.kind == "mul" else None
+            if sb is not None and sb != 0 and isinstance(a, fx.Node):
+                value, node_next = sb, a
+            elif sa is not None and sa != 0 and isinstance(b, fx.Node):
+                value, node_next = sa, b
+            else:
+                break
+            factor *= value if op.kind == "mul" else 1.0 / value
+            notes += (_note("*" if op.kind == "mul" else "/", value, node_next, side),)
+            consumed += (node,)
+            node = node_next
+            continue
+        if allow_transpose and op.kind == "transpose" and _swaps_last_two(op):
+            transposed = not transposed
+            consumed += (node,)
+            node = op["input"]
+            continue
+        if allow_transpose and op.kind == "permute" and _permute_swaps_last_two(op):
+            transposed = not transposed
+            consumed += (node,)
+            node = op["input"]
+            continue
+        break
+    return Operand(node, transposed), factor, notes, consumed
+
+
+def _swaps_last_two(op: Op) -> bool:
+    r = rank(op["input"])
+    if r is None:
+        return False
+    dims = {norm_dim(op["dim0"], r), norm_dim(op["dim1"], r)}
+    return dims == {r - 2, r - 1}
+
+
+def _permute_swaps_last_two(op: Op) -> bool:
+    r = rank(op["input"])
+    dims = tuple(op["dims"] or ())
+    if r is None or len(dims) != r:
+        return False
+    dims = tuple(norm_dim(d, r) for d in dims)
+    return dims == tuple(range(r - 2)) + (r - 1, r - 2)
+
+
+# ---- einsum -------------------------------------------------------------------------------------
+
+def parse_equation(equation: str, ranks: list) -> Optional[tuple]:
+    """'bhid,bhjd->bhij' -> (['bhid', 'bhjd'], 'bhij') with any '...' spelled out as capitals."""
+    equation = equation.replace(" ", "")
+    if "->" not in equation:
+        return None
+    lhs, out = equation.split("->")
+    inputs = lhs.split(",")
+    if len(inputs) != len(ranks):
+        return None
+    ell = max((r - (len(t) - 3) for t, r in zip(inputs, ranks) if "..." in t), default=0)
+    fill = "".join(chr(ord("A") + i) for i in range(ell))
+    spelled = []
+    for t, r in zip(inputs, ranks):
+        if "..." in t:
+            n = r - (len(t) - 3)
+            t = t.replace("...", fill[ell - n:])
+        if len(t) != r:
+            return None
+        spelled.append(t)
+    return spelled, out.replace("...", fill)
+
+
+def _order(letters: str, wanted: str) -> Optional[tuple]:
+    if sorted(letters) != sorted(wanted) or len(set(letters)) != len(letters):
+        return None
+    return tuple(letters.index(c) for c in wanted)
+
+
+def _read_einsum_qk(op: Op, st, consumed, modules, root, depth):
+    operands = op["operands"]
+    if len(operands) != 2 or not isinstance(op["equation"], str):
+        raise NoMatch("einsum scores with other than two operands", depth)
+    a, b = operands
+    parsed = parse_equation(op["equation"], [rank(a), rank(b)]) if rank(a) and rank(b) else None
+    if parsed is None:
+        raise NoMatch(f"einsum '{op['equation']}' is not read (no shapes or no '->')", depth)
+    (la, lb), out = parsed
+    if len(out) < 3:
+        raise NoMatch("einsum scores with no batch dim", depth)
+    batch, i, j = out[:-2], out[-2], out[-1]
+    contracted = [c for c in la if c in lb and c not in out]
+    if len(contracted) != 1:
+        raise NoMatch(f"einsum '{op['equation']}' contracts other than one feature dim", depth)
+    d = contracted[0]
+    pq, pk = _order(la, batch + i + d), _order(lb, batch + j + d)
+    if pq is None or pk is None:
+        raise NoMatch(f"einsum '{op['equation']}' is not Q·Kᵀ", depth)
+    q, qf, qn, qc = _peel(a, "q", modules, root, allow_transpose=False)
+    k, kf, kn, kc = _peel(b, "k", modules, root, allow_transpose=False)
+    ident = lambda p: None if p == tuple(range(len(p))) else p
+    _check_fills(st, depth)
+    return Scores(op.node, Operand(q.node, permute=ident(pq)), Operand(k.node, permute=ident(pk)),
+                  st.post * qf * kf, st.notes + qn + kn, st.post_t, st.terms, st.fills, consumed + qc + kc)
+
+
+def read_value_einsum(equation: str, p_index: int, ranks: list) -> Optional[tuple]:
+    """For `P·V` written as einsum: (permutation of v to (..., S, Ev), permutation of SDPA's output to eager's)."""
+    parsed = parse_equation(equation, ranks)
+    if parsed is None:
+        return None
+    letters, out = parsed
+    lp, lv = letters[p_index], letters[1 - p_index]
+    batch, i, j = lp[:-2], lp[-2], lp[-1]
+    e = [c for c in lv if c not in lp]
+    if len(e) != 1 or j in out or i not in out:
+        return None
+    pv = _order(lv, batch + j + e[0])
+    po = _order(batch + i + e[0], out)
+    if pv is None or po is None:
+        return None
+    ident = lambda p: None if p == tuple(range(len(p))) else p
+    return ident(pv), ident(po)

@@ -1,0 +1,304 @@
+"""Stage 1, the canonical view: read any FX node as one small vocabulary of ops.
+
+A node may be a call_function (`torch.matmul`, `operator.matmul`, `F.softmax`), a call_method
+(`.transpose`, `.masked_fill`, `.float()`), a call_module (`nn.Softmax`, `nn.Dropout`) or an ATen
+overload; `view(node)` answers the same `Op` for all of them, with dims normalised against the rank
+and scalars as Python numbers. This module knows nothing about attention.
+"""
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+
+aten = torch.ops.aten
+
+
+@dataclass(frozen=True)
+class Op:
+    """One node in the canonical vocabulary: `kind`, the tensor-or-scalar `args` by name."""
+
+    kind: str
+    node: fx.Node
+    args: dict = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> Any:
+        return self.args.get(name)
+
+
+# Rules as data: target -> (kind, parameter names in call order). A leading '*' marks a
+# keyword-only tail; `dims...` collects varargs (Tensor.permute(*dims)).
+_FUNCTIONS: dict[Any, tuple[str, str]] = {
+    torch.matmul: ("matmul", "input other"),
+    operator.matmul: ("matmul", "input other"),
+    torch.bmm: ("matmul", "input other"),
+    torch.baddbmm: ("baddbmm", "input batch1 batch2 *beta alpha"),
+    torch.einsum: ("einsum", "equation operands..."),
+    torch.transpose: ("transpose", "input dim0 dim1"),
+    torch.swapaxes: ("transpose", "input dim0 dim1"),
+    torch.permute: ("permute", "input dims"),
+    torch.mul: ("mul", "input other"),
+    torch.multiply: ("mul", "input other"),
+    operator.mul: ("mul", "input other"),
+    operator.imul: ("mul", "input other"),
+    torch.div: ("div", "input other *rounding_mode"),
+    torch.true_divide: ("div", "input other"),
+    operator.truediv: ("div", "input other"),
+    operator.itruediv: ("div", "input other"),
+    torch.add: ("add", "input other *alpha"),
+    operator.add: ("add", "input other"),
+    operator.iadd: ("add", "input other"),
+    torch.sub: ("sub", "input other *alpha"),
+    operator.sub: ("sub", "input other"),
+    operator.isub: ("sub", "input other"),
+    torch.where: ("where", "condition input other"),
+    torch.masked_fill: ("masked_fill", "input mask value"),
+    F.softmax: ("softmax", "input dim _stacklevel dtype"),
+    torch.softmax: ("softmax", "input dim dtype"),
+    torch.special.softmax: ("softmax", "input dim dtype"),
+    F.dropout: ("dropout", "input p training inplace"),
+    torch.dropout: ("dropout", "input p training"),
+    torch.repeat_interleave: ("repeat_interleave", "input repeats dim"),
+    torch.unsqueeze: ("unsqueeze", "input dim"),
+    torch.reshape: ("reshape", "input shape..."),
+    torch.clone: ("layout", "input"),
+    operator.getitem: ("getitem", "input index"),
+    getattr: ("getattr", "input name"),
+    aten.bmm.default: ("matmul", "input other"),
+    aten.transpose.int: ("transpose", "input dim0 dim1"),
+    aten.permute.default: ("permute", "input dims"),
+    aten.mul.Tensor: ("mul", "input other"),
+    aten.div.Tensor: ("div", "input other"),
+    aten.add.Tensor: ("add", "input other *alpha"),
+    aten.sub.Tensor: ("sub", "input other *alpha"),
+    aten.where.self: ("where", "condition input other"),
+    aten.masked_fill.Scalar: ("masked_fill", "input mask value"),
+    aten._softmax.default: ("softmax", "input dim half_to_float"),
+    aten.clone.default: ("layout", "input"),
+}
+
+_METHODS: dict[str, tuple[str, str]] = {
+    "matmul": ("matmul", "input other"),
+    "bmm": ("matmul", "input other"),
+    "baddbmm": ("baddbmm", "input batch1 batch2 *beta alpha"),
+    "transpose": ("transpose", "input dim0 dim1"),
+    "swapaxes": ("transpose", "input dim0 dim1"),
+    "permute": ("permute", "input dims..."),
+    "mul": ("mul", "input other"),
+    "mul_": ("mul", "input other"),
+    "div": ("div", "input other *rounding_mode"),
+    "div_": ("div", "input other *rounding_mode"),
+    "add": ("add", "input other *alpha"),
+    "add_": ("add", "input other *alpha"),
+    "sub": ("sub", "input other *alpha"),
+    "sub_": ("sub", "input other *alpha"),
+    "masked_fill": ("masked_fill", "input mask value"),
+    "masked_fill_": ("masked_fill", "input mask value"),
+    "softmax": ("softmax", "input dim dtype"),
+    "float": ("cast", "input"),
+    "half": ("cast", "input"),
+    "bfloat16": ("cast", "input"),
+    "double": ("cast", "input"),
+    "to": ("cast", "input"),
+    "type": ("cast", "input"),
+    "type_as": ("cast", "input other"),
+    "contiguous": ("layout", "input"),
+    "clone": ("layout", "input"),
+    "repeat_interleave": ("repeat_interleave", "input repeats dim"),
+    "unsqueeze": ("unsqueeze", "input dim"),
+    "expand": ("expand", "input shape..."),
+    "reshape": ("reshape", "input shape..."),
+    "view": ("reshape", "input shape..."),
+    "size": ("size", "input dim"),
+}
+
+_MODULES: dict[type, str] = {
+    torch.nn.Softmax: "softmax",
+    torch.nn.Dropout: "dropout",
+    torch.nn.Identity: "layout",
+}
+
+
+def _bind(spec: str, args: tuple, kwargs: dict) -> dict:
+    names = spec.split()
+    bound: dict = {}
+    positional = [n for n in names if not n.startswith("*")]
+    star = names.index(next(n for n in names if n.startswith("*"))) if any(n.startswith("*") for n in names) else None
+    if star is not None:
+        positional = names[:star]
+    for i, name in enumerate(positional):
+        if name.endswith("..."):
+            rest = args[i:]
+            if len(rest) == 1 and isinstance(rest[0], (list, tuple)):
+                rest = tuple(rest[0])
+            bound[name[:-3]] = tuple(rest)
+            break
+        if i < len(args):
+            bound[name] = args[i]
+    for key, value in kwargs.items():
+        bound[key] = value
+    if "dims" in bound and isinstance(bound["dims"], list):
+        bound["dims"] = tuple(bound["dims"])
+    return bound
+
+
+def view(node: fx.Node, modules: Optional[dict] = None) -> Optional[Op]:
+    """The canonical `Op` for `node`, or None when it is outside the vocabulary."""
+    if node.op == "call_function":
+        rule = _FUNCTIONS.get(node.target)
+    elif node.op == "call_method":
+        rule = _METHODS.get(node.target)
+    elif node.op == "call_module" and modules is not None:
+        module = modules.get(node.target)
+        kind = _MODULES.get(type(module))
+        if kind is None:
+            return None
+        args = {"input": node.args[0] if node.args else node.kwargs.get("input")}
+        if kind == "softmax":
+            args["dim"] = module.dim
+        elif kind == "dropout":
+            args.update(p=module.p, training=module.training, module=node.target)
+        return Op(kind, node, args)
+    else:
+        return None
+    if rule is None:
+        return None
+    kind, spec = rule
+    args = _bind(spec, node.args, dict(node.kwargs))
+    if kind == "cast" and node.op == "call_method" and node.target in ("to", "type"):
+        if not _is_dtype_cast(node):
+            return None
+    if kind == "getattr":
+        if args.get("name") == "mT":
+            return Op("transpose", node, {"input": args["input"], "dim0": -2, "dim1": -1})
+        if args.get("name") == "T" or args.get("name") == "mH":
+            return None
+        return None
+    if kind == "softmax" and node.target is aten._softmax.default:
+        args.pop("half_to_float", None)
+    return Op(kind, node, args)
+
+
+def _is_dtype_cast(node: fx.Node) -> bool:
+    """`.to(...)` / `.type(...)` change only the dtype (not device, not a copy to another layout)."""
+    rest = list(node.args[1:]) + [v for k, v in node.kwargs.items() if k == "dtype"]
+    others = {k for k in node.kwargs if k not in ("dtype", "non_blocking", "copy")}
+    if others:
+        return False
+    return all(isinstance(a, torch.dtype) for a in rest) and len(rest) <= 1
+
+
+# ---- shapes and scalars -------------------------------------------------------------------------
+
+def meta_value(node: Any) -> Any:
+    """The example value FX front ends leave on a node: Dynamo's fake tensor, make_fx's val, or ShapeProp's metadata."""
+    if not isinstance(node, fx.Node):
+        return node
+    for key in ("example_value", "val"):
+        if key in node.meta:
+            return node.meta[key]
+    return node.meta.get("tensor_meta")
+
+
+def shape(node: Any) -> Optional[tuple]:
+    """The node's shape as a tuple, or None where the graph carries none."""
+    value = meta_value(node)
+    if value is None or not hasattr(value, "shape"):
+        return None
+    return tuple(value.shape)
+
+
+def dtype(node: Any) -> Optional[torch.dtype]:
+    value = meta_value(node)
+    return getattr(value, "dtype", None)
+
+
+def rank(node: Any) -> Optional[int]:
+    s = shape(node)
+    return None if s is None else len(s)
+
+
+def norm_dim(dim: int, ndim: int) -> int:
+    return dim + ndim if dim < 0 else dim
+
+
+_SCALAR_FUNCTIONS = {
+    operator.mul: operator.mul, operator.truediv: operator.truediv, operator.add: operator.add,
+    operator.sub: operator.sub, operator.pow: operator.pow, operator.floordiv: operator.floordiv,
+    operator.neg: operator.neg, math.sqrt: math.sqrt, math.pow: math.pow, float: float, int: int,
+    torch.sym_float: float, torch.sym_int: int,
+}
+
+
+def scalar(arg: Any, modules: Optional[dict] = None, root: Any = None) -> Optional[float]:
+    """`arg` as a Python number when it is one at rewrite time (a literal, `q.size(-1) ** -0.5`,
+    `torch.tensor(c)`, a 0-dim constant buffer), else None."""
+    if isinstance(arg, bool):
+        return None
+    if isinstance(arg, (int, float)):
+        return arg
+    if isinstance(arg, torch.SymInt) or isinstance(arg, torch.SymFloat):
+        return None
+    if not isinstance(arg, fx.Node):
+        return None
+    value = meta_value(arg)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    if arg.op == "call_function" and arg.target in _SCALAR_FUNCTIONS:
+        values = [scalar(a, modules, root) for a in arg.args]
+        if arg.kwargs or any(v is None for v in values):
+            return None
+        try:
+            return _SCALAR_FUNCTIONS[arg.target](*values)
+        except (ArithmeticError, ValueError, TypeError):
+            return None
+    if arg.op == "call_function" and arg.target in (torch.tensor, torch.scalar_tensor, torch.as_tensor):
+        return scalar(arg.args[0], modules, root) if arg.args else None
+    if arg.op == "call_function" and arg.target is torch.full and len(arg.args) >= 2:
+        size = arg.args[0]
+        if isinstance(size, (list, tuple)) and len(size) == 0:
+            return scalar(arg.args[1], modules, root)
+        return None
+    if arg.op == "call_method" and arg.target == "size":
+        s = shape(arg.args[0])
+        dim = arg.args[1] if len(arg.args) > 1 else arg.kwargs.get("dim")
+        if s is None or not isinstance(dim, int):
+            return None
+        d = s[dim]
+        return d if isinstance(d, int) else None
+    if arg.op == "call_function" and arg.target is operator.getitem:
+        base, index = arg.args
+        if isinstance(index, int) and isinstance(base, fx.Node):
+            inner = base
+            if inner.op == "call_method" and inner.target == "size" and len(inner.args) == 1:
+                s = shape(inner.args[0])
+            elif inner.op == "call_function" and inner.target is getattr and inner.args[1] == "shape":
+                s = shape(inner.args[0])
+            else:
+                return None
+            if s is None:
+                return None
+            d = s[index]
+            return d if isinstance(d, int) else None
+        return None
+    if arg.op == "get_attr" and root is not None and arg.target.split(".")[-1].startswith("_tensor_constant"):
+        # only trace-time constants: a buffer may change after the rewrite, so it is never baked in
+        try:
+            obj = _fetch_attr(root, arg.target)
+        except AttributeError:
+            return None
+        if isinstance(obj, torch.Tensor) and obj.dim() == 0 and obj.device.type != "meta":
+            return obj.item()
+    return None
+
+
+def _fetch_attr(root: Any, target: str) -> Any:
+    obj = root
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
