@@ -19,7 +19,13 @@ _warned: set = set()
 
 def sdpa_rewrite_backend(gm: fx.GraphModule, example_inputs: list, options: Optional[dict] = None,
                          mode: Optional[str] = None) -> Callable:
-    """`torch.compile(model, backend="sdpa_rewrite", options={"downstream": ..., "report": ..., "strict": ...})`."""
+    """`torch.compile(model, backend="sdpa_rewrite", options={...})`.
+
+    downstream: "inductor" (default), "eager", "aot_eager", any registered backend name or a callable;
+    report: True prints each graph's table, a callable receives each Report (default: env
+    SDPA_REWRITE_REPORT=1); strict: raise on an internal error instead of compiling the graph untouched.
+    Any other option is an Inductor config patch when downstream is Inductor.
+    """
     options = dict(options or {})
     downstream = options.pop("downstream", "inductor")
     show = options.pop("report", os.environ.get("SDPA_REWRITE_REPORT", "0") not in ("", "0"))
@@ -37,10 +43,10 @@ def sdpa_rewrite_backend(gm: fx.GraphModule, example_inputs: list, options: Opti
             warnings.warn(f"sdpa_rewrite left a graph untouched after an internal error ({key}); "
                           "it is compiled as it was. Pass options={'strict': True} to raise.", stacklevel=2)
         report = None
-    if show and report is not None:
+    if callable(show) and report is not None:
+        show(report)                       # report=callable: hand each graph's Report to the caller
+    elif show and report is not None:
         print(report)
-    if strict and report is not None and report.skipped and strict == "all":
-        raise RuntimeError(f"sdpa_rewrite: sites left eager:\n{report}")
     return compile_downstream(downstream, gm, example_inputs, mode=mode, config=options)
 
 

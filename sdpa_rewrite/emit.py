@@ -97,22 +97,34 @@ def _mask(b: _Builder, att: Attention):
     additive = None
     for x in parts:
         additive = x if additive is None else b.call(operator.add, additive, x)
-    keep = _keep(b, att)
     if additive is not None and any(dtype(t.node) != att.compute_dtype for t in att.terms):
         additive = b.method("to", additive, att.compute_dtype)
-    if additive is not None and keep is not None:
-        return b.call(torch.masked_fill, additive, b.call(torch.logical_not, keep), -math.inf)
-    return additive if additive is not None else keep
+    if additive is not None and att.keep:
+        return b.call(torch.masked_fill, additive, _masked(b, att), -math.inf)  # where(keep, m, -inf)
+    return additive if additive is not None else _keep(b, att)
+
+
+def _conds(b: _Builder, att: Attention):
+    for cond, masked_when in att.keep:
+        yield (cond if dtype(cond) == torch.bool else b.method("to", cond, torch.bool)), masked_when
 
 
 def _keep(b: _Builder, att: Attention):
+    """AND of the keep conditions, True = attend: masked_fill(c, -inf) keeps ~c, where(c, s, -inf) keeps c."""
     keep = None
-    for cond, masked_when in att.keep:
-        if dtype(cond) != torch.bool:
-            cond = b.method("to", cond, torch.bool)
-        k = b.call(torch.logical_not, cond) if masked_when else cond   # masked_fill(c, -inf) -> keep ~c
+    for cond, masked_when in _conds(b, att):
+        k = b.call(torch.logical_not, cond) if masked_when else cond
         keep = k if keep is None else b.call(torch.logical_and, keep, k)
     return keep
+
+
+def _masked(b: _Builder, att: Attention):
+    """OR of the masked positions (the complement of `_keep`)."""
+    masked = None
+    for cond, masked_when in _conds(b, att):
+        m = cond if masked_when else b.call(torch.logical_not, cond)
+        masked = m if masked is None else b.call(torch.logical_or, masked, m)
+    return masked
 
 
 def _dropout_p(b: _Builder, att: Attention):

@@ -6,13 +6,14 @@ It reads the graph and never mutates it; it knows nothing about how SDPA is call
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Optional, Union
 
 import torch
 import torch.fx as fx
 
-from .scores import NoMatch, Operand, Scores, read_scores, read_value_einsum
+from .scores import NoMatch, Operand, Scores, read_scores, read_value_einsum, scale_note
 from .view import dtype, meta_value, norm_dim, rank, scalar, shape, view
 
 # A finite fill this large swallows any score it is added to (ulp/2 > 1e6 in fp32), so
@@ -70,8 +71,8 @@ def location(node: fx.Node, gm: Optional[fx.GraphModule] = None) -> str:
     stack = node.meta.get("nn_module_stack")
     if stack:
         path = list(stack.values())[-1][0]
-        path = path.replace("L['self'].", "").replace("L['self']", "").replace("['", ".").replace("']", "")
-        path = path.replace("_modules.", "")
+        path = re.sub(r"^L\['[^']*'\]\.?", "", path).replace("_modules.", "")
+        path = re.sub(r"\[['\"]?([^'\"\]]+)['\"]?\]", r".\1", path)
         return f"{path.strip('.') or '<root>'}:{node.name}"
     if node.op == "call_module":
         return str(node.target)
@@ -193,8 +194,8 @@ def _assemble(gm, node, top, sc: Scores, pv, p_node, drop, down, modules) -> Att
     for name, s in (("q", qs), ("k", ks), ("v", vs)):
         if not _broadcasts(s[:-2], batch):
             raise NoMatch(f"{name} batch dims {s[:-2]} do not broadcast to {batch}")
-    if gqa == 1 and len(batch) >= 2 and ks[-3] != batch[-3] and ks[-3] == vs[-3] and batch[-3] % ks[-3] == 0:
-        gqa = batch[-3] // ks[-3]            # k/v heads broadcast inside the matmul (MQA): SDPA's GQA
+    if gqa == 1 and len(batch) >= 2 and ks[-3] != batch[-1] and ks[-3] == vs[-3] and batch[-1] % ks[-3] == 0:
+        gqa = batch[-1] // ks[-3]            # k/v heads broadcast inside the matmul (MQA): SDPA's GQA
     keep, absorbing, uniform = _classify_fills(sc, drop)
     cdt = dtype(q.node)
     if dtype(k.node) != cdt:
@@ -202,7 +203,7 @@ def _assemble(gm, node, top, sc: Scores, pv, p_node, drop, down, modules) -> Att
     out_dtype = dtype(pv.node)
     return Attention(
         location=location(node, gm), softmax=node, output=pv.node, q=q, k=k, v=v,
-        scale=float(sc.alpha), scale_notes=sc.scale_notes or ("none → 1.0",), tensor_scale=sc.tensor_scale,
+        scale=float(sc.alpha), scale_notes=tuple(scale_note(n, qs[-1]) for n in sc.scale_notes) or ("none → 1.0",), tensor_scale=sc.tensor_scale,
         terms=sc.terms, keep=keep, absorbing=absorbing, uniform_rows=uniform, dropout=drop,
         out_permute=out_permute, batch=batch, gqa=gqa, compute_dtype=cdt, out_dtype=out_dtype,
         q_shape=qs, k_shape=ks, v_shape=vs, mask_kind=_mask_kind(sc, keep, absorbing, uniform),

@@ -152,7 +152,7 @@ def _parse_factor(op: Op, st, consumed, modules, root, depth):
             raise NoMatch("the scores are multiplied by zero", depth)
         factor = value if op.kind == "mul" else 1.0 / value
         sign = "*" if op.kind == "mul" else "/"
-        st2 = _State(st.post * factor, st.post_t, st.terms, st.fills, (_note(sign, value, chain, "scores"),) + st.notes, st.terms_seen)
+        st2 = _State(st.post * factor, st.post_t, st.terms, st.fills, ((sign, value, "scores"),) + st.notes, st.terms_seen)
         return _parse(_single(chain, op.node, depth), st2, consumed, modules, root, depth + 1)
 
     def with_tensor(chain, t):
@@ -167,17 +167,17 @@ def _parse_factor(op: Op, st, consumed, modules, root, depth):
     return _either(op, a, b, with_tensor, depth)
 
 
-def _note(sign: str, value: float, chain, where: str) -> str:
-    d = shape(chain)
-    e = d[-1] if d else None
+def scale_note(note: tuple, e) -> str:
+    """('/', 8.0, 'scores') with head dim 64 -> '1/sqrt(64) on scores'."""
+    if isinstance(note, str):
+        return note
+    sign, value, where = note
     if isinstance(e, int) and e > 0:
-        for power, text in ((0.5, "sqrt"), (0.25, "sqrt(sqrt")):
-            root_e = e ** power
-            if math.isclose(value, root_e, rel_tol=1e-6) and sign == "/":
-                return f"1/{text}({e}){')' if power == 0.25 else ''} on {where}"
-            if math.isclose(value, 1 / root_e, rel_tol=1e-6) and sign == "*":
-                return f"{e}^-{power:g} on {where}"
-    return f"{'' if sign == '*' else '1/'}{value:.6g} on {where}"
+        for power, text in ((0.5, "sqrt({})"), (0.25, "{}^(1/4)")):
+            r = e ** power
+            if math.isclose(value, r, rel_tol=1e-6) and sign == "/" or math.isclose(value, 1 / r, rel_tol=1e-6) and sign == "*":
+                return f"1/{text.format(e)} on {where}"
+    return f"{'×' if sign == '*' else '÷'}{value:.6g} on {where}"
 
 
 def _parse_term(op: Op, st, consumed, modules, root, depth):
@@ -238,7 +238,7 @@ def _read_qk(op: Op, st, consumed, modules, root, depth):
         if beta != 0:   # beta·input + alpha·(b1 @ b2); beta = 0 ignores the input entirely
             terms = (Term(op["input"], st.post * beta, st.post_t),) + terms
         if a != 1:
-            notes = (f"alpha={a:.6g} (baddbmm)",) + notes
+            notes = (("*", a, "scores (baddbmm alpha)"),) + notes
         alpha *= a
         left, right = op["batch1"], op["batch2"]
     elif op.kind == "einsum":
@@ -281,7 +281,7 @@ def _peel(node: fx.Node, side: str, modules, root, allow_transpose: bool = True)
             else:
                 break
             factor *= value if op.kind == "mul" else 1.0 / value
-            notes += (_note("*" if op.kind == "mul" else "/", value, node_next, side),)
+            notes += (("*" if op.kind == "mul" else "/", value, side),)
             consumed += (node,)
             node = node_next
             continue

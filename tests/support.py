@@ -1,0 +1,121 @@
+"""What the tests share: record the SDPA calls a graph makes, compare numbers and gradients."""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+import sdpa_rewrite
+
+
+class RecordSDPA(TorchFunctionMode):
+    """Records the arguments of every scaled_dot_product_attention call made while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func is F.scaled_dot_product_attention:
+            names = ["query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa"]
+            bound = dict(zip(names, args))
+            bound.update(kwargs)
+            mask = bound.get("attn_mask")
+            self.calls.append({
+                "scale": bound.get("scale"),
+                "mask": "none" if mask is None else ("bool" if mask.dtype == torch.bool else "float"),
+                "dropout_p": float(bound.get("dropout_p", 0.0)),
+                "is_causal": bool(bound.get("is_causal", False)),
+                "enable_gqa": bool(bound.get("enable_gqa", False)),
+            })
+        return func(*args, **kwargs)
+
+
+def check_calls(calls: list, expects: tuple) -> None:
+    assert len(calls) == len(expects), f"{len(calls)} SDPA calls, expected {len(expects)}: {calls}"
+    for call, exp in zip(calls, expects):
+        assert call["scale"] is not None, "scale must always be explicit"
+        assert math.isclose(call["scale"], exp.scale, rel_tol=1e-6), (call, exp)
+        assert call["mask"] == exp.mask, (call, exp)
+        assert math.isclose(call["dropout_p"], exp.dropout_p), (call, exp)
+        assert call["is_causal"] == exp.is_causal, (call, exp)
+        assert call["enable_gqa"] == exp.enable_gqa, (call, exp)
+
+
+def flat(out):
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in flat(o)]
+    if isinstance(out, dict):
+        return [t for o in out.values() for t in flat(o)]
+    if hasattr(out, "to_tuple"):
+        return flat(out.to_tuple())
+    return []
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b|, with NaNs required to sit in the same places."""
+    assert a.shape == b.shape and a.dtype == b.dtype, (a.shape, b.shape, a.dtype, b.dtype)
+    fin = torch.isfinite(b)
+    if not fin.all():
+        assert torch.equal(torch.isfinite(a), fin)
+    a, b = a[fin].double(), b[fin].double()
+    if b.numel() == 0:
+        return 0.0
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+def assert_close_outputs(got, ref, tol: float = 1e-5) -> None:
+    g, r = flat(got), flat(ref)
+    assert len(g) == len(r)
+    for a, b in zip(g, r):
+        if a.is_floating_point():
+            assert rel_err(a.detach(), b.detach()) <= tol, rel_err(a.detach(), b.detach())
+        else:
+            assert torch.equal(a, b)
+
+
+def with_grads(inputs: tuple) -> tuple:
+    return tuple(x.detach().clone().requires_grad_(True) if isinstance(x, torch.Tensor) and x.is_floating_point()
+                 else x for x in inputs)
+
+
+def grads(module: torch.nn.Module, inputs: tuple, out) -> list:
+    """Gradients of sum(outputs · fixed weights) w.r.t. float inputs and parameters."""
+    g = torch.Generator().manual_seed(1)
+    loss = sum((t * torch.randn(t.shape, generator=g, dtype=t.dtype)).sum() for t in flat(out) if t.is_floating_point())
+    leaves = [x for x in inputs if isinstance(x, torch.Tensor) and x.requires_grad] + list(module.parameters())
+    leaves = [x for x in leaves if x.requires_grad]
+    return list(torch.autograd.grad(loss, leaves, allow_unused=True))
+
+
+def compile_and_record(model, inputs, **options):
+    """Compile with the backend (downstream eager); return the output, the Reports and the rewritten graphs."""
+    reports, graphs = [], []
+
+    def downstream(gm, example_inputs):
+        graphs.append((gm, example_inputs))
+        return gm.forward
+
+    opts = {"downstream": downstream, "report": reports.append, "strict": True}
+    opts.update(options)
+    compiled = torch.compile(model, backend="sdpa_rewrite", options=opts)
+    out = compiled(*inputs)
+    return out, reports, graphs
+
+
+def sdpa_calls_of(graphs) -> list:
+    rec = RecordSDPA()
+    with torch.no_grad(), rec:
+        for gm, example_inputs in graphs:
+            gm(*example_inputs)
+    return rec.calls
+
+
+def clone_model(model):
+    return copy.deepcopy(model)

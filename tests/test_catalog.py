@@ -1,0 +1,82 @@
+"""Every catalog entry, through both front ends: SDPA arguments, site count, numbers and gradients."""
+import pytest
+import torch
+
+import sdpa_rewrite
+from patterns import all_entries
+from support import (RecordSDPA, assert_close_outputs, check_calls, clone_model, compile_and_record, grads,
+                     sdpa_calls_of, with_grads)
+
+ENTRIES = all_entries()
+ids = [e.name for e in ENTRIES]
+
+
+def _near_miss_reported(report, entry):
+    assert not report.rewritten, f"a near-miss was rewritten:\n{report}"
+    reasons = " | ".join(s.reason for s in report.skipped)
+    assert entry.reason.lower() in reasons.lower(), f"expected reason containing {entry.reason!r}, got: {reasons}"
+
+
+def test_catalog_is_large_enough():
+    assert len([e for e in ENTRIES if not e.near_miss]) >= 30
+    assert len({e.name.split("/")[0] for e in ENTRIES}) >= 10
+    assert any(e.near_miss for e in ENTRIES)
+
+
+@pytest.mark.parametrize("entry", [e for e in ENTRIES if e.traceable], ids=[e.name for e in ENTRIES if e.traceable])
+def test_symbolic_trace(entry):
+    model = entry.module()
+    reference = clone_model(model)
+    inputs = entry.inputs()
+    gm = torch.fx.symbolic_trace(model)
+    report = sdpa_rewrite.rewrite(gm, example_inputs=inputs)
+    if entry.near_miss:
+        _near_miss_reported(report, entry)
+        rec = RecordSDPA()
+        with torch.no_grad(), rec:
+            gm(*inputs)
+        assert rec.calls == []
+        return
+    assert len(report.rewritten) == len(entry.expect), str(report)
+    rec = RecordSDPA()
+    with rec:
+        x = with_grads(inputs)
+        out = gm(*x)
+    check_calls(rec.calls, entry.expect)
+    if entry.training:
+        return
+    x_ref = with_grads(inputs)
+    ref = reference(*x_ref)
+    assert_close_outputs(out, ref)
+    for a, b in zip(grads(gm, x, out), grads(reference, x_ref, ref)):
+        if b is not None:
+            assert a is not None
+            assert_close_outputs(a, b)
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=ids)
+def test_compile_backend(entry):
+    model = entry.module()
+    reference = clone_model(model)
+    inputs = entry.inputs()
+    x = with_grads(inputs)
+    out, reports, graphs = compile_and_record(model, x)
+    report = sdpa_rewrite.Report()
+    for r in reports:
+        report.extend(r)
+    if entry.near_miss:
+        _near_miss_reported(report, entry)
+        assert sdpa_calls_of(graphs) == []
+        return
+    assert len(report.rewritten) == len(entry.expect), str(report)
+    assert len(report.sites) == len(entry.expect), str(report)
+    check_calls(sdpa_calls_of(graphs), entry.expect)
+    if entry.training:
+        return
+    x_ref = with_grads(inputs)
+    ref = reference(*x_ref)
+    assert_close_outputs(out, ref)
+    for a, b in zip(grads(model, x, out), grads(reference, x_ref, ref)):
+        if b is not None:
+            assert a is not None
+            assert_close_outputs(a, b)
