@@ -71,7 +71,7 @@ def location(node: fx.Node, gm: Optional[fx.GraphModule] = None) -> str:
     stack = node.meta.get("nn_module_stack")
     if stack:
         path = list(stack.values())[-1][0]
-        path = re.sub(r"^L\['[^']*'\]\.?", "", path).replace("_modules.", "")
+        path = re.sub(r"^L\['[^']*'\](\[\d+\])?\.?", "", path).replace("_modules.", "")
         path = re.sub(r"\[['\"]?([^'\"\]]+)['\"]?\]", r".\1", path)
         return f"{path.strip('.') or '<root>'}:{node.name}"
     if node.op == "call_module":
@@ -189,13 +189,13 @@ def _assemble(gm, node, top, sc: Scores, pv, p_node, drop, down, modules) -> Att
     if tuple(shape(sc.qk)) != tuple(shape(top)) or tuple(shape(top)[-2:]) != (L, S):
         raise NoMatch("a mask or bias broadcasts the scores to a larger shape")
     batch = tuple(shape(pv.node)[:-2]) if out_permute is None else tuple(shape(top)[:-2])
-    gqa = 1
     k, v, ks, vs, gqa = _unrepeat(q, k, v, qs, ks, vs)
-    for name, s in (("q", qs), ("k", ks), ("v", vs)):
-        if not _broadcasts(s[:-2], batch):
-            raise NoMatch(f"{name} batch dims {s[:-2]} do not broadcast to {batch}")
     if gqa == 1 and len(batch) >= 2 and ks[-3] != batch[-1] and ks[-3] == vs[-3] and batch[-1] % ks[-3] == 0:
         gqa = batch[-1] // ks[-3]            # k/v heads broadcast inside the matmul (MQA): SDPA's GQA
+    kv_batch = batch[:-1] + (ks[-3],) if gqa > 1 else batch
+    for name, s, target in (("q", qs, batch), ("k", ks, kv_batch), ("v", vs, kv_batch)):
+        if not _broadcasts(s[:-2], target):
+            raise NoMatch(f"{name} batch dims {s[:-2]} do not broadcast to {target}")
     keep, absorbing, uniform = _classify_fills(sc, drop)
     cdt = dtype(q.node)
     if dtype(k.node) != cdt:

@@ -94,7 +94,7 @@ def grads(module: torch.nn.Module, inputs: tuple, out) -> list:
     return list(torch.autograd.grad(loss, leaves, allow_unused=True))
 
 
-def compile_and_record(model, inputs, **options):
+def compile_and_record(model, inputs, kwargs=None, **options):
     """Compile with the backend (downstream eager); return the output, the Reports and the rewritten graphs."""
     reports, graphs = [], []
 
@@ -105,7 +105,7 @@ def compile_and_record(model, inputs, **options):
     opts = {"downstream": downstream, "report": reports.append, "strict": True}
     opts.update(options)
     compiled = torch.compile(model, backend="sdpa_rewrite", options=opts)
-    out = compiled(*inputs)
+    out = compiled(*inputs, **(kwargs or {}))
     return out, reports, graphs
 
 

@@ -1,0 +1,106 @@
+"""The torch.compile entry: by name without importing the package, options, never breaking a compile."""
+import importlib
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import sdpa_rewrite
+
+REWRITE_MODULE = importlib.import_module("sdpa_rewrite.rewrite")
+from support import compile_and_record
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def attention(q, k, v):
+    return torch.softmax(q @ k.transpose(-2, -1) / 4.0, dim=-1) @ v
+
+
+def qkv():
+    g = torch.Generator().manual_seed(0)
+    return tuple(torch.randn(2, 4, 8, 16, generator=g) for _ in range(3))
+
+
+def test_backend_by_name_in_fresh_process_with_inductor():
+    """Dynamo finds the backend through the torch_dynamo_backends entry point: the script never imports us."""
+    script = textwrap.dedent("""
+        import sys, torch
+        def attention(q, k, v):
+            return torch.softmax(q @ k.transpose(-2, -1) / 4.0, dim=-1) @ v
+        q, k, v = (torch.randn(2, 4, 8, 16) for _ in range(3))
+        out = torch.compile(attention, backend="sdpa_rewrite")(q, k, v)
+        torch.testing.assert_close(out, attention(q, k, v), rtol=1e-5, atol=1e-5)
+        print("REPORT" if "sdpa_rewrite" in sys.modules else "NOT LOADED")
+    """)
+    env = dict(os.environ, SDPA_REWRITE_REPORT="1")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd="/", timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "1 of 1 softmax sites rewritten" in run.stdout, run.stdout
+    assert "REPORT" in run.stdout
+
+
+@pytest.mark.parametrize("downstream", ["eager", "aot_eager"])
+def test_downstreams(downstream):
+    q, k, v = qkv()
+    reports = []
+    out = torch.compile(attention, backend="sdpa_rewrite",
+                        options={"downstream": downstream, "report": reports.append})(q, k, v)
+    torch.testing.assert_close(out, attention(q, k, v), rtol=1e-5, atol=1e-5)
+    assert len(reports) == 1 and len(reports[0].rewritten) == 1
+
+
+def test_report_option_prints(capsys):
+    q, k, v = qkv()
+    torch.compile(attention, backend="sdpa_rewrite", options={"downstream": "eager", "report": True})(q, k, v)
+    printed = capsys.readouterr().out
+    assert "1 of 1 softmax sites rewritten" in printed and "1/sqrt(16) on scores" in printed
+
+
+def test_unknown_option_is_an_error():
+    q, k, v = qkv()
+    with pytest.raises(Exception, match="unknown options"):
+        torch.compile(attention, backend="sdpa_rewrite", options={"downstream": "eager", "stict": True})(q, k, v)
+
+
+def test_internal_error_leaves_graph_untouched_and_warns(monkeypatch):
+    def broken(gm, att):
+        raise RuntimeError("forced failure")
+
+    monkeypatch.setattr(REWRITE_MODULE, "emit", broken)
+    q, k, v = qkv()
+    graphs = []
+
+    def downstream(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    with pytest.warns(UserWarning, match="forced failure"):
+        out = torch.compile(attention, backend="sdpa_rewrite", options={"downstream": downstream})(q, k, v)
+    torch.testing.assert_close(out, attention(q, k, v))
+    targets = [n.target for n in graphs[0].graph.nodes]
+    assert torch.nn.functional.scaled_dot_product_attention not in targets
+    assert any("softmax" in str(t) for t in targets)
+
+
+def test_internal_error_raises_when_strict(monkeypatch):
+    def broken(gm, att):
+        raise RuntimeError("forced")
+
+    monkeypatch.setattr(REWRITE_MODULE, "emit", broken)
+    q, k, v = qkv()
+    with pytest.raises(Exception, match="forced"):
+        torch.compile(attention, backend="sdpa_rewrite", options={"downstream": "eager", "strict": True})(q, k, v)
+
+
+def test_training_backward_goes_through_sdpa():
+    q, k, v = (x.requires_grad_() for x in qkv())
+    out, reports, graphs = compile_and_record(attention, (q, k, v), downstream="aot_eager")
+    out.sum().backward()
+    q2, k2, v2 = (x.detach().clone().requires_grad_() for x in (q, k, v))
+    attention(q2, k2, v2).sum().backward()
+    for a, b in ((q, q2), (k, k2), (v, v2)):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5)
