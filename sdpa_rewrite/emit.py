@@ -49,6 +49,9 @@ def emit(gm: fx.GraphModule, att: Attention) -> fx.Node:
             out = b.method("permute", out, *att.out_permute)
         if att.out_dtype != att.compute_dtype:
             out = b.method("to", out, att.out_dtype)
+    for key in ("example_value", "val", "tensor_meta"):   # same shape and dtype as the node it replaces
+        if key in att.output.meta:
+            out.meta[key] = att.output.meta[key]
     att.output.replace_all_uses_with(out)
     _erase_dead(g, (att.output,) + att.consumed)
     return out

@@ -106,9 +106,9 @@ def _match(gm, sm, modules) -> Attention:
         raise NoMatch(f"softmax over dim {dim}, not the key (last) dim")
     if len(top.users) != 1:
         raise NoMatch(f"the scores `{top.name}` are also used outside the softmax")
-    pv, p_node, drop, down = _walk_to_value(node, modules)
     if not _matmul_above(top, modules):
         raise NoMatch("not attention: no Q·Kᵀ matmul feeds this softmax")
+    pv, p_node, drop, down = _walk_to_value(node, modules)
     scores = read_scores(top, modules, gm)
     return _assemble(gm, node, top, scores, pv, p_node, drop, down, modules)
 

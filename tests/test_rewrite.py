@@ -1,0 +1,149 @@
+"""rewrite() on its own: bad input, missing shapes, all-or-nothing, idempotence, fully masked rows."""
+import importlib
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+import sdpa_rewrite
+from support import RecordSDPA
+
+REWRITE_MODULE = importlib.import_module("sdpa_rewrite.rewrite")
+
+
+class Attn(nn.Module):
+    def forward(self, q, k, v):
+        return torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.size(-1)), dim=-1) @ v
+
+
+class Stacked(nn.Module):
+    """The second attention's query is the first attention's output."""
+
+    def forward(self, q, k, v):
+        x = torch.softmax(q @ k.transpose(-2, -1) * 0.25, dim=-1) @ v
+        return torch.softmax(x @ k.transpose(-2, -1) * 0.5, dim=-1) @ v
+
+
+class Filled(nn.Module):
+    def __init__(self, fill):
+        super().__init__()
+        self.fill = fill
+
+    def forward(self, q, k, v, masked):
+        s = (q @ k.transpose(-2, -1)).masked_fill(masked, self.fill)
+        return torch.softmax(s, dim=-1) @ v
+
+
+def qkv(l=8):
+    g = torch.Generator().manual_seed(0)
+    return tuple(torch.randn(2, 4, l, 16, generator=g) for _ in range(3))
+
+
+def test_not_a_graph_module_is_a_type_error():
+    with pytest.raises(TypeError, match="torch.fx.GraphModule"):
+        sdpa_rewrite.rewrite(Attn())
+
+
+def test_no_shapes_is_a_clean_skip():
+    gm = torch.fx.symbolic_trace(Attn())
+    before = gm.code
+    report = sdpa_rewrite.rewrite(gm)
+    assert len(report.sites) == 1 and not report.rewritten
+    assert "example_inputs" in report.sites[0].reason
+    assert gm.code == before
+
+
+def test_meta_device_inputs_give_shapes():
+    gm = torch.fx.symbolic_trace(Attn())
+    report = sdpa_rewrite.rewrite(gm, example_inputs=[torch.empty(2, 4, 8, 16, device="meta")] * 3)
+    assert len(report.rewritten) == 1
+    q, k, v = qkv()
+    torch.testing.assert_close(gm(q, k, v), Attn()(q, k, v), rtol=1e-5, atol=1e-5)
+
+
+def test_graph_without_attention_is_a_no_op():
+    gm = torch.fx.symbolic_trace(nn.Sequential(nn.Linear(4, 4), nn.Softmax(dim=-1)))
+    before = gm.code
+    report = sdpa_rewrite.rewrite(gm, example_inputs=[torch.randn(2, 4)])
+    assert not report.rewritten and "not attention" in report.sites[0].reason
+    assert gm.code == before
+
+
+def test_failure_mid_rewrite_restores_the_graph(monkeypatch):
+    gm = torch.fx.symbolic_trace(Stacked())
+    inputs = qkv()
+    before = gm.code
+    real_emit = REWRITE_MODULE.emit
+    calls = []
+
+    def emit_then_fail(gm_, att):
+        calls.append(att)
+        if len(calls) == 2:
+            raise RuntimeError("forced failure on the second site")
+        return real_emit(gm_, att)
+
+    monkeypatch.setattr(REWRITE_MODULE, "emit", emit_then_fail)
+    with pytest.raises(RuntimeError, match="second site"):
+        sdpa_rewrite.rewrite(gm, example_inputs=inputs)
+    assert gm.code == before
+    gm.graph.lint()
+    torch.testing.assert_close(gm(*inputs), Stacked()(*inputs))
+
+
+def test_stacked_sites_and_idempotence():
+    gm = torch.fx.symbolic_trace(Stacked())
+    inputs = qkv()
+    report = sdpa_rewrite.rewrite(gm, example_inputs=inputs)
+    assert len(report.rewritten) == 2
+    torch.testing.assert_close(gm(*inputs), Stacked()(*inputs), rtol=1e-5, atol=1e-5)
+    code = gm.code
+    again = sdpa_rewrite.rewrite(gm, example_inputs=inputs)
+    assert again.sites == [] and gm.code == code
+
+
+def _rows(l=8, s=8):
+    masked = torch.zeros(2, 1, l, s, dtype=torch.bool)
+    masked[0, :, 2] = True           # a fully masked row
+    masked[1, :, :, 5:] = True       # padding
+    return masked
+
+
+@pytest.mark.parametrize("fill", [-1e4, -1e9, torch.finfo(torch.float32).min], ids=["-1e4", "-1e9", "finfo.min"])
+def test_finite_fill_keeps_uniform_rows(fill):
+    inputs = qkv() + (_rows(),)
+    model = Filled(fill)
+    gm = torch.fx.symbolic_trace(model)
+    report = sdpa_rewrite.rewrite(gm, example_inputs=inputs)
+    assert len(report.rewritten) == 1
+    rec = RecordSDPA()
+    with rec:
+        out = gm(*inputs)
+    assert len(rec.calls) == 1
+    ref = model(*inputs)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out[0, :, 2], inputs[2][0].mean(-2), rtol=1e-5, atol=1e-5)  # uniform weights
+
+
+def test_minus_inf_fill_gives_zeros_where_eager_gives_nan():
+    """The one accepted difference (DESIGN.md contract 3): SDPA (torch >= 2.5) returns 0 on fully masked rows."""
+    inputs = qkv() + (_rows(),)
+    model = Filled(float("-inf"))
+    gm = torch.fx.symbolic_trace(model)
+    sdpa_rewrite.rewrite(gm, example_inputs=inputs)
+    out, ref = gm(*inputs), model(*inputs)
+    assert torch.isnan(ref[0, :, 2]).all()
+    assert torch.equal(out[0, :, 2], torch.zeros_like(out[0, :, 2]))
+    keep = ~torch.isnan(ref)
+    torch.testing.assert_close(out[keep], ref[keep], rtol=1e-5, atol=1e-5)
+
+
+def test_report_to_dict_is_json():
+    import json
+
+    gm = torch.fx.symbolic_trace(Attn())
+    report = sdpa_rewrite.rewrite(gm, example_inputs=qkv())
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["rewritten"] == 1 and data["sites"][0]["scale"] == 0.25
+    assert data["sites"][0]["q"] == [2, 4, 8, 16]
+    assert "1/sqrt(16)" in str(report)
