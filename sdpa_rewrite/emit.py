@@ -26,12 +26,12 @@ def emit(gm: fx.GraphModule, att: Attention) -> fx.Node:
     g = gm.graph
     with g.inserting_before(att.output):
         b = _Builder(g)
-        q = b.operand(att.q, att.batch, 1)
+        q = b.operand(att.q, att.batch, 1, att)
         for kind, t in att.tensor_scale:                   # (t·q)·kᵀ = t·(q·kᵀ) when t is constant along keys
             q = b.call(operator.mul if kind == "mul" else operator.truediv, q, t)
             if dtype(t) != att.compute_dtype:
                 q = b.method("to", q, att.compute_dtype)
-        k = b.operand(att.k, att.batch, att.gqa)
+        k = b.operand(att.k, att.batch, att.gqa, att)
         v = b.operand(att.v, att.batch, att.gqa)
         if dtype(att.v.node) != att.compute_dtype:
             v = b.method("to", v, att.compute_dtype)
@@ -67,7 +67,13 @@ class _Builder:
     def method(self, name: str, *args) -> fx.Node:
         return self.g.call_method(name, args)
 
-    def operand(self, x: Operand, batch: tuple, gqa: int) -> fx.Node:
+    def relayout(self, node, at, final: tuple):
+        """A tensor broadcast against the scores at shape `at`, regrouped like the scores to `final`."""
+        if at is None or tuple(at[:-2]) == tuple(final[:-2]):
+            return node
+        return self.method("reshape", self.method("expand", node, *at), *final)
+
+    def operand(self, x: Operand, batch: tuple, gqa: int, att: Attention = None) -> fx.Node:
         node = x.node
         s = list(shape(node))
         if x.permute is not None:
@@ -76,6 +82,12 @@ class _Builder:
         if x.transpose:
             node = self.method("transpose", node, -2, -1)
             s[-2], s[-1] = s[-1], s[-2]
+        if att is not None and att.qk_shape[:-2] != att.top_shape[:-2]:
+            # scores regrouped (B·H, L, S) -> (B, H, L, S): regroup q and k the same way, row-major as view does
+            if tuple(s[:-2]) != tuple(att.qk_shape[:-2]):
+                node = self.method("expand", node, *att.qk_shape[:-2], -1, -1)
+            node = self.method("reshape", node, *att.top_shape[:-2], *s[-2:])
+            s = list(att.top_shape[:-2]) + s[-2:]
         target = list(batch)
         if gqa > 1:
             target[-1] = s[-3]                               # keep k/v's own head count: enable_gqa repeats them
@@ -88,13 +100,14 @@ def _mask(b: _Builder, att: Attention):
     """Σ cᵢ·Tᵢ (+ absorbing fills) as a float mask; -inf fills as a bool keep-mask; both -> masked float."""
     parts = []
     for term in att.terms:
-        x = term.node
+        x = b.relayout(term.node, term.at, att.top_shape)
         if term.coeff != 1:
             x = b.call(operator.mul, x, term.coeff)
         for kind, t in term.factors:
             x = b.call(operator.mul if kind == "mul" else operator.truediv, x, t)
         parts.append(x)
-    for cond, masked_when, value in att.absorbing:
+    for cond, masked_when, value, at in att.absorbing:
+        cond = b.relayout(cond, at, att.top_shape)
         masked = cond if masked_when else b.call(torch.logical_not, cond)
         parts.append(b.call(operator.mul, b.method("to", masked, att.compute_dtype), value))  # where(R, f, 0)
     additive = None
@@ -108,8 +121,9 @@ def _mask(b: _Builder, att: Attention):
 
 
 def _conds(b: _Builder, att: Attention):
-    for cond, masked_when in att.keep:
-        yield (cond if dtype(cond) == torch.bool else b.method("to", cond, torch.bool)), masked_when
+    for cond, masked_when, at in att.keep:
+        cond = b.relayout(cond if dtype(cond) == torch.bool else b.method("to", cond, torch.bool), at, att.top_shape)
+        yield cond, masked_when
 
 
 def _keep(b: _Builder, att: Attention):

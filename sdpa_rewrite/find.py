@@ -14,7 +14,7 @@ import torch
 import torch.fx as fx
 
 from .scores import NoMatch, Operand, Scores, read_scores, read_value_einsum, scale_note
-from .view import dtype, meta_value, norm_dim, rank, scalar, shape, view
+from .view import data_users, dtype, norm_dim, rank, scalar, shape, view
 
 # A finite fill this large swallows any score it is added to (ulp/2 > 1e6 in fp32), so
 # `where(R, f, s)` and `s + where(R, f, 0)` give the same logits: the additive form is exact.
@@ -40,8 +40,8 @@ class Attention:
     scale_notes: tuple
     tensor_scale: tuple
     terms: tuple                  # additive Terms, summed into a float attn_mask
-    keep: tuple                   # (cond, masked_when) pairs: a boolean keep-mask, True = attend
-    absorbing: tuple              # (cond, masked_when, value): finite fills emitted as additive terms
+    keep: tuple                   # (cond, masked_when, at) : a boolean keep-mask, True = attend
+    absorbing: tuple              # (cond, masked_when, value, at): finite fills emitted as additive terms
     uniform_rows: bool            # fully masked rows get eager's uniform weights (mean of V)
     dropout: Optional[Dropout]
     out_permute: Optional[tuple]
@@ -49,6 +49,8 @@ class Attention:
     gqa: int                      # query heads per key/value head (1: none)
     compute_dtype: torch.dtype
     out_dtype: torch.dtype
+    qk_shape: tuple               # Q·Kᵀ as computed ...
+    top_shape: tuple              # ... and as the softmax sees it (batch dims regrouped by a view)
     q_shape: tuple
     k_shape: tuple
     v_shape: tuple
@@ -104,7 +106,7 @@ def _match(gm, sm, modules) -> Attention:
         raise NoMatch("softmax without an explicit dim")
     if norm_dim(dim, r) != r - 1:
         raise NoMatch(f"softmax over dim {dim}, not the key (last) dim")
-    if len(top.users) != 1:
+    if len(data_users(top)) != 1:
         raise NoMatch(f"the scores `{top.name}` are also used outside the softmax")
     if not _matmul_above(top, modules):
         raise NoMatch("not attention: no Q·Kᵀ matmul feeds this softmax")
@@ -132,7 +134,7 @@ def _walk_to_value(node: fx.Node, modules):
     """softmax -> casts / dropout -> the matmul with V; the weights may go nowhere else."""
     drop, chain = None, ()
     while True:
-        users = list(node.users)
+        users = data_users(node)
         if len(users) != 1:
             if not users:
                 raise NoMatch("the attention weights are never used")
@@ -186,8 +188,11 @@ def _assemble(gm, node, top, sc: Scores, pv, p_node, drop, down, modules) -> Att
     if qs[-1] != ks[-1] or ks[-2] != vs[-2]:
         raise NoMatch(f"shapes do not line up: q {qs}, k {ks}, v {vs}")
     L, S = qs[-2], ks[-2]
-    if tuple(shape(sc.qk)) != tuple(shape(top)) or tuple(shape(top)[-2:]) != (L, S):
+    top_shape = tuple(shape(top))
+    if math.prod(sc.qk_shape) != math.prod(top_shape) or top_shape[-2:] != (L, S):
         raise NoMatch("a mask or bias broadcasts the scores to a larger shape")
+    if sc.qk_shape[:-2] != top_shape[:-2] and (q.permute or k.permute or len(sc.qk_shape) != len(qs)):
+        raise NoMatch("the scores are regrouped (view) in a layout Q and K cannot follow")
     batch = tuple(shape(pv.node)[:-2]) if out_permute is None else tuple(shape(top)[:-2])
     k, v, ks, vs, gqa = _unrepeat(q, k, v, qs, ks, vs)
     if gqa == 1 and len(batch) >= 2 and ks[-3] != batch[-1] and ks[-3] == vs[-3] and batch[-1] % ks[-3] == 0:
@@ -206,7 +211,7 @@ def _assemble(gm, node, top, sc: Scores, pv, p_node, drop, down, modules) -> Att
         scale=float(sc.alpha), scale_notes=tuple(scale_note(n, qs[-1]) for n in sc.scale_notes) or ("none → 1.0",), tensor_scale=sc.tensor_scale,
         terms=sc.terms, keep=keep, absorbing=absorbing, uniform_rows=uniform, dropout=drop,
         out_permute=out_permute, batch=batch, gqa=gqa, compute_dtype=cdt, out_dtype=out_dtype,
-        q_shape=qs, k_shape=ks, v_shape=vs, mask_kind=_mask_kind(sc, keep, absorbing, uniform),
+        qk_shape=tuple(sc.qk_shape), top_shape=top_shape, q_shape=qs, k_shape=ks, v_shape=vs, mask_kind=_mask_kind(sc, keep, absorbing, uniform),
         consumed=(node,) + down + sc.consumed)
 
 
@@ -291,11 +296,11 @@ def _classify_fills(sc: Scores, drop: Optional[Dropout]):
         if f.factors_after:
             raise NoMatch("a tensor-valued scale is applied after a masked fill")
         if f.value == -math.inf:
-            keep.append((f.cond, f.masked_when))     # where(c, s, -inf) -> bool keep-mask c
+            keep.append((f.cond, f.masked_when, f.at))     # where(c, s, -inf) -> bool keep-mask c
         elif f.value > 0 or math.isnan(f.value):
             raise NoMatch(f"a masked fill with {f.value:g} raises the masked logits")
         elif abs(f.value) >= ABSORBING_FILL and f.value != -math.inf and n_terms - f.terms_after == 0:
-            absorbing.append((f.cond, f.masked_when, f.value))   # where(R, f, s) = s + where(R, f, 0) when f swallows s
+            absorbing.append((f.cond, f.masked_when, f.value, f.at))  # where(R, f, s) = s + where(R, f, 0) when f swallows s
         else:
             finite.append(f)
     if not finite:
@@ -307,7 +312,7 @@ def _classify_fills(sc: Scores, drop: Optional[Dropout]):
     f = finite[0]
     # finite fill: masked logits all equal -> eager gives uniform weights on a fully masked row; SDPA gets a
     # bool mask and those rows are patched to mean(V)
-    return ((f.cond, f.masked_when),), (), True
+    return ((f.cond, f.masked_when, f.at),), (), True
 
 
 def _mask_kind(sc: Scores, keep, absorbing, uniform) -> str:

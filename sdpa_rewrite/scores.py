@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch.fx as fx
 
-from .view import Op, norm_dim, rank, scalar, shape, view
+from .view import Op, data_users, norm_dim, rank, scalar, shape, view
 
 
 class NoMatch(Exception):
@@ -42,6 +42,7 @@ class Term:
     node: fx.Node
     coeff: float
     factors: tuple = ()
+    at: Optional[tuple] = None    # the scores' shape where it is added (differs from the softmax's after a batch reshape)
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class Fill:
     value: float
     terms_after: int        # how many additive terms are applied after this fill
     factors_after: bool     # a tensor factor is applied after this fill
+    at: Optional[tuple] = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class Scores:
     terms: tuple
     fills: tuple
     consumed: tuple
+    qk_shape: tuple = ()     # Q·Kᵀ's shape; its batch dims may be regrouped (view) before the softmax
 
 
 @dataclass
@@ -100,6 +103,10 @@ def _parse(node, st: _State, consumed: tuple, modules, root, depth: int) -> Scor
     kind = op.kind
     if kind in ("cast", "layout"):
         return _parse(_single(op["input"], node, depth), st, consumed, modules, root, depth + 1)
+    if kind == "reshape" and _regroups_batch(op):
+        if st.post_t:
+            raise NoMatch("a tensor-valued scale after a reshape of the scores", depth)
+        return _parse(_single(op["input"], node, depth), st, consumed, modules, root, depth + 1)
     if kind in ("mul", "div"):
         return _parse_factor(op, st, consumed, modules, root, depth)
     if kind in ("add", "sub"):
@@ -111,11 +118,18 @@ def _parse(node, st: _State, consumed: tuple, modules, root, depth: int) -> Scor
     raise NoMatch(f"{_describe(node)} lies between Q·Kᵀ and the softmax", depth)
 
 
+def _regroups_batch(op: Op) -> bool:
+    """view/reshape that only regroups batch dims: (B·H, L, S) <-> (B, H, L, S), last two dims kept."""
+    a, b = shape(op["input"]), shape(op.node)
+    return (a is not None and b is not None and len(a) >= 3 and len(b) >= 3 and tuple(a[-2:]) == tuple(b[-2:])
+            and math.prod(a[:-2]) == math.prod(b[:-2]))
+
+
 def _single(x, user: fx.Node, depth: int) -> fx.Node:
     """`x` feeds only `user`: otherwise the scores are needed elsewhere and cannot vanish into SDPA."""
     if not isinstance(x, fx.Node):
         raise NoMatch("the softmax input is a constant, not Q·Kᵀ", depth)
-    if len(x.users) != 1:
+    if len(data_users(x)) != 1:
         raise NoMatch(f"the scores `{x.name}` are also used outside the softmax", depth)
     return x
 
@@ -200,7 +214,7 @@ def _parse_term(op: Op, st, consumed, modules, root, depth):
         ts, ss = shape(term), shape(op.node)
         if ts is None or ss is None or len(ts) > len(ss):
             raise NoMatch(f"the additive term `{term.name}` does not broadcast to the scores", depth)
-        st2 = _State(st.post, st.post_t, (Term(term, coeff, st.post_t),) + st.terms, st.fills, st.notes, True)
+        st2 = _State(st.post, st.post_t, (Term(term, coeff, st.post_t, shape(op.node)),) + st.terms, st.fills, st.notes, True)
         return _parse(_single(chain, op.node, depth), st2, consumed, modules, root, depth + 1)
 
     return _either(op, a, b, with_term, depth)
@@ -223,7 +237,7 @@ def _parse_fill(op: Op, st, consumed, modules, root, depth):
     if not isinstance(cond, fx.Node):
         raise NoMatch(f"`{op.node.name}` has a constant condition", depth)
     fill_value = -math.inf if fill == -math.inf else fill * st.post
-    entry = Fill(cond, masked_when, fill_value, len(st.terms), bool(st.post_t))
+    entry = Fill(cond, masked_when, fill_value, len(st.terms), bool(st.post_t), shape(op.node))
     st2 = _State(st.post, st.post_t, st.terms, (entry,) + st.fills, st.notes, st.terms_seen)
     return _parse(_single(chain, op.node, depth), st2, consumed, modules, root, depth + 1)
 
@@ -236,7 +250,7 @@ def _read_qk(op: Op, st, consumed, modules, root, depth):
         if beta is None or a is None:
             raise NoMatch("baddbmm with a non-constant alpha or beta", depth)
         if beta != 0:   # beta·input + alpha·(b1 @ b2); beta = 0 ignores the input entirely
-            terms = (Term(op["input"], st.post * beta, st.post_t),) + terms
+            terms = (Term(op["input"], st.post * beta, st.post_t, shape(op.node)),) + terms
         if a != 1:
             notes = (("*", a, "scores (baddbmm alpha)"),) + notes
         alpha *= a
@@ -256,7 +270,7 @@ def _read_qk(op: Op, st, consumed, modules, root, depth):
         alpha *= fact
     notes = notes + qnotes + knotes
     _check_fills(st, depth)
-    return Scores(op.node, q, k, alpha, notes, st.post_t, terms, st.fills, consumed + qc + kc)
+    return Scores(op.node, q, k, alpha, notes, st.post_t, terms, st.fills, consumed + qc + kc, shape(op.node))
 
 
 def _check_fills(st: _State, depth: int) -> None:
@@ -370,7 +384,8 @@ def _read_einsum_qk(op: Op, st, consumed, modules, root, depth):
     ident = lambda p: None if p == tuple(range(len(p))) else p
     _check_fills(st, depth)
     return Scores(op.node, Operand(q.node, permute=ident(pq)), Operand(k.node, permute=ident(pk)),
-                  st.post * qf * kf, st.notes + qn + kn, st.post_t, st.terms, st.fills, consumed + qc + kc)
+                  st.post * qf * kf, st.notes + qn + kn, st.post_t, st.terms, st.fills, consumed + qc + kc,
+                  shape(op.node))
 
 
 def read_value_einsum(equation: str, p_index: int, ranks: list) -> Optional[tuple]:

@@ -185,12 +185,30 @@ def view(node: fx.Node, modules: Optional[dict] = None) -> Optional[Op]:
 
 
 def _is_dtype_cast(node: fx.Node) -> bool:
-    """`.to(...)` / `.type(...)` change only the dtype (not device, not a copy to another layout)."""
+    """`.to(...)` / `.type(...)` change only the dtype: `.to(torch.half)`, `.to(x.dtype)`, `.to(other)`."""
     rest = list(node.args[1:]) + [v for k, v in node.kwargs.items() if k == "dtype"]
     others = {k for k in node.kwargs if k not in ("dtype", "non_blocking", "copy")}
-    if others:
+    if others or len(rest) > 1:
         return False
-    return all(isinstance(a, torch.dtype) for a in rest) and len(rest) <= 1
+    return all(isinstance(a, torch.dtype) or _is_dtype_node(a) for a in rest)
+
+
+def _is_dtype_node(a: Any) -> bool:
+    if not isinstance(a, fx.Node):
+        return False
+    if a.op == "call_function" and a.target is getattr and a.args[1:] == ("dtype",):
+        return True
+    return isinstance(meta_value(a), (torch.dtype, torch.Tensor))
+
+
+def data_users(node: fx.Node) -> list:
+    """Users that read `node`'s values — not those that only read its dtype (`y.type_as(node)`)."""
+    users = []
+    for u in node.users:
+        if u.op == "call_method" and u.target in ("type_as", "to", "type") and u.args and u.args[0] is not node:
+            continue
+        users.append(u)
+    return users
 
 
 # ---- shapes and scalars -------------------------------------------------------------------------
