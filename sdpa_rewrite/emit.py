@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from .find import Attention
 from .scores import Operand
-from .view import _SCALAR_FUNCTIONS, dtype, shape, view
+from .view import _SCALAR_FUNCTIONS, dtype, meta_value, reads_only_metadata, shape, view
 
 
 def dropout_p_of(module: torch.nn.Module) -> float:
@@ -53,6 +53,8 @@ def emit(gm: fx.GraphModule, att: Attention) -> fx.Node:
         if key in att.output.meta:
             out.meta[key] = att.output.meta[key]
     att.output.replace_all_uses_with(out)
+    for n in att.consumed:
+        _detach_metadata(g, n)
     _erase_dead(g, (att.output,) + att.consumed)
     return out
 
@@ -172,7 +174,41 @@ def _pure(n: fx.Node) -> bool:
         return False
     if n.op == "call_method":
         return not n.target.endswith("_")
-    return view(n) is not None or n.target in _SCALAR_FUNCTIONS
+    return view(n) is not None or n.target in _SCALAR_FUNCTIONS or n.target in _FACTORIES
+
+
+_FACTORIES = {torch.full, torch.tensor, torch.scalar_tensor, torch.zeros, torch.ones, torch.empty, getattr}
+
+
+def _detach_metadata(g: fx.Graph, node: fx.Node) -> None:
+    """Users that read only a dying node's dtype/device/shape get those as constants, so the node can go."""
+    value = meta_value(node)
+    if not isinstance(value, torch.Tensor) or not all(isinstance(d, int) for d in value.shape):
+        return
+    size = torch.Size(value.shape)
+    for user in list(node.users):
+        if not reads_only_metadata(user, node):
+            continue
+        if user.op == "call_method" and user.target in ("type_as", "expand_as", "view_as", "reshape_as"):
+            other = user.args[0]
+            user.target = {"type_as": "to", "expand_as": "expand", "view_as": "view", "reshape_as": "reshape"}[user.target]
+            user.args = (other, value.dtype) if user.target == "to" else (other, *size)
+            continue
+        if user.op == "call_function" and user.target is getattr:
+            const = {"dtype": value.dtype, "device": value.device, "shape": size, "ndim": len(size),
+                     "is_cuda": value.device.type == "cuda"}[user.args[1]]
+        elif user.op == "call_method" and user.target == "size":
+            dim = user.args[1] if len(user.args) > 1 else user.kwargs.get("dim")
+            const = size if dim is None else size[dim]
+        elif user.op == "call_method" and user.target == "dim":
+            const = len(size)
+        else:
+            continue
+        for consumer in list(user.users):
+            consumer.args = fx.node.map_arg(consumer.args, lambda n: const if n is user else n)
+            consumer.kwargs = fx.node.map_arg(consumer.kwargs, lambda n: const if n is user else n)
+        if not user.users:
+            g.erase_node(user)
 
 
 def _erase_dead(g: fx.Graph, candidates: tuple) -> None:

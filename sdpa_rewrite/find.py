@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import math
 import re
+from collections import deque
 from dataclasses import dataclass
 from typing import Optional, Union
 
 import torch
 import torch.fx as fx
 
-from .scores import NoMatch, Operand, Scores, read_scores, read_value_einsum, scale_note
+from .scores import NoMatch, Operand, Scores, _regroups_batch, read_scores, read_value_einsum, scale_note
 from .view import data_users, dtype, norm_dim, rank, scalar, shape, view
 
 # A finite fill this large swallows any score it is added to (ulp/2 > 1e6 in fp32), so
@@ -115,12 +116,12 @@ def _match(gm, sm, modules) -> Attention:
     return _assemble(gm, node, top, scores, pv, p_node, drop, down, modules)
 
 
-def _matmul_above(top: fx.Node, modules, budget: int = 32) -> bool:
-    """Is there a matmul among the nearest ancestors of the softmax input? (cheap, bounded)"""
-    seen, frontier = set(), [top]
+def _matmul_above(top: fx.Node, modules, budget: int = 64) -> bool:
+    """Is there a matmul among the nearest ancestors of the softmax input? (breadth-first, bounded)"""
+    seen, frontier = set(), deque([top])
     while frontier and len(seen) < budget:
-        node = frontier.pop()
-        if node in seen or not isinstance(node, fx.Node):
+        node = frontier.popleft()
+        if node in seen:
             continue
         seen.add(node)
         op = view(node, modules)
@@ -143,7 +144,7 @@ def _walk_to_value(node: fx.Node, modules):
         op = view(user, modules)
         if op is None:
             raise NoMatch(f"the softmax output feeds `{user.name}`, not a ·V matmul")
-        if op.kind in ("cast", "layout"):
+        if op.kind in ("cast", "layout") or op.kind == "reshape" and _regroups_batch(op):
             chain, node = chain + (user,), user
             continue
         if op.kind == "dropout":
@@ -160,7 +161,8 @@ def _walk_to_value(node: fx.Node, modules):
             return op, node, drop, chain
         if op.kind == "einsum" and len(op["operands"] or ()) == 2 and node in op["operands"]:
             return op, node, drop, chain
-        raise NoMatch(f"the attention weights feed `{user.name}` ({op.kind}), not a ·V matmul")
+        hint = " (sliced after the softmax: an attention-sink column?)" if op.kind == "getitem" else ""
+        raise NoMatch(f"the attention weights feed `{user.name}` ({op.kind}), not a ·V matmul{hint}")
 
 
 def _assemble(gm, node, top, sc: Scores, pv, p_node, drop, down, modules) -> Attention:
@@ -183,22 +185,25 @@ def _assemble(gm, node, top, sc: Scores, pv, p_node, drop, down, modules) -> Att
     qs, ks, vs = (_laid_out(x) for x in (q, k, v))
     if None in (qs, ks, vs):
         raise NoMatch("the graph has no shapes for Q, K or V")
-    if not (len(qs) == len(ks) == len(vs) == len(shape(top))):
+    if not (len(qs) == len(ks) == len(sc.qk_shape) and len(vs) == len(shape(p_node))):
         raise NoMatch("Q, K and V have different ranks (broadcast across ranks)")
     if qs[-1] != ks[-1] or ks[-2] != vs[-2]:
         raise NoMatch(f"shapes do not line up: q {qs}, k {ks}, v {vs}")
     L, S = qs[-2], ks[-2]
-    top_shape = tuple(shape(top))
+    top_shape = tuple(shape(p_node))      # the weights as they enter ·V: SDPA's layout
     if math.prod(sc.qk_shape) != math.prod(top_shape) or top_shape[-2:] != (L, S):
         raise NoMatch("a mask or bias broadcasts the scores to a larger shape")
     if sc.qk_shape[:-2] != top_shape[:-2] and (q.permute or k.permute or len(sc.qk_shape) != len(qs)):
         raise NoMatch("the scores are regrouped (view) in a layout Q and K cannot follow")
     batch = tuple(shape(pv.node)[:-2]) if out_permute is None else tuple(shape(top)[:-2])
-    k, v, ks, vs, gqa = _unrepeat(q, k, v, qs, ks, vs)
+    k, v, ks, vs, gqa = _unrepeat(q, k, v, qs, ks, vs) if sc.qk_shape[:-2] == top_shape[:-2] else (k, v, ks, vs, 1)
     if gqa == 1 and len(batch) >= 2 and ks[-3] != batch[-1] and ks[-3] == vs[-3] and batch[-1] % ks[-3] == 0:
         gqa = batch[-1] // ks[-3]            # k/v heads broadcast inside the matmul (MQA): SDPA's GQA
     kv_batch = batch[:-1] + (ks[-3],) if gqa > 1 else batch
+    regrouped = sc.qk_shape[:-2] != top_shape[:-2]
     for name, s, target in (("q", qs, batch), ("k", ks, kv_batch), ("v", vs, kv_batch)):
+        if regrouped and name != "v":
+            target = sc.qk_shape[:-2]            # q and k are broadcast to Q·Kᵀ's batch, then regrouped
         if not _broadcasts(s[:-2], target):
             raise NoMatch(f"{name} batch dims {s[:-2]} do not broadcast to {target}")
     keep, absorbing, uniform = _classify_fills(sc, drop)

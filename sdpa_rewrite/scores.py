@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch.fx as fx
 
-from .view import Op, data_users, norm_dim, rank, scalar, shape, view
+from .view import Op, data_users, is_inplace, norm_dim, rank, scalar, shape, view
 
 
 class NoMatch(Exception):
@@ -129,9 +129,24 @@ def _single(x, user: fx.Node, depth: int) -> fx.Node:
     """`x` feeds only `user`: otherwise the scores are needed elsewhere and cannot vanish into SDPA."""
     if not isinstance(x, fx.Node):
         raise NoMatch("the softmax input is a constant, not Q·Kᵀ", depth)
-    if len(data_users(x)) != 1:
+    users = data_users(x)
+    if len(users) == 2 and user in users:
+        # x.masked_fill_(c, f) then a use of x: that use reads the mutated x, i.e. the in-place op's result
+        other = users[0] if users[1] is user else users[1]
+        if is_inplace(other) and other.args[0] is x and set(other.users) <= {user} and _before(other, user):
+            return other
+    if len(users) != 1:
         raise NoMatch(f"the scores `{x.name}` are also used outside the softmax", depth)
     return x
+
+
+def _before(a: fx.Node, b: fx.Node) -> bool:
+    n = a.next
+    while n.op != "root":
+        if n is b:
+            return True
+        n = n.next
+    return False
 
 
 def _either(op: Op, a, b, parse_with, depth: int):

@@ -201,14 +201,29 @@ def _is_dtype_node(a: Any) -> bool:
     return isinstance(meta_value(a), (torch.dtype, torch.Tensor))
 
 
+_META_METHODS = {"size", "dim", "type_as", "to", "type", "expand_as", "view_as", "reshape_as", "new_zeros",
+                 "new_ones", "new_full", "new_empty", "new_tensor"}
+
+
+def reads_only_metadata(user: fx.Node, node: fx.Node) -> bool:
+    """`user` reads only `node`'s dtype, device or shape (`x.dtype`, `x.size(-1)`, `m.expand_as(x)`)."""
+    if user.op == "call_function" and user.target is getattr:
+        return user.args[1] in ("dtype", "device", "shape", "ndim", "is_cuda")
+    if user.op == "call_method" and user.target in _META_METHODS:
+        first_is_data = user.args and user.args[0] is node and user.target not in ("size", "dim") \
+            and not user.target.startswith("new_")
+        return not first_is_data and node not in user.kwargs.values()
+    return False
+
+
 def data_users(node: fx.Node) -> list:
-    """Users that read `node`'s values — not those that only read its dtype (`y.type_as(node)`)."""
-    users = []
-    for u in node.users:
-        if u.op == "call_method" and u.target in ("type_as", "to", "type") and u.args and u.args[0] is not node:
-            continue
-        users.append(u)
-    return users
+    """Users that read `node`'s values, not only its metadata."""
+    return [u for u in node.users if not reads_only_metadata(u, node)]
+
+
+def is_inplace(node: fx.Node) -> bool:
+    return (node.op == "call_method" and node.target.endswith("_") and not node.target.startswith("_")) or \
+        (node.op == "call_function" and node.target in (operator.iadd, operator.isub, operator.imul, operator.itruediv))
 
 
 # ---- shapes and scalars -------------------------------------------------------------------------
@@ -276,11 +291,16 @@ def scalar(arg: Any, modules: Optional[dict] = None, root: Any = None) -> Option
         except (ArithmeticError, ValueError, TypeError):
             return None
     if arg.op == "call_function" and arg.target in (torch.tensor, torch.scalar_tensor, torch.as_tensor):
-        return scalar(arg.args[0], modules, root) if arg.args else None
+        return _as_dtype(scalar(arg.args[0], modules, root) if arg.args else None, value)
     if arg.op == "call_function" and arg.target is torch.full and len(arg.args) >= 2:
         size = arg.args[0]
         if isinstance(size, (list, tuple)) and len(size) == 0:
-            return scalar(arg.args[1], modules, root)
+            return _as_dtype(scalar(arg.args[1], modules, root), value)
+        return None
+    if arg.op == "call_method" and arg.target in ("to", "type", "float", "half", "bfloat16") and arg.args:
+        # a 0-dim constant moved or cast: the value as the target dtype holds it (finfo.min -> -inf in fp16)
+        if isinstance(value, torch.Tensor) and value.dim() == 0:
+            return _as_dtype(scalar(arg.args[0], modules, root), value)
         return None
     if arg.op == "call_method" and arg.target == "size":
         s = shape(arg.args[0])
@@ -313,6 +333,13 @@ def scalar(arg: Any, modules: Optional[dict] = None, root: Any = None) -> Option
         if isinstance(obj, torch.Tensor) and obj.dim() == 0 and obj.device.type != "meta":
             return obj.item()
     return None
+
+
+def _as_dtype(x: Optional[float], like: Any) -> Optional[float]:
+    """`x` rounded to the dtype of the node's example value, when it has one."""
+    if x is None or not isinstance(getattr(like, "dtype", None), torch.dtype):
+        return x
+    return torch.tensor(x, dtype=torch.float64).to(like.dtype).item()
 
 
 def _fetch_attr(root: Any, target: str) -> Any:

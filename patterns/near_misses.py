@@ -1,0 +1,181 @@
+"""Near-misses: softmax sites that look like attention but are not `softmax(α·QKᵀ + mask)·V`; they must stay eager.
+
+Each entry names the reason the engine must give (a substring of it).
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import Entry, hidden, padding_mask
+
+
+class _Heads(nn.Module):
+    def __init__(self, dim=64, heads=4):
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.o_proj = nn.Linear(dim, dim)
+
+    def qkv(self, x):
+        b, l = x.shape[0], x.shape[1]
+        split = lambda t: t.view(b, l, self.heads, self.head_dim).transpose(1, 2)
+        return split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
+
+    def out(self, o):
+        b, l = o.shape[0], o.shape[2]
+        return self.o_proj(o.transpose(1, 2).reshape(b, l, -1))
+
+
+class Gemma2SoftCap(_Heads):
+    """transformers models/gemma2/modeling_gemma2.py: eager_attention_forward with attn_logit_softcapping."""
+
+    def __init__(self, softcap=50.0):
+        super().__init__()
+        self.scaling = self.head_dim ** -0.5
+        self.softcap = softcap
+
+    def forward(self, x, attention_mask):
+        q, k, v = self.qkv(x)
+        attn_weights = torch.matmul(q, k.transpose(2, 3)) * self.scaling
+        attn_weights = attn_weights / self.softcap
+        attn_weights = torch.tanh(attn_weights)
+        attn_weights = attn_weights * self.softcap
+        attn_weights = attn_weights + attention_mask
+        attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(q.dtype)
+        return self.out(torch.matmul(attn_weights, v))
+
+
+class OutputAttentions(_Heads):
+    """transformers eager_attention_forward with output_attentions=True: the weights are returned as well."""
+
+    def forward(self, x):
+        q, k, v = self.qkv(x)
+        attn_weights = torch.matmul(q, k.transpose(2, 3)) * self.head_dim ** -0.5
+        attn_weights = F.softmax(attn_weights, dim=-1)
+        return self.out(torch.matmul(attn_weights, v)), attn_weights
+
+
+class SlotAttentionStep(nn.Module):
+    """lucidrains/slot-attention: slot_attention/slot_attention.py: SlotAttention.forward (one iteration):
+    the softmax normalises over the slots (dim=1), not over the inputs."""
+
+    def __init__(self, num_slots=4, dim=64, eps=1e-8):
+        super().__init__()
+        self.eps = eps
+        self.scale = dim ** -0.5
+        g = torch.Generator().manual_seed(30)
+        self.slots = nn.Parameter(torch.randn(1, num_slots, dim, generator=g))
+        self.to_q = nn.Linear(dim, dim)
+        self.to_k = nn.Linear(dim, dim)
+        self.to_v = nn.Linear(dim, dim)
+
+    def forward(self, inputs):
+        slots = self.slots.expand(inputs.shape[0], -1, -1)
+        k, v = self.to_k(inputs), self.to_v(inputs)
+        q = self.to_q(slots)
+        dots = torch.einsum("bid,bjd->bij", q, k) * self.scale
+        attn = dots.softmax(dim=1) + self.eps
+        attn = attn / attn.sum(dim=-1, keepdim=True)
+        return torch.einsum("bjd,bij->bid", v, attn)
+
+
+class ClassifierHead(nn.Module):
+    """A classification head: softmax(linear(pooled)) (e.g. transformers *ForSequenceClassification + probs)."""
+
+    def __init__(self, dim=64, num_labels=5):
+        super().__init__()
+        self.dense = nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, num_labels)
+
+    def forward(self, hidden_states):
+        pooled = torch.tanh(self.dense(hidden_states[:, 0]))
+        logits = self.out_proj(pooled)
+        return torch.softmax(logits, dim=-1)
+
+
+class TalkingHeadAttn(nn.Module):
+    """huggingface/pytorch-image-models: timm/models/cait.py: TalkingHeadAttn.forward (linear mixing across
+    heads before and after the softmax)."""
+
+    def __init__(self, dim=64, num_heads=4):
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.attn_drop = nn.Dropout(0.0)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_l = nn.Linear(num_heads, num_heads)
+        self.proj_w = nn.Linear(num_heads, num_heads)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0] * self.scale, qkv[1], qkv[2]
+        attn = q @ k.transpose(-2, -1)
+        attn = self.proj_l(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        attn = attn.softmax(dim=-1)
+        attn = self.proj_w(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        attn = self.attn_drop(attn)
+        x = (attn @ v).transpose(1, 2).reshape(B, N, C)
+        return self.proj(x)
+
+
+class GptOssSinks(_Heads):
+    """transformers models/gpt_oss/modeling_gpt_oss.py: eager_attention_forward (learned sink logit per head,
+    concatenated before the softmax and sliced off after); returns only the attention output."""
+
+    def __init__(self):
+        super().__init__()
+        self.scaling = self.head_dim ** -0.5
+        g = torch.Generator().manual_seed(31)
+        self.sinks = nn.Parameter(torch.randn(self.heads, generator=g))
+
+    def forward(self, x, attention_mask):
+        query, key, value = self.qkv(x)
+        attn_weights = torch.matmul(query, key.transpose(2, 3)) * self.scaling
+        attn_weights = attn_weights + attention_mask
+        sinks = self.sinks.reshape(1, -1, 1, 1).expand(query.shape[0], -1, query.shape[-2], -1)
+        combined_logits = torch.cat([attn_weights, sinks], dim=-1)
+        combined_logits = combined_logits - combined_logits.max(dim=-1, keepdim=True).values
+        probs = F.softmax(combined_logits, dim=-1, dtype=combined_logits.dtype)
+        scores = probs[..., :-1]
+        attn_weights = F.dropout(scores, p=0.0, training=self.training).to(value.dtype)
+        return self.out(torch.matmul(attn_weights, value))
+
+
+def causal_additive(b=2, l=8):
+    m = padding_mask(b, l, l)
+    causal = torch.triu(torch.full((l, l), torch.finfo(torch.float32).min), diagonal=1)
+    return torch.maximum(m + causal, torch.full_like(m, torch.finfo(torch.float32).min))
+
+
+ENTRIES = [
+    Entry("near_misses/gemma2_softcap",
+          "huggingface/transformers: models/gemma2/modeling_gemma2.py: eager_attention_forward (softcap)",
+          lambda: Gemma2SoftCap().eval(), lambda: (hidden(2, 8, 64, seed=40)[0], causal_additive()),
+          None, reason="tanh"),
+    Entry("near_misses/output_attentions",
+          "huggingface/transformers: models/bert/modeling_bert.py: eager_attention_forward, output_attentions=True",
+          lambda: OutputAttentions().eval(), lambda: hidden(2, 8, 64, seed=41),
+          None, reason="used outside the ·V product"),
+    Entry("near_misses/slot_attention_softmax_over_slots",
+          "lucidrains/slot-attention: slot_attention/slot_attention.py: SlotAttention.forward (softmax(dim=1))",
+          lambda: SlotAttentionStep().eval(), lambda: hidden(2, 8, 64, seed=42),
+          None, reason="not the key (last) dim"),
+    Entry("near_misses/classifier_head",
+          "huggingface/transformers: models/roberta/modeling_roberta.py: RobertaClassificationHead + softmax",
+          lambda: ClassifierHead().eval(), lambda: hidden(2, 8, 64, seed=43),
+          None, reason="not attention"),
+    Entry("near_misses/cait_talking_heads",
+          "huggingface/pytorch-image-models: timm/models/cait.py: TalkingHeadAttn.forward",
+          lambda: TalkingHeadAttn().eval(), lambda: hidden(2, 8, 64, seed=44),
+          None, reason="not a ·V matmul"),
+    Entry("near_misses/gpt_oss_attention_sinks",
+          "huggingface/transformers: models/gpt_oss/modeling_gpt_oss.py: eager_attention_forward (sinks)",
+          lambda: GptOssSinks().eval(), lambda: (hidden(2, 8, 64, seed=45)[0], causal_additive()),
+          None, reason="not a ·V matmul"),
+]
