@@ -15,6 +15,7 @@ import torch
 import torch.fx as fx
 
 from .scores import NoMatch, Operand, Scores, _regroups_batch, read_scores, read_value_einsum, scale_note
+from .scores import _single as single_use
 from .view import data_users, dtype, norm_dim, rank, scalar, shape, view
 
 # A finite fill this large swallows any score it is added to (ulp/2 > 1e6 in fp32), so
@@ -107,8 +108,7 @@ def _match(gm, sm, modules) -> Attention:
         raise NoMatch("softmax without an explicit dim")
     if norm_dim(dim, r) != r - 1:
         raise NoMatch(f"softmax over dim {dim}, not the key (last) dim")
-    if len(data_users(top)) != 1:
-        raise NoMatch(f"the scores `{top.name}` are also used outside the softmax")
+    top = single_use(top, node, 0)     # resolves `s.masked_fill_(c, f); softmax(s)` to the in-place op
     if not _matmul_above(top, modules):
         raise NoMatch("not attention: no Q·Kᵀ matmul feeds this softmax")
     pv, p_node, drop, down = _walk_to_value(node, modules)

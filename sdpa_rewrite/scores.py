@@ -131,10 +131,10 @@ def _single(x, user: fx.Node, depth: int) -> fx.Node:
         raise NoMatch("the softmax input is a constant, not Q·Kᵀ", depth)
     users = data_users(x)
     if len(users) == 2 and user in users:
-        # x.masked_fill_(c, f) then a use of x: that use reads the mutated x, i.e. the in-place op's result
-        other = users[0] if users[1] is user else users[1]
-        if is_inplace(other) and other.args[0] is x and set(other.users) <= {user} and _before(other, user):
-            return other
+        # `x.masked_fill_(c, f); softmax(x)`: one logical chain — the later read sees the in-place op's result
+        first, later = users if _before(users[0], users[1]) else users[::-1]
+        if is_inplace(first) and first.args[0] is x and set(first.users) <= {later}:
+            return first if user is later else x
     if len(users) != 1:
         raise NoMatch(f"the scores `{x.name}` are also used outside the softmax", depth)
     return x
