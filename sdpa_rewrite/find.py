@@ -206,8 +206,8 @@ def _assemble(gm, node, top, sc: Scores, pv, p_node, drop, down, modules) -> Att
             target = sc.qk_shape[:-2]            # q and k are broadcast to Q·Kᵀ's batch, then regrouped
         if not _broadcasts(s[:-2], target):
             raise NoMatch(f"{name} batch dims {s[:-2]} do not broadcast to {target}")
-    keep, absorbing, uniform = _classify_fills(sc, drop)
     cdt = dtype(q.node)
+    keep, absorbing, uniform = _classify_fills(sc, drop, cdt)
     if dtype(k.node) != cdt:
         raise NoMatch("Q and K have different dtypes")
     out_dtype = dtype(pv.node)
@@ -293,7 +293,7 @@ def _only_new_axis_at(index: tuple, pos: int) -> bool:
     return index.index(None) == pos and Ellipsis not in index[:pos]
 
 
-def _classify_fills(sc: Scores, drop: Optional[Dropout]):
+def _classify_fills(sc: Scores, drop: Optional[Dropout], cdt: Optional[torch.dtype]):
     """Split the fills into a boolean keep-mask and exact additive terms; decide fully-masked rows."""
     keep, absorbing, finite = [], [], []
     n_terms = len(sc.terms)
@@ -304,7 +304,7 @@ def _classify_fills(sc: Scores, drop: Optional[Dropout]):
             keep.append((f.cond, f.masked_when, f.at))     # where(c, s, -inf) -> bool keep-mask c
         elif f.value > 0 or math.isnan(f.value):
             raise NoMatch(f"a masked fill with {f.value:g} raises the masked logits")
-        elif abs(f.value) >= ABSORBING_FILL and f.value != -math.inf and n_terms - f.terms_after == 0:
+        elif abs(f.value) >= ABSORBING_FILL and n_terms - f.terms_after == 0 and _finite_in(f.value, cdt):
             absorbing.append((f.cond, f.masked_when, f.value, f.at))  # where(R, f, s) = s + where(R, f, 0) when f swallows s
         else:
             finite.append(f)
@@ -318,6 +318,11 @@ def _classify_fills(sc: Scores, drop: Optional[Dropout]):
     # finite fill: masked logits all equal -> eager gives uniform weights on a fully masked row; SDPA gets a
     # bool mask and those rows are patched to mean(V)
     return ((f.cond, f.masked_when, f.at),), (), True
+
+
+def _finite_in(value: float, dt: Optional[torch.dtype]) -> bool:
+    """The fill survives as a finite number in the dtype SDPA's mask is built in."""
+    return dt is not None and math.isfinite(torch.tensor(value, dtype=torch.float64).to(dt).item())
 
 
 def _mask_kind(sc: Scores, keep, absorbing, uniform) -> str:

@@ -12,9 +12,10 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+import torch
 import torch.fx as fx
 
-from .view import Op, data_users, is_inplace, norm_dim, rank, scalar, shape, view
+from .view import Op, data_users, dtype, is_inplace, norm_dim, rank, scalar, shape, view
 
 
 class NoMatch(Exception):
@@ -169,6 +170,12 @@ def _tensor_factor_ok(t: fx.Node, top: fx.Node) -> bool:
     return ts is not None and ss is not None and len(ts) <= len(ss) and (len(ts) == 0 or ts[-1] == 1)
 
 
+def _round_to(value: float, dt) -> float:
+    if dt is None or not dt.is_floating_point:
+        return value
+    return torch.tensor(value, dtype=torch.float64).to(dt).item()
+
+
 def _parse_factor(op: Op, st, consumed, modules, root, depth):
     a, b = op["input"], op["other"]
     if op.kind == "div" and op["rounding_mode"] is not None:
@@ -251,6 +258,7 @@ def _parse_fill(op: Op, st, consumed, modules, root, depth):
         raise NoMatch(f"`{op.node.name}` fills with a tensor, not a constant", depth)
     if not isinstance(cond, fx.Node):
         raise NoMatch(f"`{op.node.name}` has a constant condition", depth)
+    fill = _round_to(fill, dtype(op.node))      # masked_fill(fp16, -3.4e38) writes -inf: classify what is written
     fill_value = -math.inf if fill == -math.inf else fill * st.post
     entry = Fill(cond, masked_when, fill_value, len(st.terms), bool(st.post_t), shape(op.node))
     st2 = _State(st.post, st.post_t, st.terms, (entry,) + st.fills, st.notes, st.terms_seen)

@@ -147,3 +147,23 @@ def test_report_to_dict_is_json():
     assert data["rewritten"] == 1 and data["sites"][0]["scale"] == 0.25
     assert data["sites"][0]["q"] == [2, 4, 8, 16]
     assert "1/sqrt(16)" in str(report)
+
+
+class WhereFilled(nn.Module):
+    def forward(self, q, k, v, masked):
+        s = torch.where(masked, torch.finfo(torch.float32).min, q @ k.transpose(-2, -1))
+        return torch.softmax(s, dim=-1) @ v
+
+
+def test_fp32_min_fill_on_fp16_scores_is_minus_inf():
+    """where(c, finfo(fp32).min, fp16 scores) writes -inf: classified as the -inf fill it is, not a finite one."""
+    q, k, v = (x.half() for x in qkv())
+    masked = _rows()
+    model = WhereFilled()
+    gm = torch.fx.symbolic_trace(model)
+    report = sdpa_rewrite.rewrite(gm, example_inputs=(q, k, v, masked))
+    assert report.sites[0].mask == "bool keep-mask"
+    out, ref = gm(q, k, v, masked), model(q, k, v, masked)
+    keep = ~torch.isnan(ref)
+    assert torch.isnan(ref[0, :, 2]).all() and torch.equal(out[0, :, 2], torch.zeros_like(out[0, :, 2]))
+    torch.testing.assert_close(out[keep], ref[keep], rtol=2e-3, atol=2e-3)
