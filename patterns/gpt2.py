@@ -12,7 +12,6 @@ Projections use a small Conv1D (transformers' pytorch_utils.Conv1D: addmm with a
 """
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from . import Entry, Expect, hidden, padding_mask
 

@@ -2,7 +2,6 @@
 
 Each entry names the reason the engine must give (a substring of it).
 """
-import math
 
 import torch
 import torch.nn as nn

@@ -8,7 +8,6 @@ after its projection (before the head view/transpose), so the attention itself r
 """
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from . import Entry, Expect, hidden, padding_mask
 

@@ -2,7 +2,6 @@
 every site of every graph — the model itself is run once and left untouched."""
 from __future__ import annotations
 
-import torch
 import torch.fx as fx
 
 from .report import Report

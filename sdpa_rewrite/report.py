@@ -7,7 +7,7 @@ from typing import Optional
 
 from tabulate import tabulate
 
-from .find import Attention, Miss
+from .find import Miss
 
 
 @dataclass(frozen=True)

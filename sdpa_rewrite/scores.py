@@ -9,7 +9,7 @@ replaced by `masked_fill` / `where`. It reads the graph and never mutates it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -79,7 +79,6 @@ class _State:
     terms: tuple = ()
     fills: tuple = ()
     notes: tuple = ()
-    terms_seen: bool = False   # an additive term lies after this point
 
 
 def read_scores(top: fx.Node, modules: dict, root) -> Scores:
@@ -188,7 +187,7 @@ def _parse_factor(op: Op, st, consumed, modules, root, depth):
             raise NoMatch("the scores are multiplied by zero", depth)
         factor = value if op.kind == "mul" else 1.0 / value
         sign = "*" if op.kind == "mul" else "/"
-        st2 = _State(st.post * factor, st.post_t, st.terms, st.fills, ((sign, value, "scores"),) + st.notes, st.terms_seen)
+        st2 = replace(st, post=st.post * factor, notes=((sign, value, "scores"),) + st.notes)
         return _parse(_single(chain, op.node, depth), st2, consumed, modules, root, depth + 1)
 
     def with_tensor(chain, t):
@@ -196,8 +195,8 @@ def _parse_factor(op: Op, st, consumed, modules, root, depth):
             raise NoMatch("the scores divide a tensor", depth)
         if not _tensor_factor_ok(t, op.node):
             raise NoMatch(f"the scores are multiplied by `{getattr(t, 'name', t)}`, which varies along the key dim", depth)
-        st2 = _State(st.post, ((op.kind, t),) + st.post_t, st.terms, st.fills,
-                     (f"{'×' if op.kind == 'mul' else '÷'} tensor `{t.name}` (folded into q)",) + st.notes, st.terms_seen)
+        note = f"{'×' if op.kind == 'mul' else '÷'} tensor `{t.name}` (folded into q)"
+        st2 = replace(st, post_t=((op.kind, t),) + st.post_t, notes=(note,) + st.notes)
         return _parse(_single(chain, op.node, depth), st2, consumed, modules, root, depth + 1)
 
     return _either(op, a, b, with_tensor, depth)
@@ -236,7 +235,7 @@ def _parse_term(op: Op, st, consumed, modules, root, depth):
         ts, ss = shape(term), shape(op.node)
         if ts is None or ss is None or len(ts) > len(ss):
             raise NoMatch(f"the additive term `{term.name}` does not broadcast to the scores", depth)
-        st2 = _State(st.post, st.post_t, (Term(term, coeff, st.post_t, shape(op.node)),) + st.terms, st.fills, st.notes, True)
+        st2 = replace(st, terms=(Term(term, coeff, st.post_t, shape(op.node)),) + st.terms)
         return _parse(_single(chain, op.node, depth), st2, consumed, modules, root, depth + 1)
 
     return _either(op, a, b, with_term, depth)
@@ -261,7 +260,7 @@ def _parse_fill(op: Op, st, consumed, modules, root, depth):
     fill = _round_to(fill, dtype(op.node))      # masked_fill(fp16, -3.4e38) writes -inf: classify what is written
     fill_value = -math.inf if fill == -math.inf else fill * st.post
     entry = Fill(cond, masked_when, fill_value, len(st.terms), bool(st.post_t), shape(op.node))
-    st2 = _State(st.post, st.post_t, st.terms, (entry,) + st.fills, st.notes, st.terms_seen)
+    st2 = replace(st, fills=(entry,) + st.fills)
     return _parse(_single(chain, op.node, depth), st2, consumed, modules, root, depth + 1)
 
 

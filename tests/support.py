@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-import sdpa_rewrite
 
 
 class RecordSDPA(TorchFunctionMode):

@@ -8,7 +8,6 @@ import textwrap
 import pytest
 import torch
 
-import sdpa_rewrite
 
 REWRITE_MODULE = importlib.import_module("sdpa_rewrite.rewrite")
 from support import compile_and_record
