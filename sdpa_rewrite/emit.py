@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from .find import Attention
 from .scores import Operand
-from .view import _SCALAR_FUNCTIONS, dtype, meta_value, reads_only_metadata, shape, view
+from .view import _SCALAR_FUNCTIONS, dtype, is_inplace, meta_value, reads_only_metadata, shape, view
 
 
 def dropout_p_of(module: torch.nn.Module) -> float:
@@ -28,7 +28,7 @@ def emit(gm: fx.GraphModule, att: Attention) -> fx.Node:
         b = _Builder(g)
         q = b.operand(att.q, att.batch, 1, att)
         for kind, t in att.tensor_scale:                   # (t·q)·kᵀ = t·(q·kᵀ) when t is constant along keys
-            q = b.call(operator.mul if kind == "mul" else operator.truediv, q, t)
+            q = b.factor(q, kind, t)
             if dtype(t) != att.compute_dtype:
                 q = b.method("to", q, att.compute_dtype)
         k = b.operand(att.k, att.batch, att.gqa, att)
@@ -69,6 +69,10 @@ class _Builder:
     def method(self, name: str, *args) -> fx.Node:
         return self.g.call_method(name, args)
 
+    def factor(self, x, kind: str, t) -> fx.Node:
+        """x·t or x/t: a tensor factor met on the scores, re-applied to q or to a mask term."""
+        return self.call(operator.mul if kind == "mul" else operator.truediv, x, t)
+
     def relayout(self, node, at, final: tuple):
         """A tensor broadcast against the scores at shape `at`, regrouped like the scores to `final`."""
         if at is None or tuple(at[:-2]) == tuple(final[:-2]):
@@ -106,7 +110,7 @@ def _mask(b: _Builder, att: Attention):
         if term.coeff != 1:
             x = b.call(operator.mul, x, term.coeff)
         for kind, t in term.factors:
-            x = b.call(operator.mul if kind == "mul" else operator.truediv, x, t)
+            x = b.factor(x, kind, t)
         parts.append(x)
     for cond, masked_when, value, at in att.absorbing:
         cond = b.relayout(cond, at, att.top_shape)
@@ -165,12 +169,9 @@ def _uniform_rows(b: _Builder, att: Attention, out: fx.Node, v: fx.Node) -> fx.N
     return b.call(torch.where, any_visible, out, mean_v)
 
 
-_INPLACE = {operator.iadd, operator.isub, operator.imul, operator.itruediv}
-
-
 def _pure(n: fx.Node) -> bool:
     """Erasable once unused: a call in our vocabulary (or scalar arithmetic) that mutates nothing."""
-    if n.op not in ("call_function", "call_method") or n.target in _INPLACE:
+    if n.op not in ("call_function", "call_method") or is_inplace(n):
         return False
     if n.op == "call_method":
         return not n.target.endswith("_")

@@ -376,6 +376,11 @@ def parse_equation(equation: str, ranks: list) -> Optional[tuple]:
     return spelled, out.replace("...", fill)
 
 
+def _unless_identity(p: tuple) -> Optional[tuple]:
+    """A permutation, or None when it leaves the dims in place (no permute node to emit)."""
+    return None if p == tuple(range(len(p))) else p
+
+
 def _order(letters: str, wanted: str) -> Optional[tuple]:
     if sorted(letters) != sorted(wanted) or len(set(letters)) != len(letters):
         return None
@@ -403,9 +408,8 @@ def _read_einsum_qk(op: Op, st, consumed, modules, root, depth):
         raise NoMatch(f"einsum '{op['equation']}' is not Q·Kᵀ", depth)
     q, qf, qn, qc = _peel(a, "q", modules, root, allow_transpose=False)
     k, kf, kn, kc = _peel(b, "k", modules, root, allow_transpose=False)
-    ident = lambda p: None if p == tuple(range(len(p))) else p
     _check_fills(st, depth)
-    return Scores(op.node, Operand(q.node, permute=ident(pq)), Operand(k.node, permute=ident(pk)),
+    return Scores(op.node, Operand(q.node, permute=_unless_identity(pq)), Operand(k.node, permute=_unless_identity(pk)),
                   st.post * qf * kf, st.notes + qn + kn, st.post_t, st.terms, st.fills, consumed + qc + kc,
                   shape(op.node))
 
@@ -425,5 +429,4 @@ def read_value_einsum(equation: str, p_index: int, ranks: list) -> Optional[tupl
     po = _order(batch + i + e[0], out)
     if pv is None or po is None:
         return None
-    ident = lambda p: None if p == tuple(range(len(p))) else p
-    return ident(pv), ident(po)
+    return _unless_identity(pv), _unless_identity(po)

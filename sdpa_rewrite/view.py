@@ -173,12 +173,8 @@ def view(node: fx.Node, modules: Optional[dict] = None) -> Optional[Op]:
     if kind == "cast" and node.op == "call_method" and node.target in ("to", "type"):
         if not _is_dtype_cast(node):
             return None
-    if kind == "getattr":
-        if args.get("name") == "mT":
-            return Op("transpose", node, {"input": args["input"], "dim0": -2, "dim1": -1})
-        if args.get("name") == "T" or args.get("name") == "mH":
-            return None
-        return None
+    if kind == "getattr":   # only `.mT` is an op we read; `.T` and `.mH` are not the key transpose
+        return Op("transpose", node, {"input": args["input"], "dim0": -2, "dim1": -1}) if args.get("name") == "mT" else None
     if kind == "softmax" and node.target is aten._softmax.default:
         args.pop("half_to_float", None)
     return Op(kind, node, args)
