@@ -242,7 +242,7 @@ ENTRIES = [
     Entry("gpt2/attn_full_divisor_where_finfo_only",
           SRC + "GPT2Attention._attn (4.3x-4.4x) with attention_mask=None: the finfo.min causal fill alone",
           lambda: GPT2AttentionFullDivisor().eval(), _x,
-          (Expect(scale=0.25, mask="float"),), traceable=False,
+          (Expect(scale=0.25, mask="none", is_causal=True),), traceable=False,
           notes="fill finfo(float32).min (>= 2**44) with no additive term: float mask"),
     Entry("gpt2/cross_attention_full_divisor",
           SRC + "GPT2Attention._attn (4.3x-4.4x), is_cross_attention=True: / torch.full([], v.size(-1)**0.5) "

@@ -35,8 +35,8 @@ class NanoGPTAttention(nn.Module):
 ENTRIES = [
     Entry("nanogpt/causal_self_attention", "karpathy/nanoGPT: model.py: CausalSelfAttention.forward (slow path)",
           lambda: NanoGPTAttention().eval(), lambda: hidden(2, 8, 64),
-          (Expect(scale=0.25, mask="bool"),), traceable=False),
+          (Expect(scale=0.25, mask="none", is_causal=True),), traceable=False),
     Entry("nanogpt/causal_self_attention_train", "karpathy/nanoGPT: model.py, dropout 0.1 in training",
           lambda: NanoGPTAttention(dropout=0.1).train(), lambda: hidden(2, 8, 64),
-          (Expect(scale=0.25, mask="bool", dropout_p=0.1),), traceable=False, training=True),
+          (Expect(scale=0.25, mask="none", is_causal=True, dropout_p=0.1),), traceable=False, training=True),
 ]

@@ -13,7 +13,7 @@ import torch.fx as fx
 
 from .rewrite import rewrite
 
-OPTIONS = ("downstream", "report", "strict")
+OPTIONS = ("downstream", "report", "strict", "fold_buffers")
 _warned: set = set()
 
 
@@ -23,17 +23,20 @@ def sdpa_rewrite_backend(gm: fx.GraphModule, example_inputs: list, options: Opti
 
     downstream: "inductor" (default), "eager", "aot_eager", any registered backend name or a callable;
     report: True prints each graph's table, a callable receives each Report (default: env
-    SDPA_REWRITE_REPORT=1); strict: raise on an internal error instead of compiling the graph untouched.
+    SDPA_REWRITE_REPORT=1); strict: raise on an internal error instead of compiling the graph untouched;
+    fold_buffers: read mask buffers at compile time to prove them causal (default True; pass False if
+    the model rewrites a mask buffer between calls).
     Any other option is an Inductor config patch when downstream is Inductor.
     """
     options = dict(options or {})
     downstream = options.pop("downstream", "inductor")
     show = options.pop("report", os.environ.get("SDPA_REWRITE_REPORT", "0") not in ("", "0"))
     strict = options.pop("strict", False)
+    fold_buffers = options.pop("fold_buffers", True)
     if options and downstream != "inductor":
         raise ValueError(f"sdpa_rewrite: unknown options {sorted(options)}; known: {OPTIONS}")
     try:
-        report = rewrite(gm)
+        report = rewrite(gm, example_inputs, fold_buffers=fold_buffers)
     except Exception as e:
         if strict:
             raise

@@ -11,6 +11,7 @@ import operator
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
 
 from .find import Attention
 from .scores import Operand
@@ -36,7 +37,10 @@ def emit(gm: fx.GraphModule, att: Attention) -> fx.Node:
         if dtype(att.v.node) != att.compute_dtype:
             v = b.method("to", v, att.compute_dtype)
         mask = _mask(b, att)
-        kwargs = {"attn_mask": mask, "dropout_p": _dropout_p(b, att), "is_causal": False, "scale": att.scale}
+        if att.causal == "lower-right":
+            mask = b.call(causal_lower_right, att.top_shape[-2], att.top_shape[-1])
+        kwargs = {"attn_mask": mask, "dropout_p": _dropout_p(b, att), "is_causal": att.causal == "top-left",
+                  "scale": att.scale}
         if att.gqa > 1:
             kwargs["enable_gqa"] = True
         out = g.call_function(F.scaled_dot_product_attention, (q, k, v), kwargs)
@@ -55,7 +59,7 @@ def emit(gm: fx.GraphModule, att: Attention) -> fx.Node:
     att.output.replace_all_uses_with(out)
     for n in att.consumed:
         _detach_metadata(g, n)
-    _erase_dead(g, (att.output,) + att.consumed)
+    _erase_dead(g, (att.output,) + att.consumed, att.folded)
     return out
 
 
@@ -212,8 +216,9 @@ def _detach_metadata(g: fx.Graph, node: fx.Node) -> None:
             g.erase_node(user)
 
 
-def _erase_dead(g: fx.Graph, candidates: tuple) -> None:
-    """Erase the site's own nodes once nothing uses them, then any pure input they leave unused."""
+def _erase_dead(g: fx.Graph, candidates: tuple, folded: frozenset = frozenset()) -> None:
+    """Erase the site's own nodes once nothing uses them, then any pure input they leave unused
+    (a folded mask's nodes are pure: fold.py proved it)."""
     pending, erased = list(dict.fromkeys(candidates)), set()
     while pending:
         n = pending.pop()
@@ -222,4 +227,4 @@ def _erase_dead(g: fx.Graph, candidates: tuple) -> None:
         inputs = n.all_input_nodes
         g.erase_node(n)
         erased.add(n)
-        pending.extend(i for i in inputs if _pure(i) or i in candidates)
+        pending.extend(i for i in inputs if _pure(i) or i in candidates or i in folded)

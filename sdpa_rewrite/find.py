@@ -5,6 +5,7 @@ It reads the graph and never mutates it; it knows nothing about how SDPA is call
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections import deque
@@ -14,6 +15,8 @@ from typing import Optional, Union
 import torch
 import torch.fx as fx
 
+from .fold import Folder
+from .masks import MASKING, Verdict, judge, mask_nodes
 from .scores import NoMatch, Operand, Scores, _regroups_batch, read_scores, read_value_einsum, scale_note
 from .scores import _single as single_use
 from .view import data_users, dtype, norm_dim, rank, scalar, shape, view
@@ -56,8 +59,11 @@ class Attention:
     q_shape: tuple
     k_shape: tuple
     v_shape: tuple
-    mask_kind: str
+    mask_kind: str                # how the mask reaches SDPA (bool keep-mask, additive, none)
     consumed: tuple               # nodes that die with the rewrite
+    verdict: Optional[Verdict] = None  # what the mask is (masks.py); None: no mask
+    causal: str = ""              # "top-left": is_causal=True; "lower-right": causal_lower_right(L, S)
+    folded: frozenset = frozenset()    # folded mask nodes, erased once unused
 
 
 @dataclass(frozen=True)
@@ -83,21 +89,21 @@ def location(node: fx.Node, gm: Optional[fx.GraphModule] = None) -> str:
     return node.name
 
 
-def find(gm: fx.GraphModule) -> list:
-    """One Finding per softmax in the graph, in graph order."""
+def find(gm: fx.GraphModule, folder: Optional[Folder] = None) -> list:
+    """One Finding per softmax in the graph, in graph order; `folder` proves constant masks."""
     modules = dict(gm.named_modules())
     findings = []
     for node in gm.graph.nodes:
         op = view(node, modules)
         if op is not None and op.kind == "softmax":
             try:
-                findings.append(_match(gm, op, modules))
+                findings.append(_match(gm, op, modules, folder))
             except NoMatch as miss:
                 findings.append(Miss(location(node, gm), node, miss.reason))
     return findings
 
 
-def _match(gm, sm, modules) -> Attention:
+def _match(gm, sm, modules, folder=None) -> Attention:
     node = sm.node
     top = sm["input"]
     if not isinstance(top, fx.Node) or shape(top) is None:
@@ -113,7 +119,7 @@ def _match(gm, sm, modules) -> Attention:
         raise NoMatch("not attention: no Q·Kᵀ matmul feeds this softmax")
     pv, p_node, drop, down = _walk_to_value(node, modules)
     scores = read_scores(top, modules, gm)
-    return _assemble(gm, node, top, scores, pv, p_node, drop, down, modules)
+    return _assemble(gm, node, top, scores, pv, p_node, drop, down, modules, folder)
 
 
 def _matmul_above(top: fx.Node, modules, budget: int = 64) -> bool:
@@ -165,7 +171,7 @@ def _walk_to_value(node: fx.Node, modules):
         raise NoMatch(f"the attention weights feed `{user.name}` ({op.kind}), not a ·V matmul{hint}")
 
 
-def _assemble(gm, node, top, sc: Scores, pv, p_node, drop, down, modules) -> Attention:
+def _assemble(gm, node, top, sc: Scores, pv, p_node, drop, down, modules, folder=None) -> Attention:
     q, k = sc.q, sc.k
     out_permute = None
     if pv.kind == "einsum":
@@ -207,9 +213,15 @@ def _assemble(gm, node, top, sc: Scores, pv, p_node, drop, down, modules) -> Att
         if not _broadcasts(s[:-2], target):
             raise NoMatch(f"{name} batch dims {s[:-2]} do not broadcast to {target}")
     cdt = dtype(q.node)
-    keep, absorbing, uniform = _classify_fills(sc, drop, cdt)
     if dtype(k.node) != cdt:
         raise NoMatch("Q and K have different dtypes")
+    verdict = judge(sc, top_shape, folder, top)
+    causal, folded = "", frozenset()
+    if verdict is not None and verdict.drops_mask and (verdict.kind != "causal lower-right" or gqa == 1):
+        causal = {"causal": "top-left", "causal lower-right": "lower-right"}.get(verdict.kind, "")
+        folded = frozenset().union(*(folder.cone(n) for n in mask_nodes(sc)))
+        sc = dataclasses.replace(sc, terms=(), fills=())
+    keep, absorbing, uniform = _classify_fills(sc, drop, cdt)
     out_dtype = dtype(pv.node)
     return Attention(
         location=location(node, gm), softmax=node, output=pv.node, q=q, k=k, v=v,
@@ -217,7 +229,8 @@ def _assemble(gm, node, top, sc: Scores, pv, p_node, drop, down, modules) -> Att
         terms=sc.terms, keep=keep, absorbing=absorbing, uniform_rows=uniform, dropout=drop,
         out_permute=out_permute, batch=batch, gqa=gqa, compute_dtype=cdt, out_dtype=out_dtype,
         qk_shape=tuple(sc.qk_shape), top_shape=top_shape, q_shape=qs, k_shape=ks, v_shape=vs, mask_kind=_mask_kind(sc, keep, absorbing, uniform),
-        consumed=(node,) + down + sc.consumed)
+        consumed=(node,) + down + sc.consumed, verdict=verdict, causal=causal, folded=folded)
+
 
 
 def _laid_out(x: Operand) -> Optional[tuple]:
@@ -304,6 +317,8 @@ def _classify_fills(sc: Scores, drop: Optional[Dropout], cdt: Optional[torch.dty
             keep.append((f.cond, f.masked_when, f.at))     # where(c, s, -inf) -> bool keep-mask c
         elif f.value > 0 or math.isnan(f.value):
             raise NoMatch(f"a masked fill with {f.value:g} raises the masked logits")
+        elif f.value > -MASKING:
+            raise NoMatch(f"a masked fill of {f.value:g} does not mask: eager keeps those weights non-zero")
         elif abs(f.value) >= ABSORBING_FILL and n_terms - f.terms_after == 0 and _finite_in(f.value, cdt):
             absorbing.append((f.cond, f.masked_when, f.value, f.at))  # where(R, f, s) = s + where(R, f, 0) when f swallows s
         else:

@@ -23,7 +23,7 @@ class Site:
     scale_source: str = ""
     mask: str = ""
     dropout: str = ""
-    causal: bool = False
+    causal: str = ""              # "top-left" (is_causal=True) | "lower-right" (causal_lower_right) | ""
     gqa_groups: int = 1
     graph: int = 0
 
@@ -41,8 +41,17 @@ class Site:
         return cls(
             f.location, status or "rewritten", reason, q=tuple(f.q_shape), k=tuple(f.k_shape),
             v=tuple(f.v_shape), dtype=str(f.compute_dtype).replace("torch.", ""), scale=f.scale,
-            scale_source=", ".join(f.scale_notes), mask=f.mask_kind, dropout=drop, causal=False,
+            scale_source=", ".join(f.scale_notes), mask=_mask_text(f), dropout=drop, causal=f.causal,
             gqa_groups=f.gqa, graph=graph)
+
+
+def _mask_text(f) -> str:
+    """What the mask is (the verdict) and, when SDPA still gets one, in which form."""
+    if f.verdict is None:
+        return "none"
+    if f.causal or f.mask_kind == "none":
+        return str(f.verdict)
+    return f"{f.verdict} -> {f.mask_kind}"
 
 
 @dataclass
@@ -77,7 +86,7 @@ class Report:
             scale = "" if s.scale is None else f"{s.scale:.4g} ({s.scale_source})"
             gqa = f"{s.gqa_groups}" if s.gqa_groups > 1 else ""
             rows.append([s.location, s.status, shapes, s.dtype, scale, s.mask, s.dropout,
-                         "yes" if s.causal else "", gqa, s.reason])
+                         s.causal, gqa, s.reason])
         headers = ["site", "status", "shapes", "dtype", "scale", "mask", "dropout", "causal", "gqa", "reason"]
         return tabulate(rows, headers=headers, tablefmt="simple")
 

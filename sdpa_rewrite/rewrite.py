@@ -13,14 +13,19 @@ import torch.fx as fx
 
 from .emit import emit
 from .find import Attention, find
+from .fold import Folder
 from .report import Report, Site
+from .view import meta_value
 
 
-def rewrite(gm: fx.GraphModule, example_inputs: Optional[Sequence] = None, *, graph: int = 0) -> Report:
+def rewrite(gm: fx.GraphModule, example_inputs: Optional[Sequence] = None, *, graph: int = 0,
+            fold_buffers: bool = True) -> Report:
     """Rewrite every eager attention site of `gm` to SDPA in place (lint + recompile); return the report.
 
     Graphs from Dynamo carry their shapes; for a `symbolic_trace` graph pass `example_inputs` (real or
     fake tensors) so shapes can be propagated — without them sites are skipped with that reason.
+    Masks that no input data reaches are evaluated once here (fold.py) to prove them causal or empty;
+    a module buffer in such a mask is read now, so `fold_buffers=False` if you rewrite a mask buffer later.
     """
     if not isinstance(gm, fx.GraphModule):
         raise TypeError(
@@ -28,13 +33,13 @@ def rewrite(gm: fx.GraphModule, example_inputs: Optional[Sequence] = None, *, gr
             f"torch.compile backend), not {type(gm).__name__}; for an nn.Module use "
             "torch.compile(model, backend='sdpa_rewrite') or sdpa_rewrite.explain(model, *args)")
     report = Report()
-    if example_inputs is not None:
+    if example_inputs is not None and not _has_shapes(gm):
         note = propagate_shapes(gm, example_inputs)
         if note:
             report.notes.append(note)
     saved = snapshot(gm.graph)
     try:
-        findings = find(gm)
+        findings = find(gm, Folder(gm, example_inputs, fold_buffers=fold_buffers))
         replaced: dict = {}
         for f in findings:
             if isinstance(f, Attention):
@@ -48,6 +53,11 @@ def rewrite(gm: fx.GraphModule, example_inputs: Optional[Sequence] = None, *, gr
         restore(gm, saved)
         raise
     return report
+
+
+def _has_shapes(gm: fx.GraphModule) -> bool:
+    """Dynamo and make_fx graphs already carry a value per node; symbolic_trace graphs do not."""
+    return all(meta_value(n) is not None for n in gm.graph.nodes if n.op == "placeholder")
 
 
 def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence) -> str:

@@ -162,7 +162,7 @@ def test_fp32_min_fill_on_fp16_scores_is_minus_inf():
     model = WhereFilled()
     gm = torch.fx.symbolic_trace(model)
     report = sdpa_rewrite.rewrite(gm, example_inputs=(q, k, v, masked))
-    assert report.sites[0].mask == "bool keep-mask"
+    assert report.sites[0].mask == "input mask (depends on the input `masked`) -> bool keep-mask"
     out, ref = gm(q, k, v, masked), model(q, k, v, masked)
     keep = ~torch.isnan(ref)
     assert torch.isnan(ref[0, :, 2]).all() and torch.equal(out[0, :, 2], torch.zeros_like(out[0, :, 2]))

@@ -1,0 +1,243 @@
+"""Stage 4a, fold: evaluate a mask at rewrite time when no input *data* reaches it.
+
+A causal mask built from `arange`, `tril`, comparisons, a registered buffer and the (static) sizes of
+the inputs is the same tensor on every call; evaluating it once with real tensors lets the rewrite prove
+what it is (see `masks.py`). Anything that reads an input's values, a parameter, a random op or a
+symbolic size is not folded, and `Folder.why_not` says which, for the report.
+"""
+from __future__ import annotations
+
+import operator
+import re
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.fx as fx
+
+from .view import is_inplace, meta_value
+
+# Ops whose value is not a function of their inputs: never folded.
+_RANDOM = ("rand", "randn", "randint", "randperm", "bernoulli", "multinomial", "normal", "dropout",
+           "empty", "uniform_", "normal_", "exponential_", "random_", "bernoulli_")
+# Calls that return a view of their first argument: an in-place op on the view mutates the base.
+_VIEWS = {"view", "reshape", "expand", "expand_as", "unsqueeze", "squeeze", "transpose", "permute", "t",
+          "narrow", "select", "contiguous", "flatten", "unflatten", "as_strided", "view_as", "to", "type",
+          "float", "half", "bfloat16", "bool", "int", "long", "__getitem__", "getitem", "swapaxes",
+          "diagonal", "movedim", "split", "chunk", "unbind"}
+_MAX_NUMEL = 1 << 28
+
+
+class NotConstant(Exception):
+    pass
+
+
+class Folder:
+    """Evaluates graph nodes that are constant at rewrite time (memoised; never mutates a model tensor).
+
+    `inputs`: real values of the graph's placeholders where known (the backend's example inputs). Only
+    placeholders that hold a module *buffer* are read; `fold_buffers=False` treats buffers as data.
+    """
+
+    def __init__(self, gm: fx.GraphModule, inputs: Optional[Sequence] = None, fold_buffers: bool = True):
+        self.gm = gm
+        self.fold_buffers = fold_buffers
+        self.values: dict = {}
+        self.reasons: dict = {}
+        self.order = {n: i for i, n in enumerate(gm.graph.nodes)}
+        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        self.inputs = {}
+        for node, value in zip(placeholders, inputs or ()):
+            if isinstance(value, torch.Tensor) and not _is_fake(value):
+                self.inputs[node] = value
+
+    # ---- public --------------------------------------------------------------------------------
+
+    def value(self, node: Any, before: Optional[fx.Node] = None) -> Optional[torch.Tensor]:
+        """The value `node` has when `before` reads it, or None (see `why_not`)."""
+        if not isinstance(node, fx.Node):
+            return node
+        try:
+            out = self._eval(node)
+            if before is not None:
+                self._check_not_mutated(node, before)
+            return out
+        except NotConstant as e:
+            self.reasons[node] = str(e)
+            return None
+
+    def why_not(self, node: fx.Node) -> str:
+        return self.reasons.get(node, "")
+
+    def cone(self, node: fx.Node) -> frozenset:
+        """The nodes a folded value was computed from: safe to erase once nothing reads them."""
+        return frozenset(n for n in _cone(node) if n.op in ("call_function", "call_method", "get_attr"))
+
+    # ---- evaluation ----------------------------------------------------------------------------
+
+    def _eval(self, root: fx.Node):
+        stack = [root]
+        while stack:
+            node = stack[-1]
+            if node in self.values:
+                stack.pop()
+                continue
+            failed = self.reasons.get(node)
+            if failed is not None:
+                raise NotConstant(failed)
+            pending = [n for n in self._needs(node) if n not in self.values]
+            if pending:
+                bad = next((n for n in pending if n in self.reasons), None)
+                if bad is not None:
+                    self.reasons[node] = self.reasons[bad]
+                    raise NotConstant(self.reasons[bad])
+                stack.extend(pending)
+                continue
+            stack.pop()
+            try:
+                self.values[node] = self._run(node)
+            except NotConstant as e:
+                self.reasons[node] = str(e)
+                raise
+        return self.values[root]
+
+    def _needs(self, node: fx.Node) -> list:
+        """Inputs whose *values* this node reads (a metadata read of an input needs only its shape)."""
+        if _reads_metadata(node):
+            return []
+        return list(node.all_input_nodes)
+
+    def _run(self, node: fx.Node):
+        if node.op == "placeholder":
+            return self._placeholder(node)
+        if node.op == "get_attr":
+            obj = _fetch(self.gm, node.target)
+            if isinstance(obj, torch.nn.Parameter):
+                raise NotConstant(f"reads the parameter `{node.target}`")
+            if isinstance(obj, torch.Tensor) and not node.target.split(".")[-1].startswith("_tensor_constant") \
+                    and not self.fold_buffers:
+                raise NotConstant(f"reads the buffer `{node.target}` (fold_buffers=False)")
+            return obj.clone() if isinstance(obj, torch.Tensor) else obj
+        if node.op not in ("call_function", "call_method"):
+            raise NotConstant(f"`{node.name}` is a {node.op}")
+        name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+        if any(r in name for r in _RANDOM):
+            raise NotConstant(f"`{node.name}` is random")
+        if _reads_metadata(node):
+            return _metadata(node)
+        args = fx.node.map_arg(node.args, lambda n: self.values[n])
+        kwargs = fx.node.map_arg(node.kwargs, lambda n: self.values[n])
+        try:
+            with torch.no_grad():
+                if node.op == "call_method":
+                    out = getattr(args[0], node.target)(*args[1:], **kwargs)
+                else:
+                    out = node.target(*args, **kwargs)
+        except Exception as e:
+            raise NotConstant(f"`{node.name}` could not be evaluated ({type(e).__name__})") from e
+        if isinstance(out, torch.Tensor) and out.numel() > _MAX_NUMEL:
+            raise NotConstant(f"`{node.name}` is too large to fold")
+        if isinstance(out, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+            raise NotConstant("symbolic shapes")
+        return out
+
+    def _placeholder(self, node: fx.Node):
+        if not _is_buffer(node):
+            raise NotConstant(f"depends on the input `{_input_name(node)}`")
+        if not self.fold_buffers:
+            raise NotConstant(f"reads the buffer `{_input_name(node)}` (fold_buffers=False)")
+        value = self.inputs.get(node)
+        if value is None:
+            raise NotConstant(f"the value of buffer `{_input_name(node)}` is not known at rewrite time")
+        return value.detach().clone()
+
+    def _check_not_mutated(self, node: fx.Node, before: fx.Node) -> None:
+        """An in-place op outside the folded cone, between it and its reader, would change the value."""
+        cone = _cone(node)
+        aliases = set(cone)
+        for n in self.gm.graph.nodes:       # graph order: a view's base is seen before the view
+            if n.op in ("call_method", "call_function") and n.args and n.args[0] in aliases \
+                    and _name(n) in _VIEWS:
+                aliases.add(n)
+        limit = self.order.get(before, len(self.order))
+        for n in self.gm.graph.nodes:
+            if is_inplace(n) and n.args and n.args[0] in aliases and n not in cone and self.order[n] < limit:
+                raise NotConstant(f"`{n.name}` mutates the mask in place")
+
+
+def _cone(node: fx.Node) -> set:
+    seen, stack = set(), [node]
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if not _reads_metadata(n):
+            stack.extend(n.all_input_nodes)
+    return seen
+
+
+def _name(n: fx.Node) -> str:
+    if n.op == "call_method":
+        return n.target
+    if n.target is operator.getitem:
+        return "getitem"
+    return getattr(n.target, "__name__", "")
+
+
+def _reads_metadata(node: fx.Node) -> bool:
+    if node.op == "call_method" and node.target in ("size", "dim"):
+        return True
+    return node.op == "call_function" and node.target is getattr and \
+        node.args[1] in ("shape", "dtype", "device", "ndim", "is_cuda")
+
+
+def _metadata(node: fx.Node):
+    value = meta_value(node.args[0])
+    if not isinstance(value, torch.Tensor):
+        raise NotConstant(f"`{node.name}`: no shape metadata")
+    if not all(isinstance(d, int) for d in value.shape):
+        raise NotConstant("symbolic shapes (dynamic=True): the mask is computed at run time")
+    if node.op == "call_method" and node.target == "dim":
+        return value.dim()
+    if node.op == "call_method":
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        return torch.Size(value.shape) if dim is None else value.shape[dim]
+    attr = node.args[1]
+    return {"shape": torch.Size(value.shape), "dtype": value.dtype, "device": value.device,
+            "ndim": value.dim(), "is_cuda": value.device.type == "cuda"}[attr]
+
+
+def _is_buffer(node: fx.Node) -> bool:
+    """A Dynamo placeholder lifted from a module buffer (not a parameter, not a user input)."""
+    arg = node.meta.get("grapharg")
+    source = getattr(arg, "source", None)
+    if source is not None:
+        name = source.name
+        name = name() if callable(name) else name
+        return "._buffers[" in str(name) or "_buffers['" in str(name)
+    return False
+
+
+def _input_name(node: fx.Node) -> str:
+    """`attention_mask` for Dynamo's `L['kwargs']['attention_mask']`, else the placeholder's name."""
+    arg = node.meta.get("grapharg")
+    source = getattr(arg, "source", None)
+    if source is None:
+        return node.name
+    name = source.name
+    name = str(name() if callable(name) else name)
+    keys = re.findall(r"\[['\"]([^'\"]+)['\"]\]", name)
+    return keys[-1] if keys else name
+
+
+def _is_fake(value: torch.Tensor) -> bool:
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return isinstance(value, FakeTensor) or value.device.type == "meta"
+
+
+def _fetch(root: Any, target: str) -> Any:
+    obj = root
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj

@@ -1,0 +1,134 @@
+"""Stage 4b, masks: say what a site's mask *is*, so emit can call SDPA's fastest exact form.
+
+Flash attention runs only without an `attn_mask`; a causal mask built in the graph (transformers' eager
+models build one even with no padding) would keep SDPA on a slower kernel. When every mask ingredient
+folds to a constant (`fold.py`), its keep-pattern is compared with the causal shapes:
+
+    none                all positions visible                -> attn_mask=None
+    causal              keep j <= i (top-left)               -> is_causal=True
+    causal lower-right  keep j <= i + S - L (L < S)          -> causal_lower_right(L, S) or the mask
+    sliding window      causal band of width w               -> the mask, kept
+    constant mask       anything else                        -> the mask, kept
+
+A masked position is one the eager softmax gives weight 0: a -inf or a large finite fill (|f| >= 1e4,
+far below any logit). A mask that reads input data stays a mask ("input mask"); one that reads
+parameters is a "bias"; with symbolic shapes nothing folds and the report says so.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.fx as fx
+
+from .fold import Folder
+from .scores import Scores
+
+# A fill or additive value at or below -MASKING leaves exp(logit) at 0 in fp32 for any sane logit.
+MASKING = 1e4
+
+
+@dataclass(frozen=True)
+class Verdict:
+    kind: str                 # none | causal | causal lower-right | sliding window | constant mask | input mask | bias | mask
+    detail: str = ""
+
+    @property
+    def drops_mask(self) -> bool:
+        """The mask can be replaced by flags: SDPA gets no attn_mask at all."""
+        return self.kind in ("none", "causal", "causal lower-right")
+
+    def __str__(self) -> str:
+        return f"{self.kind} ({self.detail})" if self.detail else self.kind
+
+
+def judge(sc: Scores, top_shape: tuple, folder: Optional[Folder], reader: fx.Node) -> Optional[Verdict]:
+    """The mask verdict of a site, or None when it has no mask at all."""
+    nodes = mask_nodes(sc)
+    if not nodes:
+        return None
+    if folder is None:
+        return Verdict("mask", "not folded: no graph values")
+    values = {}
+    for n in nodes:
+        value = folder.value(n, reader)
+        if value is None:
+            return _unfolded(folder.why_not(n))
+        values[n] = value
+    visible = _visible(sc, top_shape, values)
+    if visible is None:
+        return Verdict("bias", "constant, not a 0/-inf mask")
+    return classify(visible, top_shape[-2], top_shape[-1])
+
+
+def mask_nodes(sc: Scores) -> list:
+    """Every tensor the mask is made of: additive terms, their tensor factors, fill conditions."""
+    return [t.node for t in sc.terms] + [f.cond for f in sc.fills] + \
+        [t for term in sc.terms for _, t in term.factors if isinstance(t, fx.Node)]
+
+
+def classify(visible: torch.Tensor, L: int, S: int) -> Verdict:
+    """Compare a boolean keep-pattern (broadcastable to (..., L, S)) with the causal shapes."""
+    if bool(visible.all()):
+        return Verdict("none", "mask folded: all positions visible")
+    if not bool(visible.any(-1).all()):
+        return Verdict("constant mask", "fully masked rows")
+    rows = torch.arange(L, device=visible.device)[:, None]
+    cols = torch.arange(S, device=visible.device)[None, :]
+    delta = rows - cols                                    # i - j
+    if _same(visible, delta >= 0):
+        return Verdict("causal", "top-left, mask folded")
+    if L < S and _same(visible, delta + (S - L) >= 0):
+        return Verdict("causal lower-right", f"queries are the last {L} of {S} keys")
+    for offset in (0, S - L):
+        width = int(visible.reshape(-1, L, S)[0, -1].sum())
+        if _same(visible, (delta + offset >= 0) & (delta + offset < width)):
+            return Verdict("sliding window", f"width {width}")
+    return Verdict("constant mask", "")
+
+
+def _same(visible: torch.Tensor, pattern: torch.Tensor) -> bool:
+    return bool((visible == pattern.to(visible.device)).all())
+
+
+def _visible(sc: Scores, top_shape: tuple, values: dict) -> Optional[torch.Tensor]:
+    """True where eager's softmax can give weight; None when the values are not a 0 / masked pattern."""
+    additive = None
+    for term in sc.terms:
+        x = _laid_out(values[term.node].to(torch.float64) * term.coeff, term.at, top_shape)
+        for kind, t in term.factors:
+            t = values.get(t, t)
+            t = t.to(torch.float64) if isinstance(t, torch.Tensor) else float(t)
+            x = x * t if kind == "mul" else x / t
+        additive = x if additive is None else additive + x
+    masked = None
+    for f in sc.fills:
+        if not (f.value <= -MASKING) or f.terms_after:
+            return None
+        cond = _laid_out(values[f.cond].to(torch.bool), f.at, top_shape)
+        m = cond if f.masked_when else ~cond
+        masked = m if masked is None else masked | m
+    if additive is not None:
+        if not bool(((additive == 0) | (additive <= -MASKING)).all()):
+            return None
+        visible = additive == 0
+        return visible if masked is None else visible & ~masked
+    return ~masked
+
+
+def _laid_out(x: torch.Tensor, at: Optional[tuple], final: tuple) -> torch.Tensor:
+    """A value broadcast against the scores at shape `at`, regrouped like the scores to `final`."""
+    if at is None or tuple(at[:-2]) == tuple(final[:-2]):
+        return x
+    return x.expand(*at).reshape(*final)
+
+
+def _unfolded(reason: str) -> Verdict:
+    if "symbolic" in reason:
+        return Verdict("mask", "not folded: symbolic shapes (dynamic=True)")
+    if "parameter" in reason:
+        return Verdict("bias", reason)
+    if reason.startswith("depends on the input"):
+        return Verdict("input mask", reason)
+    return Verdict("mask", f"not folded: {reason}" if reason else "not folded")
