@@ -25,6 +25,7 @@ class Expect:
     dropout_p: float = 0.0      # the dropout_p SDPA is called with (p when training, else 0)
     is_causal: bool = False
     enable_gqa: bool = False
+    verdict: Optional[str] = None  # the report's mask verdict kind ("causal", "input mask", ...); None: unchecked
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ import operator
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
-from torch.nn.attention.bias import causal_lower_right
 
 from .find import Attention
 from .scores import Operand
@@ -21,6 +20,23 @@ from .view import _SCALAR_FUNCTIONS, dtype, is_inplace, meta_value, reads_only_m
 def dropout_p_of(module: torch.nn.Module) -> float:
     """nn.Dropout decides at run time: p while training, 0 in eval — SDPA must follow the module's flag."""
     return module.p if module.training else 0.0
+
+
+def causal_lower_right_attention(q, k, v, dropout_p: float = 0.0, scale: float = None, enable_gqa: bool = False):
+    """SDPA with the queries aligned to the *end* of the keys (key j visible to query i iff j <= i + S - L).
+
+    Flash attention's own causal flag is lower-right, so on CUDA this calls it directly (what
+    `torch.nn.attention.bias.causal_lower_right` does, in a form AOTAutograd can trace); elsewhere, or
+    when flash cannot run, it is SDPA with the explicit boolean mask."""
+    L, S = q.size(-2), k.size(-2)
+    if q.is_cuda and not enable_gqa and q.dim() == 4 and q.size(-1) % 8 == 0:
+        from torch.backends.cuda import SDPAParams, can_use_flash_attention
+
+        if can_use_flash_attention(SDPAParams(q, k, v, None, dropout_p, True, False)):
+            return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, dropout_p, True, False, scale=scale)[0]
+    keep = torch.ones(L, S, dtype=torch.bool, device=q.device).tril(S - L)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=dropout_p, scale=scale,
+                                          enable_gqa=enable_gqa)
 
 
 def emit(gm: fx.GraphModule, att: Attention) -> fx.Node:
@@ -36,14 +52,15 @@ def emit(gm: fx.GraphModule, att: Attention) -> fx.Node:
         v = b.operand(att.v, att.batch, att.gqa)
         if dtype(att.v.node) != att.compute_dtype:
             v = b.method("to", v, att.compute_dtype)
-        mask = _mask(b, att)
-        if att.causal == "lower-right":
-            mask = b.call(causal_lower_right, att.top_shape[-2], att.top_shape[-1])
-        kwargs = {"attn_mask": mask, "dropout_p": _dropout_p(b, att), "is_causal": att.causal == "top-left",
-                  "scale": att.scale}
+        kwargs = {"attn_mask": _mask(b, att), "dropout_p": _dropout_p(b, att),
+                  "is_causal": att.causal == "top-left", "scale": att.scale}
         if att.gqa > 1:
             kwargs["enable_gqa"] = True
-        out = g.call_function(F.scaled_dot_product_attention, (q, k, v), kwargs)
+        if att.causal == "lower-right":
+            del kwargs["attn_mask"], kwargs["is_causal"]
+            out = g.call_function(causal_lower_right_attention, (q, k, v), kwargs)
+        else:
+            out = g.call_function(F.scaled_dot_product_attention, (q, k, v), kwargs)
         for key in ("nn_module_stack", "stack_trace", "source_fn_stack"):
             if key in att.softmax.meta:
                 out.meta[key] = att.softmax.meta[key]

@@ -217,7 +217,7 @@ def _assemble(gm, node, top, sc: Scores, pv, p_node, drop, down, modules, folder
         raise NoMatch("Q and K have different dtypes")
     verdict = judge(sc, top_shape, folder, top)
     causal, folded = "", frozenset()
-    if verdict is not None and verdict.drops_mask and (verdict.kind != "causal lower-right" or gqa == 1):
+    if verdict is not None and verdict.drops_mask:
         causal = {"causal": "top-left", "causal lower-right": "lower-right"}.get(verdict.kind, "")
         folded = frozenset().union(*(folder.cone(n) for n in mask_nodes(sc)))
         sc = dataclasses.replace(sc, terms=(), fills=())

@@ -8,6 +8,7 @@ from typing import Optional
 from tabulate import tabulate
 
 from .find import Miss
+from .kernel import cuda_kernel
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class Site:
     dropout: str = ""
     causal: str = ""              # "top-left" (is_causal=True) | "lower-right" (causal_lower_right) | ""
     gqa_groups: int = 1
+    kernel: str = ""              # the kernel SDPA picks on CUDA (kernel.py); "" off CUDA
     graph: int = 0
 
     @property
@@ -42,7 +44,7 @@ class Site:
             f.location, status or "rewritten", reason, q=tuple(f.q_shape), k=tuple(f.k_shape),
             v=tuple(f.v_shape), dtype=str(f.compute_dtype).replace("torch.", ""), scale=f.scale,
             scale_source=", ".join(f.scale_notes), mask=_mask_text(f), dropout=drop, causal=f.causal,
-            gqa_groups=f.gqa, graph=graph)
+            gqa_groups=f.gqa, kernel=cuda_kernel(f), graph=graph)
 
 
 def _mask_text(f) -> str:
@@ -86,8 +88,11 @@ class Report:
             scale = "" if s.scale is None else f"{s.scale:.4g} ({s.scale_source})"
             gqa = f"{s.gqa_groups}" if s.gqa_groups > 1 else ""
             rows.append([s.location, s.status, shapes, s.dtype, scale, s.mask, s.dropout,
-                         s.causal, gqa, s.reason])
-        headers = ["site", "status", "shapes", "dtype", "scale", "mask", "dropout", "causal", "gqa", "reason"]
+                         s.causal, gqa, s.kernel, s.reason])
+        headers = ["site", "status", "shapes", "dtype", "scale", "mask", "dropout", "causal", "gqa", "cuda kernel", "reason"]
+        if not any(s.kernel for s in self.sites):
+            rows = [r[:9] + r[10:] for r in rows]
+            headers = headers[:9] + headers[10:]
         return tabulate(rows, headers=headers, tablefmt="simple")
 
     def __str__(self) -> str:

@@ -6,6 +6,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.bias import CausalBias
 from torch.overrides import TorchFunctionMode
 
 
@@ -26,7 +27,8 @@ class RecordSDPA(TorchFunctionMode):
             mask = bound.get("attn_mask")
             self.calls.append({
                 "scale": bound.get("scale"),
-                "mask": "none" if mask is None else ("bool" if mask.dtype == torch.bool else "float"),
+                "mask": "none" if mask is None else "causal_lower_right" if isinstance(mask, CausalBias)
+                        else "bool" if mask.dtype == torch.bool else "float",
                 "dropout_p": float(bound.get("dropout_p", 0.0)),
                 "is_causal": bool(bound.get("is_causal", False)),
                 "enable_gqa": bool(bound.get("enable_gqa", False)),

@@ -17,6 +17,13 @@ def _near_miss_reported(report, entry):
     assert entry.reason.lower() in reasons.lower(), f"expected reason containing {entry.reason!r}, got: {reasons}"
 
 
+def check_verdicts(report, expects):
+    """The report names the mask each site was proven to have (masks.py's verdict kinds)."""
+    for site, exp in zip(report.rewritten, expects):
+        if exp.verdict is not None:
+            assert site.mask.split(" (")[0].split(" ->")[0] == exp.verdict, (site.mask, exp)
+
+
 def test_catalog_is_large_enough():
     assert len([e for e in ENTRIES if not e.near_miss]) >= 30
     assert len({e.name.split("/")[0] for e in ENTRIES}) >= 10
@@ -43,6 +50,7 @@ def test_symbolic_trace(entry):
         x = with_grads(inputs)
         out = gm(*x)
     check_calls(rec.calls, entry.expect)
+    check_verdicts(report, entry.expect)
     if entry.training:
         return
     x_ref = with_grads(inputs)
@@ -68,6 +76,7 @@ def test_compile_backend(entry):
     assert len(report.rewritten) == len(entry.expect), str(report)
     assert len(report.sites) == len(entry.expect), str(report)
     check_calls(sdpa_calls_of(graphs), entry.expect)
+    check_verdicts(report, entry.expect)
     if entry.training:
         return
     x_ref = with_grads(inputs)

@@ -20,6 +20,60 @@ def llama():
     return transformers.LlamaForCausalLM(cfg).eval()
 
 
+def mistral():
+    cfg = transformers.MistralConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                                     intermediate_size=128, vocab_size=128, attn_implementation="eager")
+    return transformers.MistralForCausalLM(cfg).eval()
+
+
+def qwen2():
+    cfg = transformers.Qwen2Config(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                                   intermediate_size=128, vocab_size=128, attn_implementation="eager")
+    return transformers.Qwen2ForCausalLM(cfg).eval()
+
+
+DECODERS = [(gpt2, False), (llama, True), (mistral, True), (qwen2, True)]
+DECODER_IDS = ["gpt2", "llama", "mistral", "qwen2"]
+
+
+@pytest.mark.parametrize("build,gqa", DECODERS, ids=DECODER_IDS)
+def test_no_attention_mask_is_causal_without_mask(build, gqa):
+    """No attention_mask: the graph's causal mask folds away, SDPA gets is_causal=True and no attn_mask."""
+    model = build()
+    ids = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = model(ids).logits
+        out, reports, graphs = compile_and_record(model, (ids,))
+    sites = [s for r in reports for s in r.sites]
+    assert len(sites) == 2 and all(s.rewritten and s.causal == "top-left" for s in sites), "\n".join(map(str, reports))
+    assert all(s.mask.startswith("causal") for s in sites)
+    calls = sdpa_calls_of(graphs)
+    assert len(calls) == 2
+    assert all(c["is_causal"] and c["mask"] == "none" and c["enable_gqa"] == gqa for c in calls), calls
+    assert_close_outputs(out.logits, ref)
+
+
+@pytest.mark.parametrize("build,gqa", DECODERS, ids=DECODER_IDS)
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_attention_mask_stays_a_mask(build, gqa, side):
+    """A padded attention_mask is input data: the mask is kept, and every position equals eager."""
+    model = build()
+    ids = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(2, 16, dtype=torch.long)
+    mask[0, :5] = 0 if side == "left" else 1
+    if side == "right":
+        mask[0, -5:] = 0
+    with torch.no_grad():
+        ref = model(ids, attention_mask=mask).logits
+        out, reports, graphs = compile_and_record(model, (ids,), {"attention_mask": mask})
+    sites = [s for r in reports for s in r.sites]
+    assert len(sites) == 2 and all(s.rewritten and not s.causal for s in sites)
+    assert all(s.mask.startswith("input mask") for s in sites), [s.mask for s in sites]
+    calls = sdpa_calls_of(graphs)
+    assert len(calls) == 2 and all(not c["is_causal"] and c["mask"] != "none" for c in calls), calls
+    assert_close_outputs(out.logits, ref)
+
+
 @pytest.mark.parametrize("build,gqa", [(gpt2, False), (llama, True)], ids=["gpt2", "llama"])
 @pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "left-padded"])
 def test_every_attention_site_rewritten(build, gqa, padded):

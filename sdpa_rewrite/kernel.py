@@ -1,0 +1,70 @@
+"""Which fused kernel SDPA will pick for a rewritten site on CUDA — asked of torch, not guessed.
+
+`torch._fused_sdp_choice` is the dispatcher SDPA itself runs; it is asked with stand-in tensors of the
+site's dtype, heads, lengths and mask form (batch 1). When it is not flash, torch's
+`can_use_flash_attention(..., debug=True)` warning says why, and that reason goes in the report.
+On a graph whose tensors are not on CUDA nothing is asked and the answer is "".
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+_NAMES = {0: "math", 1: "flash", 2: "efficient", 3: "cudnn", 4: "overrideable"}
+
+
+def cuda_kernel(att) -> str:
+    """'flash', 'cudnn', 'efficient (flash: <why not>)', ... for an `Attention` on CUDA, else ''."""
+    device = getattr(_meta(att.q.node), "device", None)
+    if device is None or device.type != "cuda" or not torch.cuda.is_available():
+        return ""
+    try:
+        return _ask(att, device)
+    except Exception as e:  # the report must never fail a rewrite
+        return f"unknown ({type(e).__name__})"
+
+
+def _ask(att, device) -> str:
+    L, S = att.top_shape[-2:]
+    E, Ev = att.q_shape[-1], att.v_shape[-1]
+    heads = att.batch[-1] if len(att.batch) >= 2 else 1
+    kv_heads = heads // att.gqa
+    dt = att.compute_dtype
+    q = torch.empty(1, heads, L, E, device=device, dtype=dt)
+    k = torch.empty(1, kv_heads, S, E, device=device, dtype=dt)
+    v = torch.empty(1, kv_heads, S, Ev, device=device, dtype=dt)
+    mask, causal = None, att.causal == "top-left"
+    if att.causal == "lower-right":
+        from torch.backends.cuda import SDPAParams, can_use_flash_attention
+
+        flash = att.gqa == 1 and E % 8 == 0 and can_use_flash_attention(SDPAParams(q, k, v, None, 0.0, True, False))
+        return "flash (lower-right)" if flash else "explicit mask: " + _choice(q, k, v, _bool_mask(L, S, device), False, att)
+    if att.mask_kind != "none":
+        mask = _bool_mask(L, S, device) if att.mask_kind.startswith("bool") else torch.zeros(1, 1, L, S, device=device, dtype=dt)
+    return _choice(q, k, v, mask, causal, att)
+
+
+def _choice(q, k, v, mask, causal, att) -> str:
+    drop = att.dropout.p if att.dropout is not None and (att.dropout.training or att.dropout.module) else 0.0
+    name = _NAMES.get(int(torch._fused_sdp_choice(q, k, v, attn_mask=mask, dropout_p=drop, is_causal=causal,
+                                                  enable_gqa=att.gqa > 1)), "?")
+    if name in ("flash", "cudnn"):
+        return name
+    from torch.backends.cuda import SDPAParams, can_use_flash_attention
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        can_use_flash_attention(SDPAParams(q, k, v, mask, drop, causal, att.gqa > 1), True)
+    why = [str(w.message).split(" (Triggered")[0] for w in caught if "not used because" not in str(w.message)]
+    return f"{name} (flash: {why[-1]})" if why else name
+
+
+def _bool_mask(L: int, S: int, device) -> torch.Tensor:
+    return torch.ones(1, 1, L, S, device=device, dtype=torch.bool)
+
+
+def _meta(node):
+    from .view import meta_value
+
+    return meta_value(node)
