@@ -8,7 +8,7 @@ import sys
 import torch
 from tabulate import tabulate
 
-import sdpa_rewrite
+import sdpa_rewrite  # noqa: F401  (registers the backend)
 from patterns import all_entries
 
 

@@ -44,6 +44,7 @@ class Folder:
         self.values: dict = {}
         self.reasons: dict = {}
         self.order = {n: i for i, n in enumerate(gm.graph.nodes)}
+        self.inplace = [n for n in gm.graph.nodes if is_inplace(n) and n.args]
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         self.inputs = {}
         for node, value in zip(placeholders, inputs or ()):
@@ -57,10 +58,8 @@ class Folder:
         if not isinstance(node, fx.Node):
             return node
         try:
-            out = self._eval(node)
-            if before is not None:
-                self._check_not_mutated(node, before)
-            return out
+            closure = self._with_mutations(node, before)
+            return self._eval(node) if closure is None else self._eval_in_order(node, closure)
         except NotConstant as e:
             self.reasons[node] = str(e)
             return None
@@ -70,11 +69,13 @@ class Folder:
 
     def cone(self, node: fx.Node) -> frozenset:
         """The nodes a folded value was computed from: safe to erase once nothing reads them."""
-        return frozenset(n for n in _cone(node) if n.op in ("call_function", "call_method", "get_attr"))
+        return frozenset(n for n in _cone(node) if n.op in ("call_function", "call_method", "get_attr")
+                         and not is_inplace(n))
 
     # ---- evaluation ----------------------------------------------------------------------------
 
     def _eval(self, root: fx.Node):
+        """Memoised evaluation of a cone without in-place ops."""
         stack = [root]
         while stack:
             node = stack[-1]
@@ -84,7 +85,7 @@ class Folder:
             failed = self.reasons.get(node)
             if failed is not None:
                 raise NotConstant(failed)
-            pending = [n for n in self._needs(node) if n not in self.values]
+            pending = [n for n in _value_inputs(node) if n not in self.values]
             if pending:
                 bad = next((n for n in pending if n in self.reasons), None)
                 if bad is not None:
@@ -94,19 +95,42 @@ class Folder:
                 continue
             stack.pop()
             try:
-                self.values[node] = self._run(node)
+                self.values[node] = self._run(node, self.values)
             except NotConstant as e:
                 self.reasons[node] = str(e)
                 raise
         return self.values[root]
 
-    def _needs(self, node: fx.Node) -> list:
-        """Inputs whose *values* this node reads (a metadata read of an input needs only its shape)."""
-        if _reads_metadata(node):
-            return []
-        return list(node.all_input_nodes)
+    def _with_mutations(self, node: fx.Node, before: Optional[fx.Node]) -> Optional[set]:
+        """The cone plus every in-place op that writes into it before `before` reads it (and their
+        cones), when there is one: `_make_causal_mask` builds `full(...)` then `masked_fill_`s it."""
+        if not self.inplace:
+            return None
+        limit = self.order.get(before, len(self.order))
+        nodes = _cone(node)
+        while True:
+            aliases = set(nodes)
+            for n in self.gm.graph.nodes:          # graph order: a view's base is seen before the view
+                if n.op in ("call_method", "call_function") and n.args and n.args[0] in aliases \
+                        and _name(n) in _VIEWS:
+                    aliases.add(n)
+            writers = [n for n in self.inplace if n.args[0] in aliases and n not in nodes
+                       and self.order[n] < limit]
+            if not writers:
+                break
+            for w in writers:
+                nodes |= _cone(w)
+        return nodes if any(is_inplace(n) for n in nodes) else None
 
-    def _run(self, node: fx.Node):
+    def _eval_in_order(self, root: fx.Node, closure: set):
+        """Run the closure in graph order on fresh values, so each in-place op lands where it did."""
+        env: dict = {}
+        for n in self.gm.graph.nodes:      # every node of the closure runs before the reader
+            if n in closure:
+                env[n] = self._run(n, env)
+        return env[root]
+
+    def _run(self, node: fx.Node, env: dict):
         if node.op == "placeholder":
             return self._placeholder(node)
         if node.op == "get_attr":
@@ -124,8 +148,8 @@ class Folder:
             raise NotConstant(f"`{node.name}` is random")
         if _reads_metadata(node):
             return _metadata(node)
-        args = fx.node.map_arg(node.args, lambda n: self.values[n])
-        kwargs = fx.node.map_arg(node.kwargs, lambda n: self.values[n])
+        args = fx.node.map_arg(node.args, lambda n: env[n] if n in env else _like(n))
+        kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n])
         try:
             with torch.no_grad():
                 if node.op == "call_method":
@@ -141,7 +165,12 @@ class Folder:
         return out
 
     def _placeholder(self, node: fx.Node):
-        if not _is_buffer(node):
+        value = meta_value(node)
+        if isinstance(value, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+            raise NotConstant("symbolic shapes (dynamic=True): the mask is computed at run time")
+        if _source_has(node, "._parameters["):
+            raise NotConstant(f"reads the parameter `{_input_name(node)}`")
+        if not _source_has(node, "._buffers["):
             raise NotConstant(f"depends on the input `{_input_name(node)}`")
         if not self.fold_buffers:
             raise NotConstant(f"reads the buffer `{_input_name(node)}` (fold_buffers=False)")
@@ -150,18 +179,27 @@ class Folder:
             raise NotConstant(f"the value of buffer `{_input_name(node)}` is not known at rewrite time")
         return value.detach().clone()
 
-    def _check_not_mutated(self, node: fx.Node, before: fx.Node) -> None:
-        """An in-place op outside the folded cone, between it and its reader, would change the value."""
-        cone = _cone(node)
-        aliases = set(cone)
-        for n in self.gm.graph.nodes:       # graph order: a view's base is seen before the view
-            if n.op in ("call_method", "call_function") and n.args and n.args[0] in aliases \
-                    and _name(n) in _VIEWS:
-                aliases.add(n)
-        limit = self.order.get(before, len(self.order))
-        for n in self.gm.graph.nodes:
-            if is_inplace(n) and n.args and n.args[0] in aliases and n not in cone and self.order[n] < limit:
-                raise NotConstant(f"`{n.name}` mutates the mask in place")
+
+def _value_inputs(node: fx.Node) -> list:
+    """Inputs whose *values* a node reads: none for `x.size()`, all but `self` for `x.new_ones(...)`."""
+    if _reads_metadata(node):
+        return []
+    if _is_new_factory(node):
+        return [n for n in node.args[1:] if isinstance(n, fx.Node)] + \
+            [n for n in node.kwargs.values() if isinstance(n, fx.Node)]
+    return list(node.all_input_nodes)
+
+
+def _is_new_factory(node: fx.Node) -> bool:
+    return node.op == "call_method" and node.target in ("new_ones", "new_zeros", "new_full", "new_tensor")
+
+
+def _like(node: fx.Node) -> torch.Tensor:
+    """Stand-in for `x` in `x.new_ones(...)`: only its dtype and device are read."""
+    value = meta_value(node)
+    if not isinstance(value, torch.Tensor):
+        raise NotConstant(f"`{node.name}`: no metadata")
+    return torch.empty(0, dtype=value.dtype, device=value.device)
 
 
 def _cone(node: fx.Node) -> set:
@@ -171,8 +209,7 @@ def _cone(node: fx.Node) -> set:
         if n in seen:
             continue
         seen.add(n)
-        if not _reads_metadata(n):
-            stack.extend(n.all_input_nodes)
+        stack.extend(_value_inputs(n))
     return seen
 
 
@@ -207,15 +244,13 @@ def _metadata(node: fx.Node):
             "ndim": value.dim(), "is_cuda": value.device.type == "cuda"}[attr]
 
 
-def _is_buffer(node: fx.Node) -> bool:
-    """A Dynamo placeholder lifted from a module buffer (not a parameter, not a user input)."""
-    arg = node.meta.get("grapharg")
-    source = getattr(arg, "source", None)
-    if source is not None:
-        name = source.name
-        name = name() if callable(name) else name
-        return "._buffers[" in str(name) or "_buffers['" in str(name)
-    return False
+def _source_has(node: fx.Node, part: str) -> bool:
+    """Dynamo's source of a lifted placeholder names the module dict it came from (`._buffers[`)."""
+    source = getattr(node.meta.get("grapharg"), "source", None)
+    if source is None:
+        return False
+    name = source.name
+    return part in str(name() if callable(name) else name)
 
 
 def _input_name(node: fx.Node) -> str:
