@@ -13,6 +13,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from .find import Attention
+from .masks import MASKING
 from .scores import Operand
 from .view import _SCALAR_FUNCTIONS, dtype, is_inplace, meta_value, reads_only_metadata, shape, view
 
@@ -52,7 +53,8 @@ def emit(gm: fx.GraphModule, att: Attention) -> fx.Node:
         v = b.operand(att.v, att.batch, att.gqa)
         if dtype(att.v.node) != att.compute_dtype:
             v = b.method("to", v, att.compute_dtype)
-        kwargs = {"attn_mask": _mask(b, att), "dropout_p": _dropout_p(b, att),
+        mask = _mask(b, att)
+        kwargs = {"attn_mask": mask, "dropout_p": _dropout_p(b, att),
                   "is_causal": att.causal == "top-left", "scale": att.scale}
         if att.gqa > 1:
             kwargs["enable_gqa"] = True
@@ -66,6 +68,8 @@ def emit(gm: fx.GraphModule, att: Attention) -> fx.Node:
                 out.meta[key] = att.softmax.meta[key]
         if att.uniform_rows:
             out = _uniform_rows(b, att, out, v)
+        elif att.empty_rows and mask is not None:
+            out = _empty_rows(b, att, mask, out, v)
         if att.out_permute is not None:
             out = b.method("permute", out, *att.out_permute)
         if att.out_dtype != att.compute_dtype:
@@ -188,6 +192,20 @@ def _uniform_rows(b: _Builder, att: Attention, out: fx.Node, v: fx.Node) -> fx.N
     if att.gqa > 1:
         mean_v = b.method("repeat_interleave", mean_v, att.gqa, -3)
     return b.call(torch.where, any_visible, out, mean_v)
+
+
+def _empty_rows(b: _Builder, att: Attention, mask: fx.Node, out: fx.Node, v: fx.Node) -> fx.Node:
+    """A row whose every key is masked has no answer the CUDA kernels agree on (cuDNN returns neither
+    zeros nor eager's value). Give it eager's: uniform weights (mean of V) when the mask is finite there
+    (finfo.min), zeros when it is -inf (eager's NaN, as SDPA's math kernel answers)."""
+    if att.keep and not (att.terms or att.absorbing):
+        return b.call(torch.where, b.method("any", mask, -1, True), out, 0.0)
+    visible = b.method("any", b.call(operator.gt, mask, -MASKING), -1, True)
+    finite = b.method("any", b.call(operator.gt, mask, -math.inf), -1, True)
+    mean_v = b.method("mean", v, -2, True)
+    if att.gqa > 1:
+        mean_v = b.method("repeat_interleave", mean_v, att.gqa, -3)
+    return b.call(torch.where, visible, out, b.call(torch.where, finite, mean_v, 0.0))
 
 
 def _pure(n: fx.Node) -> bool:

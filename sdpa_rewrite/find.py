@@ -48,6 +48,7 @@ class Attention:
     keep: tuple                   # (cond, masked_when, at) : a boolean keep-mask, True = attend
     absorbing: tuple              # (cond, masked_when, value, at): finite fills emitted as additive terms
     uniform_rows: bool            # fully masked rows get eager's uniform weights (mean of V)
+    empty_rows: bool              # rows may be fully masked: give them eager's answer (kernels differ there)
     dropout: Optional[Dropout]
     out_permute: Optional[tuple]
     batch: tuple                  # broadcast batch shape of the output
@@ -227,6 +228,8 @@ def _assemble(gm, node, top, sc: Scores, pv, p_node, drop, down, modules, folder
         location=location(node, gm), softmax=node, output=pv.node, q=q, k=k, v=v,
         scale=float(sc.alpha), scale_notes=tuple(scale_note(n, qs[-1]) for n in sc.scale_notes) or ("none → 1.0",), tensor_scale=sc.tensor_scale,
         terms=sc.terms, keep=keep, absorbing=absorbing, uniform_rows=uniform, dropout=drop,
+        empty_rows=bool(keep or absorbing or sc.terms) and not uniform and verdict is not None
+        and verdict.empty_rows is not False and verdict.kind != "bias",
         out_permute=out_permute, batch=batch, gqa=gqa, compute_dtype=cdt, out_dtype=out_dtype,
         qk_shape=tuple(sc.qk_shape), top_shape=top_shape, q_shape=qs, k_shape=ks, v_shape=vs, mask_kind=_mask_kind(sc, keep, absorbing, uniform),
         consumed=(node,) + down + sc.consumed, verdict=verdict, causal=causal, folded=folded)

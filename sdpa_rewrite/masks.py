@@ -33,6 +33,7 @@ MASKING = 1e4
 class Verdict:
     kind: str                 # none | causal | causal lower-right | sliding window | constant mask | input mask | bias | mask
     detail: str = ""
+    empty_rows: Optional[bool] = None   # a row with every key masked: proven yes / no, or unknown (None)
 
     @property
     def drops_mask(self) -> bool:
@@ -71,21 +72,21 @@ def mask_nodes(sc: Scores) -> list:
 def classify(visible: torch.Tensor, L: int, S: int) -> Verdict:
     """Compare a boolean keep-pattern (broadcastable to (..., L, S)) with the causal shapes."""
     if bool(visible.all()):
-        return Verdict("none", "mask folded: all positions visible")
+        return Verdict("none", "mask folded: all positions visible", False)
     if not bool(visible.any(-1).all()):
-        return Verdict("constant mask", "fully masked rows")
+        return Verdict("constant mask", "fully masked rows", True)
     rows = torch.arange(L, device=visible.device)[:, None]
     cols = torch.arange(S, device=visible.device)[None, :]
     delta = rows - cols                                    # i - j
     if _same(visible, delta >= 0):
-        return Verdict("causal", "top-left, mask folded")
+        return Verdict("causal", "top-left, mask folded", False)
     if L < S and _same(visible, delta + (S - L) >= 0):
-        return Verdict("causal lower-right", f"queries are the last {L} of {S} keys")
+        return Verdict("causal lower-right", f"queries are the last {L} of {S} keys", False)
     for offset in (0, S - L):
         width = int(visible.reshape(-1, L, S)[0, -1].sum())
         if _same(visible, (delta + offset >= 0) & (delta + offset < width)):
-            return Verdict("sliding window", f"width {width}")
-    return Verdict("constant mask", "")
+            return Verdict("sliding window", f"width {width}", False)
+    return Verdict("constant mask", "", False)
 
 
 def _same(visible: torch.Tensor, pattern: torch.Tensor) -> bool:

@@ -167,3 +167,43 @@ def test_fp32_min_fill_on_fp16_scores_is_minus_inf():
     keep = ~torch.isnan(ref)
     assert torch.isnan(ref[0, :, 2]).all() and torch.equal(out[0, :, 2], torch.zeros_like(out[0, :, 2]))
     torch.testing.assert_close(out[keep], ref[keep], rtol=2e-3, atol=2e-3)
+
+
+class AddedMask(nn.Module):
+    """transformers' eager spelling: an additive float mask input (0 / fill), possibly with empty rows."""
+
+    def forward(self, q, k, v, mask):
+        return torch.softmax(q @ k.transpose(-1, -2) * 0.25 + mask, dim=-1) @ v
+
+
+@pytest.mark.parametrize("fill", [torch.finfo(torch.float32).min, float("-inf")], ids=["finfo.min", "-inf"])
+def test_additive_input_mask_fully_masked_rows(fill):
+    """Empty rows of an additive mask get eager's answer whatever the kernel: mean(V) for a finite fill
+    (uniform weights), zeros for -inf (eager: NaN). Other rows are untouched."""
+    q, k, v = qkv()
+    mask = torch.zeros(2, 1, 8, 8).masked_fill(_rows(), fill)
+    model = AddedMask()
+    gm = torch.fx.symbolic_trace(model)
+    report = sdpa_rewrite.rewrite(gm, example_inputs=(q, k, v, mask))
+    assert report.sites[0].mask.startswith("input mask")
+    out, ref = gm(q, k, v, mask), model(q, k, v, mask)
+    if fill == float("-inf"):
+        assert torch.isnan(ref[0, :, 2]).all() and torch.equal(out[0, :, 2], torch.zeros_like(out[0, :, 2]))
+    else:
+        torch.testing.assert_close(out[0, :, 2], v[0].mean(-2), rtol=1e-5, atol=1e-5)
+    keep = ~torch.isnan(ref)
+    torch.testing.assert_close(out[keep], ref[keep], rtol=1e-5, atol=1e-5)
+
+
+def test_causal_folded_mask_adds_no_row_fix():
+    """A mask proven causal has no empty rows: the graph is the bare SDPA call, nothing after it."""
+    gm = torch.fx.symbolic_trace(CausalTril())
+    sdpa_rewrite.rewrite(gm, example_inputs=qkv())
+    targets = [n.target for n in gm.graph.nodes if n.op != "placeholder" and n.op != "output"]
+    assert targets == [torch.nn.functional.scaled_dot_product_attention], targets
+
+
+class CausalTril(nn.Module):
+    def forward(self, q, k, v):
+        keep = torch.ones((q.size(-2), k.size(-2))).tril().bool()
+        return torch.softmax((q @ k.transpose(-1, -2) * 0.25).masked_fill(~keep, float("-inf")), dim=-1) @ v
