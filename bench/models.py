@@ -68,9 +68,15 @@ def timed(fn, warmup: int = 3, reps: int = 20):
     return times[len(times) // 2], (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
-def run(name: str, forms: list) -> list:
+def run(name: str, forms: list, padded: bool = False) -> list:
     _, batch, seq = MODELS[name]
     ids = torch.randint(0, 1000, (batch, seq), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    kwargs = {}
+    if padded:                         # left padding: row b starts after b * seq / (2 * batch) pad tokens
+        mask = torch.ones(batch, seq, dtype=torch.long, device="cuda")
+        for b in range(batch):
+            mask[b, : b * seq // (2 * batch)] = 0
+        kwargs["attention_mask"] = mask
     rows, ref, reports = [], None, []
     for form in forms:
         torch._dynamo.reset()
@@ -85,13 +91,13 @@ def run(name: str, forms: list) -> list:
         elif form == "dynamo_sdpa":
             model = torch.compile(model, backend="eager")
         with torch.no_grad():
-            logits = model(ids).logits.float().cpu()
+            logits = model(ids, **kwargs).logits.float().cpu()
             if ref is None:
                 ref = logits
             err = ((logits - ref).abs().max() / ref.abs().max()).item()
             del logits
-            ms, mib = timed(lambda: model(ids).logits)  # noqa: B023, F821  (called before `del model`)
-        rows.append({"model": name, "shape": f"B{batch} S{seq}", "form": form, "ms": round(ms, 2),
+            ms, mib = timed(lambda: model(ids, **kwargs).logits)  # noqa: B023, F821  (called before `del model`)
+        rows.append({"model": name, "shape": f"B{batch} S{seq}" + (" padded" if padded else ""), "form": form, "ms": round(ms, 2),
                      "peak_mib": round(mib), "rel_err_vs_first": float(f"{err:.2e}")})
         print(rows[-1], flush=True)
         del model
@@ -105,8 +111,9 @@ def main() -> None:
     ap.add_argument("models", nargs="+", choices=sorted(MODELS))
     ap.add_argument("--forms", default=",".join(FORMS))
     ap.add_argument("--json")
+    ap.add_argument("--padded", action="store_true", help="left-padded attention_mask (the mask stays a mask)")
     args = ap.parse_args()
-    rows = [row for name in args.models for row in run(name, args.forms.split(","))]
+    rows = [row for name in args.models for row in run(name, args.forms.split(","), args.padded)]
     print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, "
           f"transformers {transformers.__version__}, {torch.cuda.get_device_name()}")
     print(tabulate(rows, headers="keys", tablefmt="github"))

@@ -10,6 +10,8 @@ from tabulate import tabulate
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.bias import causal_lower_right
 
+from sdpa_rewrite.emit import causal_lower_right_attention
+
 dev = "cuda"
 BACKENDS = {int(v): k for k, v in SDPBackend.__members__.items()}
 
@@ -79,6 +81,7 @@ for dt in (torch.float16, torch.bfloat16):
         ref = F.scaled_dot_product_attention(q2.float(), k2.float(), v2.float(), attn_mask=bmask)
         for name, fn in {
             "causal_lower_right": lambda: F.scaled_dot_product_attention(q2, k2, v2, attn_mask=lr),
+            "sdpa_rewrite helper": lambda: causal_lower_right_attention(q2, k2, v2),
             "explicit bool mask": lambda: F.scaled_dot_product_attention(q2, k2, v2, attn_mask=bmask),
         }.items():
             err = ((fn().float() - ref).abs().max() / ref.abs().max()).item()

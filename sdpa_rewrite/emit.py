@@ -33,7 +33,7 @@ def causal_lower_right_attention(q, k, v, dropout_p: float = 0.0, scale: float =
     if q.is_cuda and not enable_gqa and q.dim() == 4 and q.size(-1) % 8 == 0:
         from torch.backends.cuda import SDPAParams, can_use_flash_attention
 
-        if can_use_flash_attention(SDPAParams(q, k, v, None, dropout_p, True, False)):
+        if can_use_flash_attention(SDPAParams(q, k, v, None, dropout_p, False, False)):
             return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, dropout_p, True, False, scale=scale)[0]
     keep = torch.ones(L, S, dtype=torch.bool, device=q.device).tril(S - L)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=dropout_p, scale=scale,

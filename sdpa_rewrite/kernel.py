@@ -38,7 +38,7 @@ def _ask(att, device) -> str:
     if att.causal == "lower-right":
         from torch.backends.cuda import SDPAParams, can_use_flash_attention
 
-        flash = att.gqa == 1 and E % 8 == 0 and can_use_flash_attention(SDPAParams(q, k, v, None, 0.0, True, False))
+        flash = att.gqa == 1 and E % 8 == 0 and can_use_flash_attention(SDPAParams(q, k, v, None, 0.0, False, False))
         return "flash (lower-right)" if flash else "explicit mask: " + _choice(q, k, v, _bool_mask(L, S, device), False, att)
     if att.mask_kind != "none":
         mask = _bool_mask(L, S, device) if att.mask_kind.startswith("bool") else torch.zeros(1, 1, L, S, device=device, dtype=dt)

@@ -10,7 +10,7 @@ folds to a constant (`fold.py`), its keep-pattern is compared with the causal sh
     sliding window      causal band of width w               -> the mask, kept
     constant mask       anything else                        -> the mask, kept
 
-A masked position is one the eager softmax gives weight 0: a -inf or a large finite fill (|f| >= 1e4,
+A masked position is one the eager softmax gives weight 0: a -inf or a large finite fill (|f| >= 1e3,
 far below any logit). A mask that reads input data stays a mask ("input mask"); one that reads
 parameters is a "bias"; with symbolic shapes nothing folds and the report says so.
 """
@@ -25,8 +25,9 @@ import torch.fx as fx
 from .fold import Folder
 from .scores import Scores
 
-# A fill or additive value at or below -MASKING leaves exp(logit) at 0 in fp32 for any sane logit.
-MASKING = 1e4
+# A fill or additive value at or below -MASKING leaves exp(logit - rowmax) at exactly 0 in fp32 for any
+# logit range under ~900 (exp underflows below -104); -1e4 in bf16 is -9984, so the bar sits at 1e3.
+MASKING = 1e3
 
 
 @dataclass(frozen=True)
