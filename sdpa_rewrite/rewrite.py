@@ -10,12 +10,15 @@ from typing import Optional, Sequence
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 
-from .emit import emit
+from .emit import causal_lower_right_attention, dropout_p_of, emit
 from .find import Attention, find
 from .fold import Folder
 from .report import Report, Site
 from .view import meta_value
+
+_NEVER_SHARED = {F.scaled_dot_product_attention, causal_lower_right_attention, dropout_p_of}
 
 
 def rewrite(gm: fx.GraphModule, example_inputs: Optional[Sequence] = None, *, graph: int = 0,
@@ -40,6 +43,7 @@ def rewrite(gm: fx.GraphModule, example_inputs: Optional[Sequence] = None, *, gr
     saved = snapshot(gm.graph)
     try:
         findings = find(gm, Folder(gm, example_inputs, fold_buffers=fold_buffers))
+        before = set(gm.graph.nodes)
         replaced: dict = {}
         for f in findings:
             if isinstance(f, Attention):
@@ -47,12 +51,39 @@ def rewrite(gm: fx.GraphModule, example_inputs: Optional[Sequence] = None, *, gr
                 replaced[f.output] = emit(gm, f)
             report.sites.append(Site.from_finding(f, graph))
         if any(isinstance(f, Attention) for f in findings):
+            share_common_nodes(gm.graph, before)
             gm.graph.lint()
             gm.recompile()
     except BaseException:
         restore(gm, saved)
         raise
     return report
+
+
+def share_common_nodes(graph: fx.Graph, before: set) -> None:
+    """Sites that read one mask build the same helper nodes (row checks, casts): keep the first of each.
+    Only nodes the rewrite added are merged, and never an attention call (dropout draws per call)."""
+    seen: dict = {}
+    for node in list(graph.nodes):
+        if node in before or node.op not in ("call_function", "call_method") or node.target in _NEVER_SHARED:
+            continue
+        key = (node.op, node.target, _key(node.args), _key(node.kwargs))
+        first = seen.setdefault(key, node)
+        if first is not node:
+            node.replace_all_uses_with(first)
+            graph.erase_node(node)
+
+
+def _key(value):
+    if isinstance(value, (tuple, list)):
+        return (type(value).__name__,) + tuple(_key(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _key(v)) for k, v in value.items()))
+    if isinstance(value, torch.dtype):
+        return str(value)
+    if isinstance(value, float) and value != value:
+        return "nan"
+    return value if isinstance(value, (fx.Node, int, float, str, bool, type(None))) else id(value)
 
 
 def _has_shapes(gm: fx.GraphModule) -> bool:
