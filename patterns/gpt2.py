@@ -253,13 +253,15 @@ ENTRIES = [
           SRC + "GPT2Attention._attn (4.1x-4.2x): / (v.size(-1)**0.5), where(causal, w, masked_bias=-1e4), "
           "nn.Softmax(dim=-1)",
           lambda: GPT2AttentionMaskedBias().eval(), _x,
-          None, reason="a tensor, not a constant fill", traceable=False,
-          notes="a known miss, not a near-miss: the -1e4 fill is a buffer, whose value is not known at "
-                "rewrite time (Dynamo lifts it to a graph input), so -inf vs finite cannot be decided"),
+          (Expect(scale=0.25, mask="none", is_causal=True, verdict="causal"),), traceable=False,
+          notes="the -1e4 fill is a buffer (a graph input under Dynamo): its value is read at rewrite time "
+                "like the causal buffer, and the pair folds to is_causal"),
     Entry("gpt2/attn_masked_bias_where_plus_mask",
           SRC + "GPT2Attention._attn (4.1x-4.2x): where(causal, w, -1e4) + additive padding mask",
           lambda: GPT2AttentionMaskedBias().eval(), _x_pad,
-          None, reason="a tensor, not a constant fill", traceable=False, notes="a known miss: the fill is a buffer"),
+          None, reason="a finite masked fill combined with other masks", traceable=False,
+          notes="a known miss: a finite (-1e4) fill under an additive padding mask; eager's fully masked rows "
+                "depend on how the two combine, so it stays eager"),
     Entry("gpt2/upcast_reordered_baddbmm",
           SRC + "GPT2Attention._upcast_and_reordered_attn: fp32 baddbmm(empty, q, k, beta=0, "
           "alpha=1/sqrt(d)/(layer_idx+1)), where(causal, w, finfo.min) + mask",

@@ -119,7 +119,7 @@ def _match(gm, sm, modules, folder=None) -> Attention:
     if not _matmul_above(top, modules):
         raise NoMatch("not attention: no Q·Kᵀ matmul feeds this softmax")
     pv, p_node, drop, down = _walk_to_value(node, modules)
-    scores = read_scores(top, modules, gm)
+    scores = read_scores(top, modules, gm, folder)
     return _assemble(gm, node, top, scores, pv, p_node, drop, down, modules, folder)
 
 

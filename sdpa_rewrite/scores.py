@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.fx as fx
@@ -79,11 +79,22 @@ class _State:
     terms: tuple = ()
     fills: tuple = ()
     notes: tuple = ()
+    folder: Any = None         # fold.Folder: a fill read from a buffer (`masked_bias`) is a constant too
 
 
-def read_scores(top: fx.Node, modules: dict, root) -> Scores:
+def read_scores(top: fx.Node, modules: dict, root, folder=None) -> Scores:
     """Parse the softmax input `top` down to its Q·Kᵀ; raise NoMatch with a reason otherwise."""
-    return _parse(top, _State(), (), modules, root, depth=0)
+    return _parse(top, _State(folder=folder), (), modules, root, depth=0)
+
+
+def _fill_constant(x, st: _State, modules, root) -> Optional[float]:
+    """A fill value: a Python number at rewrite time, or a one-element tensor that folds (a buffer)."""
+    value = scalar(x, modules, root)
+    if value is None and st.folder is not None and isinstance(x, fx.Node):
+        folded = st.folder.value(x)
+        if isinstance(folded, torch.Tensor) and folded.numel() == 1 and folded.is_floating_point():
+            value = folded.item()
+    return value
 
 
 def _describe(node: fx.Node) -> str:
@@ -246,13 +257,13 @@ def _parse_fill(op: Op, st, consumed, modules, root, depth):
         chain, cond, value, masked_when = op["input"], op["mask"], op["value"], True
     else:
         cond, x, y = op["condition"], op["input"], op["other"]
-        if scalar(y, modules, root) is not None:          # where(c, s, f): keep where c
+        if _fill_constant(y, st, modules, root) is not None:    # where(c, s, f): keep where c
             chain, value, masked_when = x, y, False
-        elif scalar(x, modules, root) is not None:        # where(c, f, s): keep where ~c
+        elif _fill_constant(x, st, modules, root) is not None:  # where(c, f, s): keep where ~c
             chain, value, masked_when = y, x, True
         else:
             raise NoMatch(f"`{op.node.name}` selects between the scores and a tensor, not a constant fill", depth)
-    fill = scalar(value, modules, root)
+    fill = _fill_constant(value, st, modules, root)
     if fill is None:
         raise NoMatch(f"`{op.node.name}` fills with a tensor, not a constant", depth)
     if not isinstance(cond, fx.Node):
