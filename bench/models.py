@@ -7,6 +7,8 @@
     inductor/eager   eager model + torch.compile (Inductor)
     inductor/sdpa    native-sdpa model + torch.compile (Inductor)
     backend/inductor eager model + torch.compile(backend="sdpa_rewrite")  (Inductor downstream)
+    backend_inductor_kernel_rows   the same with options={"empty_rows": "kernel"}: query rows that see no
+                     key (padding queries) are left to the kernel, as transformers' sdpa path does
 
 Usage (one model per call keeps each run under the device's 10-minute limit):
 
@@ -86,6 +88,8 @@ def run(name: str, forms: list, padded: bool = False) -> list:
             model = torch.compile(model, backend="sdpa_rewrite", options={"downstream": "eager", "report": reports.append})
         elif form == "backend_inductor":
             model = torch.compile(model, backend="sdpa_rewrite", options={"report": reports.append})
+        elif form == "backend_inductor_kernel_rows":
+            model = torch.compile(model, backend="sdpa_rewrite", options={"report": reports.append, "empty_rows": "kernel"})
         elif form.startswith("inductor"):
             model = torch.compile(model)
         elif form == "dynamo_sdpa":

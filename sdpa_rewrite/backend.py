@@ -13,7 +13,7 @@ import torch.fx as fx
 
 from .rewrite import rewrite
 
-OPTIONS = ("downstream", "report", "strict", "fold_buffers")
+OPTIONS = ("downstream", "report", "strict", "fold_buffers", "empty_rows")
 _warned: set = set()
 
 
@@ -25,7 +25,7 @@ def sdpa_rewrite_backend(gm: fx.GraphModule, example_inputs: list, options: Opti
     report: True prints each graph's table, a callable receives each Report (default: env
     SDPA_REWRITE_REPORT=1); strict: raise on an internal error instead of compiling the graph untouched;
     fold_buffers: read mask buffers at compile time to prove them causal (default True; pass False if
-    the model rewrites a mask buffer between calls).
+    the model rewrites a mask buffer between calls); empty_rows: "eager" (default) or "kernel" — see rewrite().
     Any other option is an Inductor config patch when downstream is Inductor.
     """
     options = dict(options or {})
@@ -33,10 +33,13 @@ def sdpa_rewrite_backend(gm: fx.GraphModule, example_inputs: list, options: Opti
     show = options.pop("report", os.environ.get("SDPA_REWRITE_REPORT", "0") not in ("", "0"))
     strict = options.pop("strict", False)
     fold_buffers = options.pop("fold_buffers", True)
+    empty_rows = options.pop("empty_rows", "eager")
+    if empty_rows not in ("eager", "kernel"):
+        raise ValueError(f"sdpa_rewrite: empty_rows must be 'eager' or 'kernel', not {empty_rows!r}")
     if options and downstream != "inductor":
         raise ValueError(f"sdpa_rewrite: unknown options {sorted(options)}; known: {OPTIONS}")
     try:
-        report = rewrite(gm, example_inputs, fold_buffers=fold_buffers)
+        report = rewrite(gm, example_inputs, fold_buffers=fold_buffers, empty_rows=empty_rows)
     except Exception as e:
         if strict:
             raise

@@ -22,14 +22,19 @@ _NEVER_SHARED = {F.scaled_dot_product_attention, causal_lower_right_attention, d
 
 
 def rewrite(gm: fx.GraphModule, example_inputs: Optional[Sequence] = None, *, graph: int = 0,
-            fold_buffers: bool = True) -> Report:
+            fold_buffers: bool = True, empty_rows: str = "eager") -> Report:
     """Rewrite every eager attention site of `gm` to SDPA in place (lint + recompile); return the report.
 
     Graphs from Dynamo carry their shapes; for a `symbolic_trace` graph pass `example_inputs` (real or
     fake tensors) so shapes can be propagated — without them sites are skipped with that reason.
     Masks that no input data reaches are evaluated once here (fold.py) to prove them causal or empty;
     a module buffer in such a mask is read now, so `fold_buffers=False` if you rewrite a mask buffer later.
+    `empty_rows`: "eager" (default) gives query rows that see no key eager's answer on every kernel;
+    "kernel" leaves them as the SDPA kernel computes them (as transformers' own sdpa path does): faster
+    on padded batches, and those rows (padding queries) then differ from eager.
     """
+    if empty_rows not in ("eager", "kernel"):
+        raise ValueError(f"empty_rows must be 'eager' or 'kernel', not {empty_rows!r}")
     if not isinstance(gm, fx.GraphModule):
         raise TypeError(
             "sdpa_rewrite.rewrite() takes a torch.fx.GraphModule (from torch.fx.symbolic_trace or a "
@@ -48,6 +53,11 @@ def rewrite(gm: fx.GraphModule, example_inputs: Optional[Sequence] = None, *, gr
         for f in findings:
             if isinstance(f, Attention):
                 f = _remap(f, replaced)
+                if empty_rows == "kernel" and (f.empty_rows or f.uniform_rows):
+                    f = dataclasses.replace(f, empty_rows=False, uniform_rows=False)
+                    if not report.notes or "empty_rows='kernel'" not in report.notes[-1]:
+                        report.notes.append("empty_rows='kernel': query rows that see no key are left as the "
+                                            "SDPA kernel computes them (they differ from eager)")
                 replaced[f.output] = emit(gm, f)
             report.sites.append(Site.from_finding(f, graph))
         if any(isinstance(f, Attention) for f in findings):

@@ -207,3 +207,18 @@ class CausalTril(nn.Module):
     def forward(self, q, k, v):
         keep = torch.ones((q.size(-2), k.size(-2))).tril().bool()
         return torch.softmax((q @ k.transpose(-1, -2) * 0.25).masked_fill(~keep, float("-inf")), dim=-1) @ v
+
+
+def test_empty_rows_kernel_policy_adds_no_row_fix():
+    """empty_rows='kernel' leaves rows with no visible key to the kernel: no row checks in the graph."""
+    q, k, v = qkv()
+    mask = torch.zeros(2, 1, 8, 8).masked_fill(_rows(), torch.finfo(torch.float32).min)
+    model = AddedMask()
+    gm = torch.fx.symbolic_trace(model)
+    report = sdpa_rewrite.rewrite(gm, example_inputs=(q, k, v, mask), empty_rows="kernel")
+    assert len(report.rewritten) == 1 and "empty_rows='kernel'" in report.notes[0]
+    assert not [n for n in gm.graph.nodes if n.target in ("any", torch.where)]
+    out, ref = gm(q, k, v, mask), model(q, k, v, mask)
+    torch.testing.assert_close(out[1], ref[1], rtol=1e-5, atol=1e-5)      # batch 1 has no empty row
+    with pytest.raises(ValueError, match="empty_rows"):
+        sdpa_rewrite.rewrite(torch.fx.symbolic_trace(model), example_inputs=(q, k, v, mask), empty_rows="fast")
