@@ -18,10 +18,16 @@ def _near_miss_reported(report, entry):
 
 
 def check_verdicts(report, expects):
-    """The report names the mask each site was proven to have (masks.py's verdict kinds)."""
+    """The report names the mask each site was proven to have (masks.py's verdict kinds), and agrees with
+    the call: is_causal only from a causal verdict, a dropped mask only from a causal or empty one."""
     for site, exp in zip(report.rewritten, expects):
+        kind = site.mask.split(" (")[0].split(" ->")[0]
         if exp.verdict is not None:
-            assert site.mask.split(" (")[0].split(" ->")[0] == exp.verdict, (site.mask, exp)
+            assert kind == exp.verdict, (site.mask, exp)
+        if exp.is_causal:
+            assert kind == "causal" and site.causal == "top-left", site
+        elif site.causal:
+            assert kind == "causal lower-right" and site.causal == "lower-right", site
 
 
 def test_catalog_is_large_enough():

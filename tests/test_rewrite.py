@@ -222,3 +222,16 @@ def test_empty_rows_kernel_policy_adds_no_row_fix():
     torch.testing.assert_close(out[1], ref[1], rtol=1e-5, atol=1e-5)      # batch 1 has no empty row
     with pytest.raises(ValueError, match="empty_rows"):
         sdpa_rewrite.rewrite(torch.fx.symbolic_trace(model), example_inputs=(q, k, v, mask), empty_rows="fast")
+
+
+def test_dynamic_shapes_keep_the_mask_and_say_so():
+    """With symbolic sizes nothing folds: the causal mask stays a mask, the report says why, numbers hold."""
+    model, reports = CausalTril(), []
+    compiled = torch.compile(model, backend="sdpa_rewrite", dynamic=True,
+                             options={"downstream": "eager", "report": reports.append, "strict": True})
+    for length in (8, 12):
+        q, k, v = qkv(l=length)
+        torch.testing.assert_close(compiled(q, k, v), model(q, k, v), rtol=1e-5, atol=1e-5)
+    sites = [s for r in reports for s in r.sites]
+    assert sites and all(s.rewritten and not s.causal for s in sites)
+    assert all("symbolic shapes" in s.mask for s in sites), [s.mask for s in sites]
