@@ -111,7 +111,9 @@ def _match(gm, sm, modules, folder=None) -> Attention:
         raise NoMatch("no shape metadata on the graph: pass example_inputs= to rewrite()")
     r = len(shape(top))
     dim = sm["dim"]
-    if not isinstance(dim, int):
+    if isinstance(dim, fx.Node):
+        dim = scalar(dim)
+    if not isinstance(dim, int) or isinstance(dim, bool):
         raise NoMatch("softmax without an explicit dim")
     if norm_dim(dim, r) != r - 1:
         raise NoMatch(f"softmax over dim {dim}, not the key (last) dim")
@@ -218,7 +220,7 @@ def _assemble(gm, node, top, sc: Scores, pv, p_node, drop, down, modules, folder
         raise NoMatch("Q and K have different dtypes")
     verdict = judge(sc, top_shape, folder, top)
     causal, folded = "", frozenset()
-    if verdict is not None and verdict.drops_mask:
+    if verdict is not None and verdict.drops_mask and not any(f.factors_after for f in sc.fills):
         causal = {"causal": "top-left", "causal lower-right": "lower-right"}.get(verdict.kind, "")
         folded = frozenset().union(*(folder.cone(n) for n in mask_nodes(sc)))
         sc = dataclasses.replace(sc, terms=(), fills=())

@@ -115,8 +115,8 @@ def _parse(node, st: _State, consumed: tuple, modules, root, depth: int) -> Scor
     if kind in ("cast", "layout"):
         return _parse(_single(op["input"], node, depth), st, consumed, modules, root, depth + 1)
     if kind == "reshape" and _regroups_batch(op):
-        if st.post_t:
-            raise NoMatch("a tensor-valued scale after a reshape of the scores", depth)
+        if any(shape(t) is None or any(d != 1 for d in shape(t)) for _, t in st.post_t):
+            raise NoMatch("a tensor-valued scale after a reshape of the scores", depth)   # a scalar tensor regroups as itself
         return _parse(_single(op["input"], node, depth), st, consumed, modules, root, depth + 1)
     if kind in ("mul", "div"):
         return _parse_factor(op, st, consumed, modules, root, depth)

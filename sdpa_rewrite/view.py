@@ -298,6 +298,10 @@ def scalar(arg: Any, modules: Optional[dict] = None, root: Any = None) -> Option
         if isinstance(value, torch.Tensor) and value.dim() == 0:
             return _as_dtype(scalar(arg.args[0], modules, root), value)
         return None
+    if arg.op == "call_method" and arg.target == "dim" or arg.op == "call_function" and arg.target is getattr \
+            and arg.args[1:] == ("ndim",):
+        s = shape(arg.args[0])                 # `x.dim() - 1` as a softmax dim in a symbolic_trace graph
+        return None if s is None else len(s)
     if arg.op == "call_method" and arg.target == "size":
         s = shape(arg.args[0])
         dim = arg.args[1] if len(arg.args) > 1 else arg.kwargs.get("dim")
