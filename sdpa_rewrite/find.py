@@ -77,6 +77,14 @@ class Miss:
 Finding = Union[Attention, Miss]
 
 
+class SiteError(RuntimeError):
+    """An internal error while matching or emitting one site, naming the site (the backend warns with it)."""
+
+    def __init__(self, site: str, error: BaseException):
+        super().__init__(f"at site {site}: {type(error).__name__}: {error}")
+        self.site = site
+
+
 def location(node: fx.Node, gm: Optional[fx.GraphModule] = None) -> str:
     """Module path of the node: Dynamo's nn_module_stack, the call_module target, else the node name."""
     stack = node.meta.get("nn_module_stack")
@@ -101,6 +109,8 @@ def find(gm: fx.GraphModule, folder: Optional[Folder] = None) -> list:
                 findings.append(_match(gm, op, modules, folder))
             except NoMatch as miss:
                 findings.append(Miss(location(node, gm), node, miss.reason))
+            except Exception as e:
+                raise SiteError(location(node, gm), e) from e
     return findings
 
 

@@ -13,7 +13,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from .emit import causal_lower_right_attention, dropout_p_of, emit
-from .find import Attention, find
+from .find import Attention, SiteError, find
 from .fold import Folder
 from .report import Report, Site
 from .view import meta_value
@@ -58,7 +58,10 @@ def rewrite(gm: fx.GraphModule, example_inputs: Optional[Sequence] = None, *, gr
                     if not report.notes or "empty_rows='kernel'" not in report.notes[-1]:
                         report.notes.append("empty_rows='kernel': query rows that see no key are left as the "
                                             "SDPA kernel computes them (they differ from eager)")
-                replaced[f.output] = emit(gm, f)
+                try:
+                    replaced[f.output] = emit(gm, f)
+                except Exception as e:
+                    raise SiteError(f.location, e) from e
             report.sites.append(Site.from_finding(f, graph))
         if any(isinstance(f, Attention) for f in findings):
             share_common_nodes(gm.graph, before)

@@ -15,7 +15,7 @@ from typing import Any, Optional
 import torch
 import torch.fx as fx
 
-from .view import Op, data_users, dtype, is_inplace, norm_dim, rank, scalar, shape, view
+from .view import Op, data_users, dtype, is_inplace, meta_value, norm_dim, rank, scalar, shape, view
 
 
 class NoMatch(Exception):
@@ -176,6 +176,8 @@ def _either(op: Op, a, b, parse_with, depth: int):
 
 def _tensor_factor_ok(t: fx.Node, top: fx.Node) -> bool:
     # s[..., i, j] · t[..., i, 0] = (q[..., i, :] · t[..., i, 0]) · k[..., j, :]: foldable into q iff t is constant along keys
+    if isinstance(meta_value(t), (float, int, torch.SymFloat, torch.SymInt)) and not isinstance(meta_value(t), bool):
+        return True        # a symbolic scalar (dynamic=True turns a module's float scale into `.item()`)
     ts, ss = shape(t), shape(top)
     return ts is not None and ss is not None and len(ts) <= len(ss) and (len(ts) == 0 or ts[-1] == 1)
 
