@@ -182,6 +182,18 @@ def _tensor_factor_ok(t: fx.Node, top: fx.Node) -> bool:
     return ts is not None and ss is not None and len(ts) <= len(ss) and (len(ts) == 0 or ts[-1] == 1)
 
 
+def _scaled_in(fill: float, notes: tuple, dt) -> float:
+    """The fill after the scalar factors that follow it, each applied in the scores' dtype as eager does:
+    finfo(fp32).min * 2 overflows to -inf (fully masked rows then give NaN, not uniform weights)."""
+    value = fill
+    for note in notes:                         # nearest factor first: program order after the fill
+        if not isinstance(note, tuple) or note[2] != "scores" or not isinstance(note[1], (int, float)):
+            continue
+        sign, factor, _ = note
+        value = _round_to(value * factor if sign == "*" else value / factor, dt)
+    return value
+
+
 def _round_to(value: float, dt) -> float:
     if dt is None or not dt.is_floating_point:
         return value
@@ -271,7 +283,7 @@ def _parse_fill(op: Op, st, consumed, modules, root, depth):
     if not isinstance(cond, fx.Node):
         raise NoMatch(f"`{op.node.name}` has a constant condition", depth)
     fill = _round_to(fill, dtype(op.node))      # masked_fill(fp16, -3.4e38) writes -inf: classify what is written
-    fill_value = -math.inf if fill == -math.inf else fill * st.post
+    fill_value = -math.inf if fill == -math.inf else _scaled_in(fill, st.notes, dtype(op.node))
     entry = Fill(cond, masked_when, fill_value, len(st.terms), bool(st.post_t), shape(op.node))
     st2 = replace(st, fills=(entry,) + st.fills)
     return _parse(_single(chain, op.node, depth), st2, consumed, modules, root, depth + 1)

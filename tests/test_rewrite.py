@@ -278,3 +278,18 @@ def test_aten_graphs_from_make_fx_are_a_clean_skip(tracing_mode):
     assert gm.code == before
     gm.graph.lint()
     torch.testing.assert_close(gm(q, k, v, m), _masked_attention(q, k, v, m))
+
+
+def test_fill_that_overflows_to_minus_inf_is_a_minus_inf_mask():
+    """finfo.min * 2 is -inf in fp32: eager's fully masked row is NaN, so the rewrite gives zeros, not mean(V)."""
+    from patterns.fuzz_found import OverflowingFill
+
+    q, k, v = qkv()
+    mask = torch.zeros(2, 1, 8, 8).masked_fill(_rows(), -1.0)
+    model = OverflowingFill()
+    gm = torch.fx.symbolic_trace(model)
+    sdpa_rewrite.rewrite(gm, example_inputs=(q, k, v, mask))
+    out, ref = gm(q, k, v, mask), model(q, k, v, mask)
+    assert torch.isnan(ref[0, :, 2]).all() and torch.equal(out[0, :, 2], torch.zeros_like(out[0, :, 2]))
+    keep = ~torch.isnan(ref)
+    torch.testing.assert_close(out[keep], ref[keep], rtol=1e-5, atol=1e-5)
