@@ -41,10 +41,15 @@ class Site:
         drop = "" if d is None else (f"p={d.p:g} (module: when training)" if d.module else
                                      f"p={d.p:g}" if d.training and d.p else "off")
         return cls(
-            f.location, status or "rewritten", reason, q=tuple(f.q_shape), k=tuple(f.k_shape),
-            v=tuple(f.v_shape), dtype=str(f.compute_dtype).replace("torch.", ""), scale=f.scale,
+            f.location, status or "rewritten", reason, q=_dims(f.q_shape), k=_dims(f.k_shape),
+            v=_dims(f.v_shape), dtype=str(f.compute_dtype).replace("torch.", ""), scale=f.scale,
             scale_source=", ".join(f.scale_notes), mask=_mask_text(f), dropout=drop, causal=f.causal,
             gqa_groups=f.gqa, kernel=cuda_kernel(f), graph=graph)
+
+
+def _dims(shape) -> tuple:
+    """Sizes as ints, symbolic ones (dynamic=True) as their names: the report stays JSON."""
+    return tuple(d if isinstance(d, int) else str(d) for d in shape)
 
 
 def _mask_text(f) -> str:

@@ -293,3 +293,14 @@ def test_fill_that_overflows_to_minus_inf_is_a_minus_inf_mask():
     assert torch.isnan(ref[0, :, 2]).all() and torch.equal(out[0, :, 2], torch.zeros_like(out[0, :, 2]))
     keep = ~torch.isnan(ref)
     torch.testing.assert_close(out[keep], ref[keep], rtol=1e-5, atol=1e-5)
+
+
+def test_report_of_a_dynamic_graph_is_json():
+    import json
+
+    reports = []
+    compiled = torch.compile(Attn(), backend="sdpa_rewrite", dynamic=True,
+                             options={"downstream": "eager", "report": reports.append, "strict": True})
+    compiled(*qkv())
+    data = json.loads(json.dumps(reports[0].to_dict()))
+    assert data["rewritten"] == 1 and all(isinstance(d, (int, str)) for d in data["sites"][0]["q"])

@@ -1,0 +1,33 @@
+"""Greedy generation with a KV cache: the same tokens with and without the backend, decode steps included."""
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from test_transformers import gpt2, llama  # noqa: E402
+
+
+@pytest.mark.parametrize("build", [gpt2, llama], ids=["gpt2", "llama"])
+@pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "left-padded"])
+def test_greedy_generate_same_tokens_decode_step_rewritten(build, padded):
+    model = build()
+    ids = torch.randint(1, 128, (2, 6), generator=torch.Generator().manual_seed(0))
+    kwargs = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
+    if padded:
+        mask = torch.ones_like(ids)
+        mask[0, :2] = 0
+        ids[0, :2] = 0
+        kwargs["attention_mask"] = mask
+    ref = model.generate(ids, **kwargs)
+    reports = []
+    model.forward = torch.compile(model.forward, backend="sdpa_rewrite",
+                                  options={"downstream": "eager", "report": reports.append, "strict": True})
+    out = model.generate(ids, **kwargs)
+    assert torch.equal(out, ref)
+    sites = [s for r in reports for s in r.sites]
+    assert sites and all(s.rewritten for s in sites), "\n".join(map(str, reports))
+    prefill = [s for s in sites if s.q[-2] == 6]
+    decode = [s for s in sites if s.q[-2] == 1]
+    assert prefill and decode, [s.q for s in sites]
+    if not padded:
+        assert all(s.causal == "top-left" for s in prefill)          # no padding: the prefill mask folds
