@@ -161,3 +161,40 @@ def test_dynamic_shapes_rewritten_exact_without_recompiles(build, gqa, how):
     sites = reports[0].sites
     assert len(sites) == 2 and all(s.rewritten for s in sites), str(reports[0])
     assert all((s.gqa_groups == 2) == gqa for s in sites)
+
+
+def bert():
+    cfg = transformers.BertConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128,
+                                  vocab_size=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                                  attn_implementation="eager")
+    return transformers.BertModel(cfg).eval()
+
+
+def bart():
+    cfg = transformers.BartConfig(encoder_layers=2, decoder_layers=2, d_model=64, encoder_attention_heads=4,
+                                  decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, vocab_size=128,
+                                  max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                                  decoder_start_token_id=2, attn_implementation="eager")
+    return transformers.BartForConditionalGeneration(cfg).eval()
+
+
+@pytest.mark.parametrize("build,sites", [(bert, 2), (t5, 6), (bart, 6)], ids=["bert", "t5", "bart"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_encoder_and_seq2seq_padding_equal_on_every_position(build, sites, side):
+    model = build()
+    ids = torch.randint(3, 128, (2, 12), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones(2, 12, dtype=torch.long)
+    if side == "left":
+        mask[0, :4] = 0
+    else:
+        mask[0, -4:] = 0
+    kwargs = {"attention_mask": mask}
+    if build is not bert:
+        kwargs["decoder_input_ids"] = ids[:, :7]
+    with torch.no_grad():
+        ref = model(ids, **kwargs)
+        out, reports, _ = compile_and_record(model, (ids,), kwargs)
+    found = [s for r in reports for s in r.sites]
+    assert len(found) == sites and all(s.rewritten for s in found), "\n".join(map(str, reports))
+    key = "last_hidden_state" if build is bert else "logits"
+    assert_close_outputs(out[key], ref[key])
