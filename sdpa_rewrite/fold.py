@@ -43,6 +43,7 @@ class Folder:
         self.fold_buffers = fold_buffers
         self.values: dict = {}
         self.reasons: dict = {}
+        self.verdicts: dict = {}          # masks.judge's cache
         self.order = {n: i for i, n in enumerate(gm.graph.nodes)}
         self.inplace = [n for n in gm.graph.nodes if is_inplace(n) and n.args]
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]

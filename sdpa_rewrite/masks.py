@@ -52,6 +52,22 @@ def judge(sc: Scores, top_shape: tuple, folder: Optional[Folder], reader: fx.Nod
         return None
     if folder is None:
         return Verdict("mask", "not folded: no graph values")
+    key = (tuple((t.node, t.coeff, _h(t.factors), _h(t.at)) for t in sc.terms),
+           tuple((f.cond, f.masked_when, f.value, f.terms_after, _h(f.at)) for f in sc.fills), _h(top_shape),
+           reader if folder.inplace else None)    # where the mask is read matters only if something writes it
+    if key not in folder.verdicts:               # every layer reads the same mask: classify it once
+        folder.verdicts[key] = _judge(sc, top_shape, folder, reader, nodes)
+    return folder.verdicts[key]
+
+
+def _h(x):
+    """Hashable form of shapes and factor tuples: symbolic sizes (dynamic=True) by their names."""
+    if isinstance(x, (tuple, list)):
+        return tuple(_h(v) for v in x)
+    return str(x) if isinstance(x, (torch.SymInt, torch.SymFloat, torch.SymBool)) else x
+
+
+def _judge(sc: Scores, top_shape: tuple, folder: Folder, reader: fx.Node, nodes: list) -> Verdict:
     values = {}
     for n in nodes:
         value = folder.value(n, reader)
