@@ -65,6 +65,7 @@ def _mask_text(f) -> str:
 class Report:
     sites: list = field(default_factory=list)
     notes: list = field(default_factory=list)   # graph-level notes (graph breaks, missing shapes, errors)
+    seconds: float = 0.0                        # time spent in the pass (find, fold, emit, lint)
 
     @property
     def rewritten(self) -> list:
@@ -77,6 +78,7 @@ class Report:
     def extend(self, other: "Report") -> None:
         self.sites.extend(other.sites)
         self.notes.extend(other.notes)
+        self.seconds += other.seconds
 
     def to_dict(self) -> dict:
         return {
@@ -84,6 +86,7 @@ class Report:
             "rewritten": len(self.rewritten),
             "skipped": len(self.skipped),
             "notes": list(self.notes),
+            "seconds": self.seconds,
         }
 
     def table(self) -> str:
@@ -102,6 +105,8 @@ class Report:
 
     def __str__(self) -> str:
         head = f"sdpa_rewrite: {len(self.rewritten)} of {len(self.sites)} softmax sites rewritten to SDPA"
+        if self.seconds:
+            head += f" ({self.seconds * 1e3:.0f} ms)"
         body = [head]
         if self.sites:
             body.append(self.table())

@@ -6,6 +6,7 @@ never sees a half-rewritten graph.
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Optional, Sequence
 
 import torch
@@ -40,6 +41,7 @@ def rewrite(gm: fx.GraphModule, example_inputs: Optional[Sequence] = None, *, gr
             "sdpa_rewrite.rewrite() takes a torch.fx.GraphModule (from torch.fx.symbolic_trace or a "
             f"torch.compile backend), not {type(gm).__name__}; for an nn.Module use "
             "torch.compile(model, backend='sdpa_rewrite') or sdpa_rewrite.explain(model, *args)")
+    started = time.perf_counter()
     report = Report()
     if example_inputs is not None and not _has_shapes(gm):
         note = propagate_shapes(gm, example_inputs)
@@ -70,6 +72,7 @@ def rewrite(gm: fx.GraphModule, example_inputs: Optional[Sequence] = None, *, gr
     except BaseException:
         restore(gm, saved)
         raise
+    report.seconds = time.perf_counter() - started
     return report
 
 
