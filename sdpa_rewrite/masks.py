@@ -56,7 +56,10 @@ def judge(sc: Scores, top_shape: tuple, folder: Optional[Folder], reader: fx.Nod
            tuple((f.cond, f.masked_when, f.value, f.terms_after, _h(f.at)) for f in sc.fills), _h(top_shape),
            reader if folder.inplace else None)    # where the mask is read matters only if something writes it
     if key not in folder.verdicts:               # every layer reads the same mask: classify it once
-        folder.verdicts[key] = _judge(sc, top_shape, folder, reader, nodes)
+        try:
+            folder.verdicts[key] = _judge(sc, top_shape, folder, reader, nodes)
+        except Exception as e:                   # keeping the mask is always exact: never fail a site here
+            folder.verdicts[key] = Verdict("mask", f"not classified ({type(e).__name__}: {e})")
     return folder.verdicts[key]
 
 
@@ -88,6 +91,8 @@ def mask_nodes(sc: Scores) -> list:
 
 def classify(visible: torch.Tensor, L: int, S: int) -> Verdict:
     """Compare a boolean keep-pattern (broadcastable to (..., L, S)) with the causal shapes."""
+    visible = torch.broadcast_to(visible, tuple(visible.shape[:-2]) + (L, S)) if visible.dim() >= 2 else \
+        torch.broadcast_to(visible, (L, S))
     if bool(visible.all()):
         return Verdict("none", "mask folded: all positions visible", False)
     if not bool(visible.any(-1).all()):

@@ -304,3 +304,17 @@ def test_report_of_a_dynamic_graph_is_json():
     compiled(*qkv())
     data = json.loads(json.dumps(reports[0].to_dict()))
     assert data["rewritten"] == 1 and all(isinstance(d, (int, str)) for d in data["sites"][0]["q"])
+
+
+def test_classify_broadcast_masks():
+    """Keep-patterns broadcast along queries or batch (B,1,1,S), (S,) classify like their full form."""
+    from sdpa_rewrite.masks import classify
+
+    assert classify(torch.ones(2, 1, 1, 6, dtype=torch.bool), 4, 6).kind == "none"
+    keys = torch.ones(2, 1, 1, 6, dtype=torch.bool)
+    keys[..., 4:] = False
+    assert classify(keys, 4, 6).kind == "constant mask"
+    assert classify(torch.ones(6, 6, dtype=torch.bool).tril(), 6, 6).kind == "causal"
+    assert classify(torch.ones(4, 6, dtype=torch.bool).tril(2), 4, 6).kind == "causal lower-right"
+    band = torch.ones(6, 6, dtype=torch.bool).tril() & ~torch.ones(6, 6, dtype=torch.bool).tril(-3)
+    assert str(classify(band, 6, 6)) == "sliding window (width 3)"
