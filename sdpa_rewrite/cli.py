@@ -2,6 +2,14 @@
 
     sdpa-rewrite demo [gpt2|llama]   build a tiny transformers model (random weights, eager attention),
                                      print the report of what the backend rewrites, and the max error
+    sdpa-rewrite scan gpt2 llama t5  each model_type built tiny from its config (offline), compiled with
+                                     the backend and compared with eager: report table + verdict line
+    sdpa-rewrite scan --all          every model_type transformers knows, with a summary at the end
+    sdpa-rewrite scan pkg.mod:fn     your factory: returns a model with a transformers config (dummy
+                                     inputs are made for it) or (model, inputs), inputs a kwargs dict
+                                     or a tuple of positional args
+      --json PATH  --coverage PATH (markdown page)  --padded left|right  --timeout SECONDS
+    scan exits 1 when a model's numbers differ from eager or the backend raised, else 0.
 """
 from __future__ import annotations
 
@@ -47,15 +55,86 @@ def demo(name: str) -> int:
     return 0 if err <= 1e-5 else 1
 
 
+def scan(args, argv: list) -> int:
+    import json
+
+    try:
+        from transformers.utils import logging
+    except ImportError:
+        print("scan builds transformers models: pip install transformers", file=sys.stderr)
+        return 2
+    from .scan import coverage, summary
+    from .scan.run import scan_model
+
+    logging.set_verbosity_error()
+    torch._logging.set_logs(dynamo=40)      # logging.ERROR: graph-break warnings are the report's business
+    if args.all:
+        from transformers import CONFIG_MAPPING
+
+        targets = sorted(CONFIG_MAPPING.keys())
+    else:
+        targets = args.targets
+    if not targets:
+        print("sdpa-rewrite scan: name model types (gpt2 llama ...), module:function factories, or --all",
+              file=sys.stderr)
+        return 2
+    results = []
+    for i, target in enumerate(targets):
+        if args.all:
+            _progress(i, len(targets), target)
+        result = scan_model(target, padded=args.padded, timeout=args.timeout)
+        results.append(result)
+        if not args.all:
+            if result.report is not None and result.report.sites:
+                print(result.report)
+            print(summary.verdict(result), end="\n\n", flush=True)
+        if args.json:       # written after every model, so a long --all run leaves its results so far
+            with open(args.json, "w") as f:
+                json.dump([r.to_dict() for r in results], f, indent=1)
+    if args.all:
+        _progress(len(targets), len(targets), "")
+        print(summary.table(results))
+        print()
+    if len(results) > 1:
+        print("\n".join(summary.Totals.of(results).lines()))
+    if args.coverage:
+        coverage.write(args.coverage, results, command="sdpa-rewrite " + " ".join(argv), padded=args.padded)
+    failed = [r for r in results if r.status == "wrong result" or r.note.startswith("sdpa_rewrite:")]
+    return 1 if failed else 0
+
+
+def _progress(done: int, total: int, name: str, width: int = 30) -> None:
+    """One line on stderr, redrawn in place: [#####.....] 123/822 name."""
+    filled = width * done // max(total, 1)
+    end = "\n" if done == total else ""
+    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {name:<40.40}", end=end,
+          file=sys.stderr, flush=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="sdpa-rewrite", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="rewrite a tiny transformers model and print the report")
     d.add_argument("model", nargs="?", default="gpt2", choices=sorted(TINY))
+    s = sub.add_parser("scan", help="run transformers architectures (or your factory) through the backend")
+    s.add_argument("targets", nargs="*", metavar="MODEL",
+                   help="a transformers model_type (gpt2, t5, ...) or module:function returning a model "
+                        "or (model, inputs)")
+    s.add_argument("--all", action="store_true", help="every model_type in transformers' CONFIG_MAPPING")
+    s.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    s.add_argument("--coverage", metavar="PATH", help="write the markdown coverage page")
+    s.add_argument("--padded", choices=["left", "right"], help="pad the first row: the attention mask is input data")
+    s.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="give up on a model after this long (default: none; 600 with --all)")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     if args.command == "demo":
         return demo(args.model)
+    if args.command == "scan":
+        if args.all and args.timeout is None:
+            args.timeout = 600.0
+        return scan(args, argv)
     return 2
 
 

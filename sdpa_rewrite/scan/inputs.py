@@ -1,6 +1,6 @@
 """Dummy inputs for a tiny transformers model, decided in one place from its forward signature and config.
 
-Token ids avoid the special ids configs.py pins to 0..3, so no sequence ends early or hides an image
+Token ids avoid the special ids configs.py pins to 0..3, so no sequence ends early or holds an image
 token; `padded` pads the first row of the batch on one side, so the mask is real input data.
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ import torch
 BATCH, LENGTH, PAD = 2, 16, 5
 FIRST_ID = 4                 # ids 0..3 are the special tokens configs.py sets
 AUDIO_SAMPLES = 4000         # raw waveform models (wav2vec2 family): a few conv frames
+IMAGE_TOKEN = ("image_token_id", "image_token_index")
 
 
 def dummy_inputs(model: torch.nn.Module, padded: Optional[str] = None, seed: int = 0) -> dict:
@@ -32,7 +33,7 @@ def dummy_inputs(model: torch.nn.Module, padded: Optional[str] = None, seed: int
     if "decoder_input_ids" in params and getattr(config, "is_encoder_decoder", False) and vocab:
         inputs["decoder_input_ids"] = torch.randint(FIRST_ID, vocab, (BATCH, LENGTH), generator=g)
     image = _first(config, "image_size")
-    if "pixel_values" in params and image:
+    if "pixel_values" in params and image and not _image_tokens(config, inputs):
         side = image if isinstance(image, (list, tuple)) else (image, image)
         channels = _first(config, "num_channels") or 3
         inputs["pixel_values"] = torch.randn(BATCH, channels, *side[:2], generator=g)
@@ -45,6 +46,12 @@ def dummy_inputs(model: torch.nn.Module, padded: Optional[str] = None, seed: int
     if "use_cache" in params:
         inputs["use_cache"] = False          # one forward pass: no cache objects in the outputs
     return inputs
+
+
+def _image_tokens(config, inputs: dict) -> bool:
+    """A vision-language model places image features at image tokens, as many per image as its own
+    processor decides: run it on text only (its vision tower is scanned as its own model_type)."""
+    return "input_ids" in inputs and any(_first(config, name) is not None for name in IMAGE_TOKEN)
 
 
 def padding_mask(side: str, batch: int = BATCH, length: int = LENGTH) -> torch.Tensor:

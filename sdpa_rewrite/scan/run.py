@@ -2,10 +2,12 @@
 and whether the numbers still agree with eager. One `ScanResult` per model; nothing is printed here."""
 from __future__ import annotations
 
+import contextlib
 import importlib
-import math
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ from .inputs import dummy_inputs
 STATUSES = ("ok", "wrong result", "could not build", "graph break", "no attention", "error")
 TOLERANCE = 1e-4            # fp32 on CPU: a correct rewrite differs from eager by rounding only (~1e-7)
 FLOOR = 1e-6                # denominator floor: outputs that are ~0 everywhere are judged absolutely
+SEED = 0
 
 
 @dataclass
@@ -50,7 +53,7 @@ class CountAttention(TorchFunctionMode):
     is rank 2 and not counted; a rank-3+ softmax that is not attention is counted (the report then says
     the backend's reason for leaving it)."""
 
-    SOFTMAX = {F.softmax, torch.softmax, torch.Tensor.softmax, torch.special.softmax}
+    SOFTMAX = frozenset({F.softmax, torch.softmax, torch.Tensor.softmax, torch.special.softmax})
 
     def __init__(self):
         super().__init__()
@@ -76,25 +79,56 @@ def resolve(target: Union[str, Callable]) -> tuple:
     return target, lambda: build(target)
 
 
-def scan_model(target: Union[str, Callable], padded: Optional[str] = None) -> ScanResult:
+def scan_model(target: Union[str, Callable], padded: Optional[str] = None,
+               timeout: Optional[float] = None) -> ScanResult:
     """Build, run eagerly, compile with backend="sdpa_rewrite" (downstream eager), compare.
 
     `target`: a transformers model_type (built tiny by configs.py), or a factory (callable or
     "module:function") returning a model — inputs then come from inputs.py, so it needs a transformers
     config — or `(model, inputs)` with inputs a dict of keyword arguments or a tuple of positional ones.
+    `timeout` (seconds, main thread only) turns a model that runs too long into an "error".
     """
     start = time.perf_counter()
     torch._dynamo.reset()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _deadline(timeout):
             warnings.simplefilter("ignore")
             return _scan(target, padded, start)
+    except ScanTimeout as e:
+        return ScanResult(_name(target), "error", seconds=round(time.perf_counter() - start, 2), note=str(e))
     finally:
         torch._dynamo.reset()
 
 
+class ScanTimeout(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _deadline(seconds: Optional[float]):
+    """Raise ScanTimeout after `seconds`, from the next Python bytecode (a long C op finishes first)."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def fire(signum, frame):
+        raise ScanTimeout(f"timed out after {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _name(target) -> str:
+    return target if isinstance(target, str) else getattr(target, "__name__", repr(target))
+
+
 def _scan(target, padded, start) -> ScanResult:
-    name = target if isinstance(target, str) else getattr(target, "__name__", repr(target))
+    name = _name(target)
 
     def result(status, **kw) -> ScanResult:
         return ScanResult(name, status, seconds=round(time.perf_counter() - start, 2), **kw)
@@ -102,13 +136,18 @@ def _scan(target, padded, start) -> ScanResult:
     try:
         name, factory = resolve(target)
         model, args, kwargs = _model_and_inputs(factory(), padded)
-    except Exception as e:
+    except ScanTimeout:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever a model under scan raises is its status
         return result("could not build", note=_oneline(e))
     counter = CountAttention()
     try:
+        torch.manual_seed(SEED)      # both runs draw the same random numbers (ViT-MAE masking, VITS noise)
         with torch.no_grad(), counter:
             ref = model(*args, **kwargs)
-    except Exception as e:
+    except ScanTimeout:
+        raise
+    except Exception as e:  # noqa: BLE001
         return result("could not build", note=f"eager forward: {_oneline(e)}")
     if counter.count == 0:
         return result("no attention", note="eager ran no softmax of rank >= 3")
@@ -116,9 +155,12 @@ def _scan(target, padded, start) -> ScanResult:
     try:
         compiled = torch.compile(model, backend="sdpa_rewrite",
                                  options={"downstream": "eager", "report": reports.append, "strict": True})
+        torch.manual_seed(SEED)
         with torch.no_grad():
             out = compiled(*args, **kwargs)
     except Exception as e:
+        if _caused_by(e, ScanTimeout):
+            raise ScanTimeout("timed out while compiling") from e
         where = "sdpa_rewrite" if _from_backend(e) else "torch.compile"
         return result("error", sites=counter.count, note=f"{where}: {_oneline(e)}")
     report = Report()
@@ -193,21 +235,31 @@ def compare(got, want, mask: Optional[torch.Tensor] = None) -> tuple:
     a, b = a.detach().double(), b.detach().double()
     if not torch.equal(torch.isnan(a), torch.isnan(b)):
         return None, f"NaN mismatch: {int(torch.isnan(a).sum())} NaNs rewritten, {int(torch.isnan(b).sum())} in eager"
-    keep = ~torch.isnan(b)
-    if not keep.any():
-        return 0.0, "eager output is all NaN"
-    a, b = a[keep], b[keep]
-    err = ((a - b).abs().max() / b.abs().max().clamp_min(FLOOR)).item()
-    return (err, "") if math.isfinite(err) else (None, "non-finite difference (inf)")
+    nans = int(torch.isnan(b).sum())
+    note = f"{nans} NaNs in both outputs" if nans else ""
+    inf = torch.isinf(b)
+    if not torch.equal(torch.isinf(a), inf) or not torch.equal(a[inf], b[inf]):
+        return None, "infinities differ from eager"
+    fin = torch.isfinite(b)
+    if not fin.any():
+        return 0.0, note or "no finite output"
+    a, b = a[fin], b[fin]
+    return ((a - b).abs().max() / b.abs().max().clamp_min(FLOOR)).item(), note
 
 
 def _from_backend(e: BaseException) -> bool:
     """An exception raised inside the sdpa_rewrite backend (Dynamo wraps it in BackendCompilerFailed)."""
     from torch._dynamo.exc import BackendCompilerFailed
 
-    while e is not None:
-        if isinstance(e, BackendCompilerFailed):
+    return _caused_by(e, BackendCompilerFailed)
+
+
+def _caused_by(e: Optional[BaseException], kind) -> bool:
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, kind):
             return True
+        seen.add(id(e))
         e = e.__cause__ or e.__context__
     return False
 
