@@ -64,3 +64,18 @@ ENTRIES = [
           notes="the fill is classified as the -inf it becomes, so fully masked rows give zeros (eager: NaN), "
                 "not mean(V); tests/test_rewrite.py checks those rows"),
 ]
+
+
+class ClampedScores(nn.Module):
+    """xglm (found by `sdpa-rewrite scan --all`): `max(s + mask, finfo.min)` turns a -inf in the mask finite."""
+
+    def forward(self, q, k, v, mask):
+        s = q @ k.transpose(-2, -1) * 0.25 + mask
+        s = torch.max(s, torch.tensor(torch.finfo(torch.float32).min))   # xglm: finfo(s.dtype), fp32 here
+        return F.softmax(s, dim=-1) @ v
+
+
+ENTRIES.append(
+    Entry("fuzz_found/xglm_clamp_to_finfo_min", "transformers: models/xglm/modeling_xglm.py (eager attention, "
+          "found by sdpa-rewrite scan --all)", ClampedScores, lambda: qkv(seed=95) + (padding_mask(2, 8, 8),),
+          (Expect(scale=0.25, mask="float", verdict="input mask"),)))

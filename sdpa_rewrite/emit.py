@@ -146,6 +146,8 @@ def _mask(b: _Builder, att: Attention):
         additive = x if additive is None else b.call(operator.add, additive, x)
     if additive is not None and any(dtype(t.node) != att.compute_dtype for t in att.terms):
         additive = b.method("to", additive, att.compute_dtype)
+    if additive is not None and att.clamp is not None:
+        additive = b.call(torch.clamp_min, additive, att.clamp)      # eager's max(S, finfo.min): -inf -> finite
     if additive is not None and att.keep:
         return b.call(torch.masked_fill, additive, _masked(b, att), -math.inf)  # where(keep, m, -inf)
     return additive if additive is not None else _keep(b, att)

@@ -65,6 +65,7 @@ class Attention:
     verdict: Optional[Verdict] = None  # what the mask is (masks.py); None: no mask
     causal: str = ""              # "top-left": is_causal=True; "lower-right": causal_lower_right(L, S)
     folded: frozenset = frozenset()    # folded mask nodes, erased once unused
+    clamp: Optional[float] = None      # the additive mask is clamped to this (max(S, finfo.min) in eager)
 
 
 @dataclass(frozen=True)
@@ -234,6 +235,8 @@ def _assemble(gm, node, top, sc: Scores, pv, p_node, drop, down, modules, folder
         causal = {"causal": "top-left", "causal lower-right": "lower-right"}.get(verdict.kind, "")
         folded = frozenset().union(*(folder.cone(n) for n in mask_nodes(sc)))
         sc = dataclasses.replace(sc, terms=(), fills=())
+    if sc.clamp is not None and sc.fills:
+        raise NoMatch("a masked fill under a max(S, finfo.min) clamp: fully masked rows would differ from eager")
     keep, absorbing, uniform = _classify_fills(sc, drop, cdt)
     out_dtype = dtype(pv.node)
     return Attention(
@@ -244,7 +247,7 @@ def _assemble(gm, node, top, sc: Scores, pv, p_node, drop, down, modules, folder
         and verdict.empty_rows is not False and verdict.kind != "bias",
         out_permute=out_permute, batch=batch, gqa=gqa, compute_dtype=cdt, out_dtype=out_dtype,
         qk_shape=tuple(sc.qk_shape), top_shape=top_shape, q_shape=qs, k_shape=ks, v_shape=vs, mask_kind=_mask_kind(sc, keep, absorbing, uniform),
-        consumed=(node,) + down + sc.consumed, verdict=verdict, causal=causal, folded=folded)
+        consumed=(node,) + down + sc.consumed, verdict=verdict, causal=causal, folded=folded, clamp=sc.clamp)
 
 
 

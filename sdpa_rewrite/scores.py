@@ -70,6 +70,7 @@ class Scores:
     fills: tuple
     consumed: tuple
     qk_shape: tuple = ()     # Q·Kᵀ's shape; its batch dims may be regrouped (view) before the softmax
+    clamp: Optional[float] = None   # max(S, finfo.min) right before the softmax: -inf in the mask becomes finite
 
 
 @dataclass
@@ -80,6 +81,7 @@ class _State:
     fills: tuple = ()
     notes: tuple = ()
     folder: Any = None         # fold.Folder: a fill read from a buffer (`masked_bias`) is a constant too
+    clamp: Optional[float] = None
 
 
 def read_scores(top: fx.Node, modules: dict, root, folder=None) -> Scores:
@@ -126,7 +128,22 @@ def _parse(node, st: _State, consumed: tuple, modules, root, depth: int) -> Scor
         return _parse_fill(op, st, consumed, modules, root, depth)
     if kind in ("matmul", "baddbmm", "einsum"):
         return _read_qk(op, st, consumed, modules, root, depth)
+    if kind == "maximum":
+        return _parse_clamp(op, st, consumed, modules, root, depth)
     raise NoMatch(f"{_describe(node)} lies between Q·Kᵀ and the softmax", depth)
+
+
+def _parse_clamp(op: Op, st, consumed, modules, root, depth):
+    """`max(S, finfo.min)` (xglm): finite scores are unchanged; a -inf in the mask becomes finfo.min. Read only
+    as the last step before the softmax, where it is exactly a clamp of the mask."""
+    dt = dtype(op.node)
+    floor = _fill_constant(op["other"], st, modules, root) if op["other"] is not None else None
+    if dt is None or not dt.is_floating_point or floor is None or floor != torch.finfo(dt).min:
+        raise NoMatch(f"{_describe(op.node)} lies between Q·Kᵀ and the softmax", depth)
+    if st.post != 1.0 or st.post_t or st.terms or st.fills or st.clamp is not None:
+        raise NoMatch(f"a clamp of the scores (`{op.node.name}`) followed by other operations", depth)
+    st2 = replace(st, clamp=floor)
+    return _parse(_single(op["input"], op.node, depth), st2, consumed, modules, root, depth + 1)
 
 
 def _regroups_batch(op: Op) -> bool:
@@ -317,7 +334,8 @@ def _read_qk(op: Op, st, consumed, modules, root, depth):
         alpha *= fact
     notes = notes + qnotes + knotes
     _check_fills(st, depth)
-    return Scores(op.node, q, k, alpha, notes, st.post_t, terms, st.fills, consumed + qc + kc, shape(op.node))
+    return Scores(op.node, q, k, alpha, notes, st.post_t, terms, st.fills, consumed + qc + kc, shape(op.node),
+                  clamp=st.clamp)
 
 
 def _check_fills(st: _State, depth: int) -> None:
@@ -436,7 +454,7 @@ def _read_einsum_qk(op: Op, st, consumed, modules, root, depth):
     _check_fills(st, depth)
     return Scores(op.node, Operand(q.node, permute=_unless_identity(pq)), Operand(k.node, permute=_unless_identity(pk)),
                   st.post * qf * kf, st.notes + qn + kn, st.post_t, st.terms, st.fills, consumed + qc + kc,
-                  shape(op.node))
+                  shape(op.node), clamp=st.clamp)
 
 
 def read_value_einsum(equation: str, p_index: int, ranks: list) -> Optional[tuple]:

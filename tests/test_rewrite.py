@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import sdpa_rewrite
 from support import RecordSDPA
@@ -318,3 +319,29 @@ def test_classify_broadcast_masks():
     assert classify(torch.ones(4, 6, dtype=torch.bool).tril(2), 4, 6).kind == "causal lower-right"
     band = torch.ones(6, 6, dtype=torch.bool).tril() & ~torch.ones(6, 6, dtype=torch.bool).tril(-3)
     assert str(classify(band, 6, 6)) == "sliding window (width 3)"
+
+
+def test_clamp_to_finfo_min_turns_minus_inf_rows_uniform():
+    """max(s + mask, finfo.min): eager's -inf rows become uniform (mean of V), and so do the rewrite's."""
+    from patterns.fuzz_found import ClampedScores
+
+    q, k, v = qkv()
+    mask = torch.zeros(2, 1, 8, 8).masked_fill(_rows(), float("-inf"))
+    model = ClampedScores()
+    gm = torch.fx.symbolic_trace(model)
+    report = sdpa_rewrite.rewrite(gm, example_inputs=(q, k, v, mask))
+    assert len(report.rewritten) == 1
+    out, ref = gm(q, k, v, mask), model(q, k, v, mask)
+    torch.testing.assert_close(ref[0, :, 2], v[0].mean(-2), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_a_real_clamp_is_not_read_as_one():
+    """max(s, -5.0) changes the scores: it stays eager, with the op named."""
+    class Clamp(nn.Module):
+        def forward(self, q, k, v):
+            return F.softmax(torch.clamp_min(q @ k.transpose(-2, -1), -5.0), dim=-1) @ v
+
+    gm = torch.fx.symbolic_trace(Clamp())
+    report = sdpa_rewrite.rewrite(gm, example_inputs=qkv())
+    assert not report.rewritten and "lies between" in report.sites[0].reason
