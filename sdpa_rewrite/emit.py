@@ -190,10 +190,15 @@ def _uniform_rows(b: _Builder, att: Attention, out: fx.Node, v: fx.Node) -> fx.N
     """Eager gives a fully masked row (finite fill) uniform weights: its output is the mean of V."""
     keep = _keep(b, att)
     any_visible = b.method("any", keep, -1, True)
+    return b.call(torch.where, any_visible, out, _mean_v(b, att, v))
+
+
+def _mean_v(b: _Builder, att: Attention, v: fx.Node) -> fx.Node:
+    """Uniform weights' output: the mean of V over keys, one row per query head."""
     mean_v = b.method("mean", v, -2, True)
     if att.gqa > 1:
         mean_v = b.method("repeat_interleave", mean_v, att.gqa, -3)
-    return b.call(torch.where, any_visible, out, mean_v)
+    return mean_v
 
 
 def _empty_rows(b: _Builder, att: Attention, mask: fx.Node, out: fx.Node, v: fx.Node) -> fx.Node:
@@ -204,10 +209,7 @@ def _empty_rows(b: _Builder, att: Attention, mask: fx.Node, out: fx.Node, v: fx.
         return b.call(torch.where, b.method("any", mask, -1, True), out, 0.0)
     visible = b.method("any", b.call(operator.gt, mask, -MASKING), -1, True)
     finite = b.method("any", b.call(operator.gt, mask, -math.inf), -1, True)
-    mean_v = b.method("mean", v, -2, True)
-    if att.gqa > 1:
-        mean_v = b.method("repeat_interleave", mean_v, att.gqa, -3)
-    return b.call(torch.where, visible, out, b.call(torch.where, finite, mean_v, 0.0))
+    return b.call(torch.where, visible, out, b.call(torch.where, finite, _mean_v(b, att, v), 0.0))
 
 
 def _pure(n: fx.Node) -> bool:

@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.fx as fx
 
-from .view import is_inplace, meta_value
+from .view import _fetch_attr, is_inplace, meta_value
 
 # Ops whose value is not a function of their inputs: never folded.
 _RANDOM = ("rand", "randn", "randint", "randperm", "bernoulli", "multinomial", "normal", "dropout",
@@ -135,7 +135,7 @@ class Folder:
         if node.op == "placeholder":
             return self._placeholder(node)
         if node.op == "get_attr":
-            obj = _fetch(self.gm, node.target)
+            obj = _fetch_attr(self.gm, node.target)
             if isinstance(obj, torch.nn.Parameter):
                 raise NotConstant(f"reads the parameter `{node.target}`")
             if isinstance(obj, torch.Tensor) and not node.target.split(".")[-1].startswith("_tensor_constant") \
@@ -245,35 +245,28 @@ def _metadata(node: fx.Node):
             "ndim": value.dim(), "is_cuda": value.device.type == "cuda"}[attr]
 
 
-def _source_has(node: fx.Node, part: str) -> bool:
-    """Dynamo's source of a lifted placeholder names the module dict it came from (`._buffers[`)."""
+def _source_name(node: fx.Node) -> str:
+    """Dynamo's source of a lifted placeholder (`L['self']._modules['attn']._buffers['bias']`), or ""."""
     source = getattr(node.meta.get("grapharg"), "source", None)
     if source is None:
-        return False
+        return ""
     name = source.name
-    return part in str(name() if callable(name) else name)
+    return str(name() if callable(name) else name)
+
+
+def _source_has(node: fx.Node, part: str) -> bool:
+    """The source names the module dict the placeholder came from (`._buffers[`, `._parameters[`)."""
+    return part in _source_name(node)
 
 
 def _input_name(node: fx.Node) -> str:
     """`attention_mask` for Dynamo's `L['kwargs']['attention_mask']`, else the placeholder's name."""
-    arg = node.meta.get("grapharg")
-    source = getattr(arg, "source", None)
-    if source is None:
-        return node.name
-    name = source.name
-    name = str(name() if callable(name) else name)
+    name = _source_name(node)
     keys = re.findall(r"\[['\"]([^'\"]+)['\"]\]", name)
-    return keys[-1] if keys else name
+    return keys[-1] if keys else (name or node.name)
 
 
 def _is_fake(value: torch.Tensor) -> bool:
     from torch._subclasses.fake_tensor import FakeTensor
 
     return isinstance(value, FakeTensor) or value.device.type == "meta"
-
-
-def _fetch(root: Any, target: str) -> Any:
-    obj = root
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
