@@ -1,129 +1,196 @@
-"""Forward latency and peak memory of transformers models (random weights, fp16, CUDA), six ways:
+"""transformers models (random weights, fp16): forward latency and peak memory, and generate() tokens/s with a
+KV cache, in the forms the issue compares:
 
     eager            attn_implementation="eager"
-    native sdpa      attn_implementation="sdpa"
-    dynamo/sdpa      native-sdpa model + torch.compile(backend="eager"): Dynamo's own cost, no compiler
-    backend/eager    eager model + torch.compile(backend="sdpa_rewrite", downstream eager)
-    inductor/eager   eager model + torch.compile (Inductor)
-    inductor/sdpa    native-sdpa model + torch.compile (Inductor)
-    backend/inductor eager model + torch.compile(backend="sdpa_rewrite")  (Inductor downstream)
+    native_sdpa      attn_implementation="sdpa"
+    dynamo_sdpa      native-sdpa model + torch.compile(backend="eager"): Dynamo's own cost, no compiler
+    backend_eager    eager model + torch.compile(backend="sdpa_rewrite", downstream eager)
+    inductor_eager   eager model + torch.compile (Inductor)
+    inductor_sdpa    native-sdpa model + torch.compile (Inductor)
+    backend_inductor eager model + torch.compile(backend="sdpa_rewrite")  (Inductor downstream)
     backend_inductor_kernel_rows   the same with options={"empty_rows": "kernel"}: query rows that see no
                      key (padding queries) are left to the kernel, as transformers' sdpa path does
 
-Usage (one model per call keeps each run under the device's 10-minute limit):
+Usage (the models are in bench/zoo.py; `--tiny` runs 2-layer models, on the CPU if there is no GPU):
 
-    PYTHONPATH=. python bench/models.py gpt2 llama [--forms eager,native_sdpa,...] [--json out.json]
+    PYTHONPATH=. python bench/models.py gpt2 opt t5 llama [--forms ...] [--shapes 1x1024,8x1024] [--padded]
+                                        [--generate] [--json out.json]
 
-Latency: median of CUDA-event timings after warm-up; memory: peak allocated during one forward above
-what was allocated before it (weights and inputs), i.e. activations and outputs. The rewritten output is compared with eager's (relative error of the logits).
+Forward: `model(**inputs)` under no_grad; timing and memory from bench/timing.py (median of CUDA events after
+warm-up; peak allocated during one call above what was allocated before it). `compile_s` is the first call's
+wall time (Dynamo + the rewrite + the downstream compiler); `rewrite_ms` is the rewrite's own share of it, from
+the report. The error is max |logits − eager| / max |eager logits| (fp16 rounding is ~1e-3).
+Generate: greedy `generate()` with transformers' default dynamic KV cache from a prompt of `--prompt` tokens,
+exactly `--new` new tokens; compiled forms compile `model.forward` (prefill, first decode step, then one
+dynamic-shape decode graph); tokens/s is batch·new / median wall time of 3 timed calls after one warm-up call.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 
 import torch
-import transformers
 from tabulate import tabulate
 
 import sdpa_rewrite  # noqa: F401  (registers the backend)
+from bench import zoo
+from bench.timing import measure, versions
 
-MODELS = {
-    # name: (config factory, batch, seq)
-    "gpt2": (lambda impl: transformers.GPT2Config(n_layer=12, n_embd=768, n_head=12, vocab_size=50257,
-                                                  n_positions=1024, attn_implementation=impl,
-                                                  bos_token_id=0, eos_token_id=0), 8, 1024),
-    "llama": (lambda impl: transformers.LlamaConfig(num_hidden_layers=8, hidden_size=2048, num_attention_heads=16,
-                                                    num_key_value_heads=4, intermediate_size=5632, vocab_size=32000,
-                                                    max_position_embeddings=4096, attn_implementation=impl), 4, 2048),
-}
-FORMS = ["eager", "native_sdpa", "dynamo_sdpa", "backend_eager", "inductor_eager", "inductor_sdpa", "backend_inductor"]
+FORMS = ["eager", "native_sdpa", "backend_eager", "inductor_eager", "inductor_sdpa", "backend_inductor"]
+GENERATE_FORMS = ["eager", "native_sdpa", "backend_eager", "inductor_sdpa", "backend_inductor"]
 
 
-def build(name: str, impl: str):
-    make, _, _ = MODELS[name]
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(make(impl)).to(torch.float16)
-    return model.cuda().eval()
+def compiled(fn, form: str, reports: list):
+    """`fn` (a model or its forward) compiled the way `form` says; uncompiled for eager / native_sdpa."""
+    if form.startswith("backend"):
+        options = {"report": reports.append}
+        if form == "backend_eager":
+            options["downstream"] = "eager"
+        if form == "backend_inductor_kernel_rows":
+            options["empty_rows"] = "kernel"
+        return torch.compile(fn, backend="sdpa_rewrite", options=options, dynamic=False)
+    if form.startswith("inductor"):
+        return torch.compile(fn, dynamic=False)
+    if form == "dynamo_sdpa":
+        return torch.compile(fn, backend="eager", dynamic=False)
+    return fn
 
 
-def timed(fn, warmup: int = 3, reps: int = 20):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    times.sort()
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    out = fn()
-    torch.cuda.synchronize()
-    del out
-    return times[len(times) // 2], (torch.cuda.max_memory_allocated() - base) / 2**20
+def impl(form: str) -> str:
+    return "sdpa" if form.endswith("sdpa") else "eager"
 
 
-def run(name: str, forms: list, padded: bool = False) -> list:
-    _, batch, seq = MODELS[name]
-    ids = torch.randint(0, 1000, (batch, seq), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
-    kwargs = {}
-    if padded:                         # left padding: row b starts after b * seq / (2 * batch) pad tokens
-        mask = torch.ones(batch, seq, dtype=torch.long, device="cuda")
-        for b in range(batch):
-            mask[b, : b * seq // (2 * batch)] = 0
-        kwargs["attention_mask"] = mask
-    rows, ref, reports = [], None, []
+def padding_mask(batch: int, seq: int, device: str) -> torch.Tensor:
+    """Left padding: row b starts after b·seq/(2·batch) pad tokens (row 0 has none)."""
+    mask = torch.ones(batch, seq, dtype=torch.long, device=device)
+    for b in range(batch):
+        mask[b, : b * seq // (2 * batch)] = 0
+    return mask
+
+
+def _mib(x: float):
+    return None if x != x else round(x)          # NaN off CUDA
+
+
+def site_counts(reports: list) -> tuple:
+    sites = [s for r in reports for s in r.sites]
+    return sum(s.rewritten for s in sites), len(sites), sum(r.seconds for r in reports)
+
+
+def forward(name: str, batch: int, seq: int, forms: list, *, padded: bool, device: str, tiny: bool, reps: int) -> list:
+    args = zoo.inputs(name, batch, seq, device=device)
+    if padded:
+        args["attention_mask"] = padding_mask(batch, seq, device)
+        if "decoder_input_ids" in args:
+            args["decoder_attention_mask"] = torch.ones_like(args["decoder_input_ids"])
+    rows, ref = [], None
     for form in forms:
         torch._dynamo.reset()
-        torch.cuda.empty_cache()
-        model = build(name, "sdpa" if form.endswith("sdpa") else "eager")
-        if form == "backend_eager":
-            model = torch.compile(model, backend="sdpa_rewrite", options={"downstream": "eager", "report": reports.append})
-        elif form == "backend_inductor":
-            model = torch.compile(model, backend="sdpa_rewrite", options={"report": reports.append})
-        elif form == "backend_inductor_kernel_rows":
-            model = torch.compile(model, backend="sdpa_rewrite", options={"report": reports.append, "empty_rows": "kernel"})
-        elif form.startswith("inductor"):
-            model = torch.compile(model)
-        elif form == "dynamo_sdpa":
-            model = torch.compile(model, backend="eager")
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        reports = []
+        model = compiled(zoo.build(name, impl(form), device=device, tiny=tiny), form, reports)
         with torch.no_grad():
-            logits = model(ids, **kwargs).logits.float().cpu()
+            start = time.perf_counter()
+            logits = model(**args).logits.float()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            compile_s = time.perf_counter() - start
             if ref is None:
                 ref = logits
             err = ((logits - ref).abs().max() / ref.abs().max()).item()
             del logits
-            ms, mib = timed(lambda: model(ids, **kwargs).logits)  # noqa: B023, F821  (called before `del model`)
-        rows.append({"model": name, "shape": f"B{batch} S{seq}" + (" padded" if padded else ""), "form": form, "ms": round(ms, 2),
-                     "peak_mib": round(mib), "rel_err_vs_first": float(f"{err:.2e}")})
+            t = measure(lambda: model(**args).logits, reps=reps, device=device)  # noqa: B023, F821  (called before the del below)
+        done, found, seconds = site_counts(reports)
+        rows.append({"model": name, "shape": f"B{batch} S{seq}" + (" padded" if padded else ""), "form": form,
+                     "ms": round(t.ms, 2), "iqr_ms": round(t.spread_ms, 2), "peak_mib": _mib(t.peak_mib),
+                     "compile_s": round(compile_s, 1), "sites": f"{done}/{found}" if reports else "",
+                     "rewrite_ms": round(seconds * 1e3, 1) if reports else None,
+                     "rel_err_vs_eager": float(f"{err:.2e}")})
         print(rows[-1], flush=True)
         del model
-    if reports:
-        print("\n".join(str(reports[-1]).splitlines()[:4]))
     return rows
 
 
-def main() -> None:
+def generate(name: str, batch: int, forms: list, *, prompt: int, new: int, device: str, tiny: bool) -> list:
+    ids = zoo.inputs(name, batch, prompt, device=device)["input_ids"]
+    kwargs = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False)
+    rows, ref = [], None
+    for form in forms:
+        torch._dynamo.reset()
+        reports = []
+        model = zoo.build(name, impl(form), device=device, tiny=tiny)
+        if form.startswith(("backend", "inductor")):
+            model.forward = torch.compile(model.forward, **_generate_compile_kwargs(form, reports))
+        with torch.no_grad():
+            start = time.perf_counter()
+            out = model.generate(ids, **kwargs)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            first_s = time.perf_counter() - start
+            if ref is None:
+                ref = out
+            same = (out[:, -new:] == ref[:, -new:]).float().mean().item()
+            t = measure(lambda: model.generate(ids, **kwargs), warmup=0, reps=3, device=device)  # noqa: B023, F821  (called before the del below)
+        done, found, _ = site_counts(reports)
+        rows.append({"model": name, "shape": f"B{batch} prompt {prompt} + {new}", "form": form,
+                     "tokens_per_s": round(batch * new / (t.ms / 1e3), 1), "ms_per_token": round(t.ms / new, 2),
+                     "peak_mib": _mib(t.peak_mib), "first_call_s": round(first_s, 1),
+                     "sites": f"{done}/{found}" if reports else "", "same_tokens_as_eager": round(same, 3)})
+        print(rows[-1], flush=True)
+        del model
+    return rows
+
+
+def _generate_compile_kwargs(form: str, reports: list) -> dict:
+    """Decode steps change the cache length every step: let Dynamo go dynamic after the first decode graph."""
+    if form.startswith("backend"):
+        options = {"report": reports.append}
+        if form == "backend_eager":
+            options["downstream"] = "eager"
+        return {"backend": "sdpa_rewrite", "options": options}
+    return {}
+
+
+def shapes(text: str | None, name: str) -> list:
+    if not text:
+        return list(zoo.MODELS[name].shapes)
+    return [tuple(map(int, s.split("x"))) for s in text.split(",")]
+
+
+def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("models", nargs="+", choices=sorted(MODELS))
+    ap.add_argument("models", nargs="+", choices=sorted(zoo.MODELS))
     ap.add_argument("--forms", default=",".join(FORMS))
-    ap.add_argument("--json")
+    ap.add_argument("--shapes", help="BxS,BxS (default: the model's shapes in bench/zoo.py)")
     ap.add_argument("--padded", action="store_true", help="left-padded attention_mask (the mask stays a mask)")
+    ap.add_argument("--generate", action="store_true", help="generate() tokens/s instead of the forward")
+    ap.add_argument("--generate-forms", default=",".join(GENERATE_FORMS))
+    ap.add_argument("--batch", type=int, default=1, help="generate: batch")
+    ap.add_argument("--prompt", type=int, default=128)
+    ap.add_argument("--new", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--tiny", action="store_true", help="2-layer models: check the script, not the speed")
+    ap.add_argument("--json")
     args = ap.parse_args()
-    rows = [row for name in args.models for row in run(name, args.forms.split(","), args.padded)]
-    print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, "
-          f"transformers {transformers.__version__}, {torch.cuda.get_device_name()}")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows = []
+    for name in args.models:
+        if args.generate:
+            rows += generate(name, args.batch, args.generate_forms.split(","), prompt=args.prompt, new=args.new,
+                             device=device, tiny=args.tiny)
+        else:
+            for batch, seq in shapes(args.shapes, name):
+                rows += forward(name, batch, seq, args.forms.split(","), padded=args.padded, device=device,
+                                tiny=args.tiny, reps=args.reps)
+    print(versions())
     print(tabulate(rows, headers="keys", tablefmt="github"))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+            json.dump({"versions": versions(), "rows": rows}, f, indent=1)
+    return 0
 
 
 if __name__ == "__main__":

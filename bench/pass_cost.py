@@ -1,15 +1,18 @@
 """What the pass costs: time in `rewrite()` (Report.seconds) against graph size and against the whole
 torch.compile, on GPT-2-shaped models of 1 to 96 layers (tiny width: the graph, not the math, is measured).
 
-    python bench/pass_cost.py [--inductor-up-to 16] [--device cpu|cuda]
+    python bench/pass_cost.py [--inductor-up-to 16] [--device cpu|cuda] [--repeats 3]
 
 For each depth: the first call of torch.compile with backend="eager" (Dynamo capture only), with
 backend="sdpa_rewrite" and downstream eager (capture + rewrite), the rewrite's own time, and where asked,
-the first call with downstream Inductor (the full compile the pass must stay under 2% of).
+the first call with downstream Inductor (the full compile the pass must stay under 2% of). Every figure is
+the median of `--repeats` runs, each after `torch._dynamo.reset()`, with Inductor's on-disk caches off
+(`force_disable_caches`), so no run reuses an earlier compile.
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -41,24 +44,36 @@ def main() -> None:
     ap.add_argument("--inductor-up-to", type=int, default=16)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--layers", default="1,2,4,8,16,32,64,96")
+    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
+    torch._inductor.config.force_disable_caches = True
     rows = []
     for layers in map(int, args.layers.split(",")):
         model = build(layers, args.device)
         ids = torch.randint(0, 128, (2, 256), device=args.device)
-        capture = first_call(model, ids, "eager")
-        reports = []
-        with_pass = first_call(model, ids, "sdpa_rewrite", {"downstream": "eager", "report": reports.append})
-        seconds = sum(r.seconds for r in reports)
-        sites = sum(len(r.rewritten) for r in reports)
-        row = {"layers": layers, "sites rewritten": sites, "dynamo capture s": round(capture, 2),
-               "capture + rewrite s": round(with_pass, 2), "rewrite ms": round(seconds * 1e3, 1),
-               "rewrite ms / layer": round(seconds * 1e3 / layers, 2)}
-        if layers <= args.inductor_up_to:
-            reports.clear()
-            full = first_call(model, ids, "sdpa_rewrite", {"report": reports.append})
-            row["compile (Inductor) s"] = round(full, 2)
-            row["rewrite share"] = f"{100 * sum(r.seconds for r in reports) / full:.2f}%"
+        runs = []
+        for _ in range(args.repeats):
+            reports = []
+            run = {"capture": first_call(model, ids, "eager"),
+                   "with_pass": first_call(model, ids, "sdpa_rewrite", {"downstream": "eager", "report": reports.append})}
+            run["rewrite"] = sum(r.seconds for r in reports)
+            run["sites"] = sum(len(r.rewritten) for r in reports)
+            if layers <= args.inductor_up_to:
+                reports.clear()
+                run["full"] = first_call(model, ids, "sdpa_rewrite", {"report": reports.append})
+                run["full_rewrite"] = sum(r.seconds for r in reports)
+            runs.append(run)
+
+        def med(key):
+            return statistics.median(r[key] for r in runs)
+
+        row = {"layers": layers, "sites rewritten": runs[0]["sites"], "dynamo capture s": round(med("capture"), 2),
+               "capture + rewrite s": round(med("with_pass"), 2), "rewrite ms": round(med("rewrite") * 1e3, 1),
+               "rewrite ms / layer": round(med("rewrite") * 1e3 / layers, 2),
+               "rewrite ms range": f"{min(r['rewrite'] for r in runs) * 1e3:.1f}-{max(r['rewrite'] for r in runs) * 1e3:.1f}"}
+        if "full" in runs[0]:
+            row["compile (Inductor) s"] = round(med("full"), 2)
+            row["rewrite share"] = f"{100 * statistics.median(r['full_rewrite'] / r['full'] for r in runs):.2f}%"
         rows.append(row)
         print(row, flush=True)
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, device {args.device}")

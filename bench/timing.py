@@ -1,0 +1,70 @@
+"""One way to time and weigh a call, shared by the bench scripts, so every table measures the same thing.
+
+`measure(fn)` runs `fn` a few times to warm up (compiles, autotuning, allocator), then times `reps` calls
+with CUDA events (wall clock off CUDA) and returns the median and the interquartile spread in ms, and
+the peak memory one further call allocates above what was allocated before it (activations, outputs,
+gradients and optimizer state created inside the call; not weights or inputs that already exist).
+"""
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    ms: float            # median
+    spread_ms: float     # interquartile range of the timed calls
+    peak_mib: float      # peak allocated during one call, above what was allocated before it (CUDA only)
+
+
+def _cuda(device: torch.device | str | None) -> bool:
+    return torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")
+
+
+def measure(fn: Callable[[], object], *, warmup: int = 3, reps: int = 20, device=None) -> Timing:
+    """Median latency of `fn()` over `reps` calls after `warmup` calls, and its peak memory."""
+    cuda = _cuda(device)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(reps):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            sync()
+            times.append(start.elapsed_time(end))
+        else:
+            t = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t) * 1e3)
+    quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    return Timing(statistics.median(times), quartiles[2] - quartiles[0], peak_mib(fn) if cuda else float("nan"))
+
+
+def peak_mib(fn: Callable[[], object]) -> float:
+    """Peak CUDA memory one call of `fn` allocates above what is allocated before it, in MiB."""
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    out = fn()
+    torch.cuda.synchronize()
+    del out
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def versions() -> str:
+    """The line every result carries: device and software versions."""
+    import transformers
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    cuda = f", CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}" if torch.cuda.is_available() else ""
+    return f"{device} · torch {torch.__version__}{cuda} · transformers {transformers.__version__}"

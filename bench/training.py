@@ -1,0 +1,174 @@
+"""Training: one full step (bf16 autocast forward, backward, fused AdamW step) of the bench/zoo.py models, in
+the forms of bench/models.py; step time, peak memory, and the largest batch that fits.
+
+    PYTHONPATH=. python bench/training.py gpt2 llama [--forms eager,native_sdpa,inductor_sdpa,backend_inductor]
+                                          [--shape 8x1024] [--max-batch 1024,2048] [--json out.json] [--tiny]
+
+Weights and optimizer state are fp32 (mixed precision: `torch.autocast(dtype=torch.bfloat16)`; bf16 needs no
+loss scaling). Dropout stays as each config sets it (GPT-2, OPT and T5 train with attention dropout, which
+the rewrite passes to SDPA as `dropout_p`), so the first losses of the forms agree only to dropout noise;
+training equal to eager is checked on the CPU by tests/test_transformers.py with dropout off. Step time is the median of CUDA-event timings after 3 warm-up steps (the first compiles and
+creates the optimizer state). Peak memory is the whole device's peak allocation during one step: weights,
+gradients, optimizer state and activations, which is what decides the largest batch.
+
+`--max-batch S,...`: for eager and backend_inductor at each sequence length S, the largest batch whose step
+fits on the device. Peak memory is affine in the batch, so it is measured at two batches, the largest batch
+is predicted from the line, and the prediction is then checked by real steps (walking up or down one batch
+at a time) until batch B fits and B+1 runs out of memory. Every compiled batch is its own static-shape
+compile (`dynamic=False`), as a training run with a fixed batch gets.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+
+import torch
+from tabulate import tabulate
+
+import sdpa_rewrite  # noqa: F401  (registers the backend)
+from bench import zoo
+from bench.models import impl, site_counts
+from bench.timing import measure, versions
+
+FORMS = ["eager", "native_sdpa", "inductor_sdpa", "backend_inductor"]
+
+
+class Trainer:
+    """One model + optimizer, and a step function compiled the way `form` says."""
+
+    def __init__(self, name: str, form: str, *, device: str, tiny: bool):
+        self.name, self.form, self.device = name, form, device
+        self.model = zoo.build(name, impl(form), device=device, dtype=torch.float32, tiny=tiny).train()
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=device == "cuda")
+        self.reports: list = []
+        self.forward = self._compile()
+
+    def _compile(self):
+        torch._dynamo.reset()
+        if self.form.startswith("backend"):
+            options = {"report": self.reports.append}
+            if self.form == "backend_eager":
+                options["downstream"] = "eager"
+            return torch.compile(self.model, backend="sdpa_rewrite", options=options, dynamic=False)
+        if self.form.startswith("inductor"):
+            return torch.compile(self.model, dynamic=False)
+        return self.model
+
+    def step(self, args: dict) -> torch.Tensor:
+        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        with torch.autocast(self.device, dtype=dtype, enabled=self.device == "cuda"):
+            loss = self.forward(**args).loss
+        loss.backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    def fits(self, batch: int, seq: int) -> float | None:
+        """Peak GiB of one step at this batch (after a warm-up step), or None when it runs out of memory."""
+        args = zoo.inputs(self.name, batch, seq, device=self.device, labels=True)
+        self.forward = self._compile()                   # a fresh static-shape compile for this batch
+        try:
+            self.step(args)
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.step(args)
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated() / 2**30
+        except torch.OutOfMemoryError:
+            return None
+        finally:
+            self.opt.zero_grad(set_to_none=True)
+            del args
+            gc.collect()
+            torch.cuda.empty_cache()
+
+
+def step_rows(name: str, batch: int, seq: int, forms: list, *, device: str, tiny: bool, reps: int) -> list:
+    args = zoo.inputs(name, batch, seq, device=device, labels=True)
+    rows = []
+    for form in forms:
+        trainer = Trainer(name, form, device=device, tiny=tiny)
+        start = time.perf_counter()
+        loss = trainer.step(args).float().item()
+        compile_s = time.perf_counter() - start
+        t = measure(lambda: trainer.step(args), warmup=2, reps=reps, device=device)  # noqa: B023, F821  (called before the del below)
+        total = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
+        done, found, seconds = site_counts(trainer.reports)
+        rows.append({"model": name, "shape": f"B{batch} S{seq}", "form": form, "step_ms": round(t.ms, 1),
+                     "iqr_ms": round(t.spread_ms, 1), "peak_mib": round(total) if total else None,
+                     "first_step_s": round(compile_s, 1), "sites": f"{done}/{found}" if trainer.reports else "",
+                     "first_loss": round(loss, 3)})
+        print(rows[-1], flush=True)
+        del trainer
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def largest_batch(name: str, seq: int, form: str, *, tiny: bool, probes=(2, 4), limit: int = 4096) -> dict:
+    trainer = Trainer(name, form, device="cuda", tiny=tiny)
+    tried = {}
+
+    def fits(b):
+        if b not in tried:
+            tried[b] = trainer.fits(b, seq)
+            print(f"  {name} S{seq} {form} B{b}: " + (f"{tried[b]:.1f} GiB" if tried[b] else "out of memory"), flush=True)
+        return tried[b] is not None
+
+    capacity = torch.cuda.get_device_properties(0).total_memory / 2**30
+    lo, hi = probes
+    if not fits(lo):
+        return {"model": name, "seq": seq, "form": form, "largest_batch": "< %d" % lo, "tried": len(tried)}
+    if fits(hi):
+        per = (tried[hi] - tried[lo]) / (hi - lo)
+        guess = max(hi, min(limit, int(lo + (capacity - tried[lo]) / per)))
+    else:
+        guess = lo
+    b = guess
+    while b > 1 and not fits(b):
+        b -= 1
+    while b < limit and fits(b + 1):
+        b += 1
+    per = (tried[hi] - tried[lo]) / (hi - lo) if tried.get(hi) else None
+    return {"model": name, "seq": seq, "form": form, "largest_batch": b, "peak_gib_at_largest": round(tried[b], 1),
+            "gib_per_sample": round(per, 3) if per else None, "predicted": guess, "tried": len(tried)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("models", nargs="+", choices=sorted(zoo.MODELS))
+    ap.add_argument("--forms", default=",".join(FORMS))
+    ap.add_argument("--shape", default="8x1024", help="BxS of the step-time rows")
+    ap.add_argument("--max-batch", default="", help="sequence lengths for the largest-batch search (CUDA only)")
+    ap.add_argument("--max-batch-forms", default="eager,backend_inductor")
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    batch, seq = map(int, args.shape.split("x"))
+    rows, biggest = [], []
+    for name in args.models:
+        if args.forms:
+            rows += step_rows(name, batch, seq, args.forms.split(","), device=device, tiny=args.tiny, reps=args.reps)
+        for s in filter(None, args.max_batch.split(",")):
+            for form in args.max_batch_forms.split(","):
+                biggest.append(largest_batch(name, int(s), form, tiny=args.tiny))
+                print(biggest[-1], flush=True)
+    print(versions())
+    if rows:
+        print(tabulate(rows, headers="keys", tablefmt="github"))
+    if biggest:
+        print(tabulate(biggest, headers="keys", tablefmt="github"))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"versions": versions(), "steps": rows, "largest_batch": biggest}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
