@@ -120,21 +120,30 @@ def largest_batch(name: str, seq: int, form: str, *, tiny: bool, probes=(2, 4), 
         return tried[b] is not None
 
     capacity = torch.cuda.get_device_properties(0).total_memory / 2**30
+    return _search(name, seq, form, fits, tried, capacity, probes, limit)
+
+
+def _search(name, seq, form, fits, tried, capacity, probes, limit) -> dict:
+    """Probe two batches, predict the largest from the affine fit (aiming 2% under capacity), then settle it
+    with real steps: bisect down if the guess does not fit, step up (1, 2, 4, … batches) while it fits, then bisect."""
     lo, hi = probes
     if not fits(lo):
-        return {"model": name, "seq": seq, "form": form, "largest_batch": "< %d" % lo, "tried": len(tried)}
-    if fits(hi):
-        per = (tried[hi] - tried[lo]) / (hi - lo)
-        guess = max(hi, min(limit, int(lo + (capacity - tried[lo]) / per)))
+        return {"model": name, "seq": seq, "form": form, "largest_batch": f"< {lo}", "tried": len(tried)}
+    if not fits(hi):
+        ok, bad, guess = lo, hi, lo
     else:
-        guess = lo
-    b = guess
-    while b > 1 and not fits(b):
-        b -= 1
-    while b < limit and fits(b + 1):
-        b += 1
+        per = (tried[hi] - tried[lo]) / (hi - lo)
+        guess = max(hi, min(limit, int(lo + (0.98 * capacity - tried[lo]) / per))) if per > 0 else limit
+        ok, bad = (guess, None) if fits(guess) else (hi, guess)
+    step = 1
+    while bad is None and ok < limit:
+        nxt = min(limit, ok + step)
+        ok, bad, step = (nxt, None, 2 * step) if fits(nxt) else (ok, nxt, step)
+    while bad is not None and bad - ok > 1:
+        mid = (ok + bad) // 2
+        ok, bad = (mid, bad) if fits(mid) else (ok, mid)
     per = (tried[hi] - tried[lo]) / (hi - lo) if tried.get(hi) else None
-    return {"model": name, "seq": seq, "form": form, "largest_batch": b, "peak_gib_at_largest": round(tried[b], 1),
+    return {"model": name, "seq": seq, "form": form, "largest_batch": ok, "peak_gib_at_largest": round(tried[ok], 1),
             "gib_per_sample": round(per, 3) if per else None, "predicted": guess, "tried": len(tried)}
 
 
