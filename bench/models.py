@@ -19,7 +19,7 @@ Usage (the models are in bench/zoo.py; `--tiny` runs 2-layer models, on the CPU 
 Forward: `model(**inputs)` under no_grad; timing and memory from bench/timing.py (median of CUDA events after
 warm-up; peak allocated during one call above what was allocated before it). `compile_s` is the first call's
 wall time (Dynamo + the rewrite + the downstream compiler); `rewrite_ms` is the rewrite's own share of it, from
-the report. The error is max |logits − eager| / max |eager logits| (fp16 rounding is ~1e-3).
+the report. The error is max |logits − ref| / max |ref logits|, ref being the first form run (`err_vs`, eager by default) (fp16 rounding is ~1e-3).
 Generate: greedy `generate()` with transformers' default dynamic KV cache from a prompt of `--prompt` tokens,
 exactly `--new` new tokens; compiled forms compile `model.forward` (prefill, first decode step, then one
 dynamic-shape decode graph); tokens/s is batch·new / median wall time of 3 timed calls after one warm-up call.
@@ -27,7 +27,6 @@ dynamic-shape decode graph); tokens/s is batch·new / median wall time of 3 time
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
@@ -36,7 +35,7 @@ from tabulate import tabulate
 
 import sdpa_rewrite  # noqa: F401  (registers the backend)
 from bench import zoo
-from bench.timing import measure, versions
+from bench.timing import Record, measure, versions
 
 FORMS = ["eager", "native_sdpa", "backend_eager", "inductor_eager", "inductor_sdpa", "backend_inductor"]
 GENERATE_FORMS = ["eager", "native_sdpa", "backend_eager", "inductor_sdpa", "backend_inductor"]
@@ -79,7 +78,8 @@ def site_counts(reports: list) -> tuple:
     return sum(s.rewritten for s in sites), len(sites), sum(r.seconds for r in reports)
 
 
-def forward(name: str, batch: int, seq: int, forms: list, *, padded: bool, device: str, tiny: bool, reps: int) -> list:
+def forward(name: str, batch: int, seq: int, forms: list, *, padded: bool, device: str, tiny: bool, reps: int,
+            record: Record) -> list:
     args = zoo.inputs(name, batch, seq, device=device)
     if padded:
         args["attention_mask"] = padding_mask(batch, seq, device)
@@ -104,17 +104,17 @@ def forward(name: str, batch: int, seq: int, forms: list, *, padded: bool, devic
             del logits
             t = measure(lambda: model(**args).logits, reps=reps, device=device)  # noqa: B023, F821  (called before the del below)
         done, found, seconds = site_counts(reports)
-        rows.append({"model": name, "shape": f"B{batch} S{seq}" + (" padded" if padded else ""), "form": form,
+        rows.append(record.add("forward", {"model": name, "shape": f"B{batch} S{seq}" + (" padded" if padded else ""), "form": form,
                      "ms": round(t.ms, 2), "iqr_ms": round(t.spread_ms, 2), "peak_mib": _mib(t.peak_mib),
                      "compile_s": round(compile_s, 1), "sites": f"{done}/{found}" if reports else "",
                      "rewrite_ms": round(seconds * 1e3, 1) if reports else None,
-                     "rel_err_vs_eager": float(f"{err:.2e}")})
-        print(rows[-1], flush=True)
+                     "rel_err": float(f"{err:.2e}"), "err_vs": forms[0]}))
         del model
     return rows
 
 
-def generate(name: str, batch: int, forms: list, *, prompt: int, new: int, device: str, tiny: bool) -> list:
+def generate(name: str, batch: int, forms: list, *, prompt: int, new: int, device: str, tiny: bool,
+             record: Record) -> list:
     ids = zoo.inputs(name, batch, prompt, device=device)["input_ids"]
     kwargs = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False)
     rows, ref = [], None
@@ -135,11 +135,10 @@ def generate(name: str, batch: int, forms: list, *, prompt: int, new: int, devic
             same = (out[:, -new:] == ref[:, -new:]).float().mean().item()
             t = measure(lambda: model.generate(ids, **kwargs), warmup=0, reps=3, device=device)  # noqa: B023, F821  (called before the del below)
         done, found, _ = site_counts(reports)
-        rows.append({"model": name, "shape": f"B{batch} prompt {prompt} + {new}", "form": form,
+        rows.append(record.add("generate", {"model": name, "shape": f"B{batch} prompt {prompt} + {new}", "form": form,
                      "tokens_per_s": round(batch * new / (t.ms / 1e3), 1), "ms_per_token": round(t.ms / new, 2),
                      "peak_mib": _mib(t.peak_mib), "first_call_s": round(first_s, 1),
-                     "sites": f"{done}/{found}" if reports else "", "same_tokens_as_eager": round(same, 3)})
-        print(rows[-1], flush=True)
+                     "sites": f"{done}/{found}" if reports else "", "same_tokens": round(same, 3), "tokens_vs": forms[0]}))
         del model
     return rows
 
@@ -176,20 +175,17 @@ def main() -> int:
     ap.add_argument("--json")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    rows = []
+    rows, record = [], Record(args.json)
     for name in args.models:
         if args.generate:
             rows += generate(name, args.batch, args.generate_forms.split(","), prompt=args.prompt, new=args.new,
-                             device=device, tiny=args.tiny)
+                             device=device, tiny=args.tiny, record=record)
         else:
             for batch, seq in shapes(args.shapes, name):
                 rows += forward(name, batch, seq, args.forms.split(","), padded=args.padded, device=device,
-                                tiny=args.tiny, reps=args.reps)
+                                tiny=args.tiny, reps=args.reps, record=record)
     print(versions())
     print(tabulate(rows, headers="keys", tablefmt="github"))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"versions": versions(), "rows": rows}, f, indent=1)
     return 0
 
 

@@ -68,3 +68,21 @@ def versions() -> str:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     cuda = f", CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}" if torch.cuda.is_available() else ""
     return f"{device} · torch {torch.__version__}{cuda} · transformers {transformers.__version__}"
+
+
+class Record:
+    """Rows printed and saved as they come, so a run cut short by the device's time limit keeps what it
+    measured: `add(table, row)` rewrites the JSON file (`{"versions": ..., table: [rows]}`) every time."""
+
+    def __init__(self, path: str | None = None):
+        self.path, self.tables = path, {}
+
+    def add(self, table: str, row: dict) -> dict:
+        import json
+
+        self.tables.setdefault(table, []).append(row)
+        print(row, flush=True)
+        if self.path:
+            with open(self.path, "w") as f:
+                json.dump({"versions": versions(), **self.tables}, f, indent=1)
+        return row

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import sys
 import time
 
@@ -31,7 +30,7 @@ from tabulate import tabulate
 import sdpa_rewrite  # noqa: F401  (registers the backend)
 from bench import zoo
 from bench.models import impl, site_counts
-from bench.timing import measure, versions
+from bench.timing import Record, measure, versions
 
 FORMS = ["eager", "native_sdpa", "inductor_sdpa", "backend_inductor"]
 
@@ -86,7 +85,8 @@ class Trainer:
             torch.cuda.empty_cache()
 
 
-def step_rows(name: str, batch: int, seq: int, forms: list, *, device: str, tiny: bool, reps: int) -> list:
+def step_rows(name: str, batch: int, seq: int, forms: list, *, device: str, tiny: bool, reps: int,
+              record: Record) -> list:
     args = zoo.inputs(name, batch, seq, device=device, labels=True)
     rows = []
     for form in forms:
@@ -97,11 +97,10 @@ def step_rows(name: str, batch: int, seq: int, forms: list, *, device: str, tiny
         t = measure(lambda: trainer.step(args), warmup=2, reps=reps, device=device)  # noqa: B023, F821  (called before the del below)
         total = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
         done, found, seconds = site_counts(trainer.reports)
-        rows.append({"model": name, "shape": f"B{batch} S{seq}", "form": form, "step_ms": round(t.ms, 1),
+        rows.append(record.add("steps", {"model": name, "shape": f"B{batch} S{seq}", "form": form, "step_ms": round(t.ms, 1),
                      "iqr_ms": round(t.spread_ms, 1), "peak_mib": round(total) if total else None,
                      "first_step_s": round(compile_s, 1), "sites": f"{done}/{found}" if trainer.reports else "",
-                     "first_loss": round(loss, 3)})
-        print(rows[-1], flush=True)
+                     "first_loss": round(loss, 3)}))
         del trainer
         gc.collect()
         if device == "cuda":
@@ -109,14 +108,15 @@ def step_rows(name: str, batch: int, seq: int, forms: list, *, device: str, tiny
     return rows
 
 
-def largest_batch(name: str, seq: int, form: str, *, tiny: bool, probes=(2, 4), limit: int = 4096) -> dict:
+def largest_batch(name: str, seq: int, form: str, *, tiny: bool, record: Record, probes=(2, 4), limit: int = 4096) -> dict:
     trainer = Trainer(name, form, device="cuda", tiny=tiny)
     tried = {}
 
     def fits(b):
         if b not in tried:
             tried[b] = trainer.fits(b, seq)
-            print(f"  {name} S{seq} {form} B{b}: " + (f"{tried[b]:.1f} GiB" if tried[b] else "out of memory"), flush=True)
+            record.add("batch_tries", {"model": name, "seq": seq, "form": form, "batch": b,
+                                       "peak_gib": round(tried[b], 2) if tried[b] else "out of memory"})
         return tried[b] is not None
 
     capacity = torch.cuda.get_device_properties(0).total_memory / 2**30
@@ -160,22 +160,19 @@ def main() -> int:
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     batch, seq = map(int, args.shape.split("x"))
-    rows, biggest = [], []
+    rows, biggest, record = [], [], Record(args.json)
     for name in args.models:
         if args.forms:
-            rows += step_rows(name, batch, seq, args.forms.split(","), device=device, tiny=args.tiny, reps=args.reps)
+            rows += step_rows(name, batch, seq, args.forms.split(","), device=device, tiny=args.tiny, reps=args.reps,
+                              record=record)
         for s in filter(None, args.max_batch.split(",")):
             for form in args.max_batch_forms.split(","):
-                biggest.append(largest_batch(name, int(s), form, tiny=args.tiny))
-                print(biggest[-1], flush=True)
+                biggest.append(record.add("largest_batch", largest_batch(name, int(s), form, tiny=args.tiny, record=record)))
     print(versions())
     if rows:
         print(tabulate(rows, headers="keys", tablefmt="github"))
     if biggest:
         print(tabulate(biggest, headers="keys", tablefmt="github"))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"versions": versions(), "steps": rows, "largest_batch": biggest}, f, indent=1)
     return 0
 
 

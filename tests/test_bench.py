@@ -1,0 +1,53 @@
+"""The bench scripts stay runnable: tiny models on the CPU through the same code the H100 runs use, and the
+largest-batch search against a known memory model."""
+import json
+
+import pytest
+
+pytest.importorskip("transformers")
+
+from bench import models, training  # noqa: E402
+from bench.timing import Record  # noqa: E402
+
+
+@pytest.mark.parametrize("true_max, per_sample, fixed", [(36, 1.9, 8.0), (5, 12.0, 10.0), (3, 20.0, 10.0), (205, 0.35, 5.0), (1, 30.0, 40.0)])
+def test_largest_batch_search_finds_the_exact_limit(true_max, per_sample, fixed):
+    capacity = 79.0
+    def peak(b):                           # a little steeper than the two probes suggest, like a real allocator
+        return fixed + per_sample * b * (1.03 if b > 4 else 1.0)
+    limit = max(b for b in range(1, 5000) if peak(b) <= capacity) if peak(1) <= capacity else 0
+    tried = {}
+
+    def fits(b):
+        tried[b] = peak(b) if peak(b) <= capacity else None
+        return tried[b] is not None
+
+    out = training._search("m", 1024, "f", fits, tried, capacity, (2, 4), 4096)
+    if limit < 2:
+        assert out["largest_batch"] == "< 2"
+    else:
+        assert out["largest_batch"] == limit
+        assert fits(limit) and not fits(limit + 1)
+    assert len(tried) <= 14
+
+
+def test_forward_rows_rewrite_every_site_and_match_eager(tmp_path):
+    record = Record(str(tmp_path / "fwd.json"))
+    rows = models.forward("gpt2", 2, 16, ["eager", "backend_eager"], padded=True, device="cpu", tiny=True, reps=2,
+                          record=record)
+    assert [r["form"] for r in rows] == ["eager", "backend_eager"]
+    assert rows[1]["sites"] == "2/2" and rows[1]["rel_err"] <= 1e-5 and rows[1]["err_vs"] == "eager"
+    saved = json.loads((tmp_path / "fwd.json").read_text())
+    assert saved["forward"] == rows and "torch" in saved["versions"]
+
+
+def test_generate_rows_same_tokens(tmp_path):
+    rows = models.generate("llama", 1, ["eager", "backend_eager"], prompt=8, new=4, device="cpu", tiny=True,
+                           record=Record())
+    assert rows[1]["same_tokens"] == 1.0 and rows[1]["sites"].split("/")[0] == rows[1]["sites"].split("/")[1] != "0"
+
+
+def test_training_step_rows_rewrite_every_site():
+    rows = training.step_rows("t5", 2, 16, ["eager", "backend_eager"], device="cpu", tiny=True, reps=2, record=Record())
+    assert rows[1]["sites"] == "6/6"
+    assert all(r["first_loss"] == r["first_loss"] and r["step_ms"] > 0 for r in rows)   # finite
