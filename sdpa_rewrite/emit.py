@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import operator
+from typing import Optional
 
 import torch
 import torch.fx as fx
@@ -87,12 +88,43 @@ def emit(gm: fx.GraphModule, att: Attention) -> fx.Node:
 class _Builder:
     def __init__(self, g: fx.Graph):
         self.g = g
+        self._symbols: Optional[dict] = None
 
     def call(self, fn, *args, **kwargs) -> fx.Node:
-        return self.g.call_function(fn, args, kwargs)
+        return self.g.call_function(fn, self._sizes(args), self._sizes(kwargs))
 
     def method(self, name: str, *args) -> fx.Node:
-        return self.g.call_method(name, args)
+        return self.g.call_method(name, self._sizes(args))
+
+    def _sizes(self, args):
+        """Symbolic sizes (Dynamo's dynamic shapes) as graph nodes: a SymInt object in a graph's args is
+        only valid while tracing, not when the graph runs."""
+        return fx.node.map_aggregate(args, lambda a: self._symint(a) if isinstance(a, torch.SymInt) else a)
+
+    def _symint(self, value: torch.SymInt):
+        constant = value.node.maybe_as_int() if hasattr(value.node, "maybe_as_int") else None
+        return constant if constant is not None else self._expr(value.node.expr)
+
+    def _expr(self, expr):
+        """A node computing a sympy size expression from the graph's own symbols (sums and products)."""
+        import sympy
+
+        if self._symbols is None:
+            self._symbols = _symbol_sources(self.g)
+        if expr.is_Integer:
+            return int(expr)
+        if expr.is_Symbol:
+            if expr not in self._symbols:
+                raise NotImplementedError(f"symbolic size {expr} has no source in the graph")
+            return self._symbols[expr]()
+        if isinstance(expr, (sympy.Mul, sympy.Add)):
+            op = operator.mul if isinstance(expr, sympy.Mul) else operator.add
+            parts = [self._expr(a) for a in expr.args]
+            out = parts[0]
+            for part in parts[1:]:
+                out = self.g.call_function(op, (out, part))
+            return out
+        raise NotImplementedError(f"symbolic size {expr} is not a sum or product")
 
     def factor(self, x, kind: str, t) -> fx.Node:
         """x·t or x/t: a tensor factor met on the scores, re-applied to q or to a mask term."""
@@ -125,6 +157,25 @@ class _Builder:
         if tuple(s[:-2]) != tuple(target):
             node = self.method("expand", node, *target, -1, -1)  # a view: broadcast batch dims as the matmul did
         return node
+
+
+def _symbol_sources(g: fx.Graph) -> dict:
+    """For each free size symbol, a way to read it at run time: Dynamo's SymInt placeholder, else the
+    size of the first placeholder tensor that has it as a dim (inserted where the builder is)."""
+    sources = {}
+    for n in g.nodes:
+        if n.op != "placeholder":
+            continue
+        value = meta_value(n)
+        if isinstance(value, torch.SymInt) and value.node.expr.is_Symbol:
+            sources.setdefault(value.node.expr, lambda n=n: n)
+    for n in g.nodes:
+        value = meta_value(n) if n.op == "placeholder" else None
+        if isinstance(value, torch.Tensor):
+            for i, d in enumerate(value.shape):
+                if isinstance(d, torch.SymInt) and d.node.expr.is_Symbol:
+                    sources.setdefault(d.node.expr, lambda n=n, i=i: g.call_method("size", (n, i)))
+    return sources
 
 
 def _mask(b: _Builder, att: Attention):

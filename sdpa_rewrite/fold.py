@@ -4,6 +4,13 @@ A causal mask built from `arange`, `tril`, comparisons, a registered buffer and 
 the inputs is the same tensor on every call; evaluating it once with real tensors lets the rewrite prove
 what it is (see `masks.py`). Anything that reads an input's values, a parameter, a random op or a
 symbolic size is not folded, and `Folder.why_not` says which, for the report.
+
+One use of a symbolic size is exact to fold: as the size an `expand` grows a dimension to. `expand`
+copies, so the mask is the same along that dimension whatever the size is at run time: the folder keeps
+that dimension at the input's size (a "reduced" value) and lets it flow only through elementwise ops,
+which broadcast it as the real one would. This is how transformers builds its causal mask
+(`causal.expand(batch, -1, L, S)`), so a symbolic *batch* alone (Dynamo's automatic dynamic shapes after
+a second batch size) still folds to `is_causal`.
 """
 from __future__ import annotations
 
@@ -25,6 +32,24 @@ _VIEWS = {"view", "reshape", "expand", "expand_as", "unsqueeze", "squeeze", "tra
           "float", "half", "bfloat16", "bool", "int", "long", "__getitem__", "getitem", "swapaxes",
           "diagonal", "movedim", "split", "chunk", "unbind"}
 _MAX_NUMEL = 1 << 28
+# Ops through which a reduced value (a symbolic `expand` kept at size 1) stays exact: they broadcast.
+_ELEMENTWISE = {"where", "masked_fill", "logical_and", "logical_or", "logical_not", "logical_xor", "and_", "or_",
+                "xor", "invert", "__and__", "__or__", "__xor__", "__invert__", "__rand__", "__ror__", "eq", "ne",
+                "lt", "le", "gt", "ge", "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "add", "sub",
+                "mul", "truediv", "div", "neg", "__add__", "__sub__", "__mul__", "__truediv__", "__radd__",
+                "__rsub__", "__rmul__", "__neg__", "to", "type", "float", "bool", "half", "bfloat16", "int", "long",
+                "clone", "contiguous", "detach", "expand", "broadcast_to", "getitem", "__getitem__"}
+_SYMBOLIC = "symbolic shapes (dynamic=True): the mask is computed at run time"
+
+
+class _Symbolic:
+    """A size only known at run time, carried through the fold until something other than `expand` reads it."""
+
+    def __repr__(self) -> str:
+        return "<symbolic size>"
+
+
+SYMBOLIC = _Symbolic()
 
 
 class NotConstant(Exception):
@@ -43,6 +68,7 @@ class Folder:
         self.fold_buffers = fold_buffers
         self.values: dict = {}
         self.reasons: dict = {}
+        self.reduced: set = set()         # nodes whose value keeps a symbolically expanded dim at its input size
         self.verdicts: dict = {}          # masks.judge's cache
         self.order = {n: i for i, n in enumerate(gm.graph.nodes)}
         self.inplace = [n for n in gm.graph.nodes if is_inplace(n) and n.args]
@@ -151,6 +177,9 @@ class Folder:
             return _metadata(node)
         args = fx.node.map_arg(node.args, lambda n: env[n] if n in env else _like(n))
         kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n])
+        if _sized_container_item(node, args):
+            return args[0][args[1]]
+        args, kwargs = self._through_symbolic(node, args, kwargs)
         try:
             with torch.no_grad():
                 if node.op == "call_method":
@@ -165,10 +194,31 @@ class Folder:
             raise NotConstant("symbolic shapes")
         return out
 
+    def _through_symbolic(self, node: fx.Node, args: tuple, kwargs: dict) -> tuple:
+        """Let a symbolic size through only as an `expand` size, and a reduced value only into ops that
+        broadcast; anything else is not folded."""
+        name = _name(node)
+        if any(n in self.reduced for n in node.all_input_nodes):
+            if name not in _ELEMENTWISE or (name in ("getitem", "__getitem__") and not _basic_index(args[1])):
+                raise NotConstant(_SYMBOLIC)
+            self.reduced.add(node)
+        if not _has_symbolic((args, kwargs)):
+            return args, kwargs
+        if name in ("expand", "broadcast_to") and isinstance(args[0], torch.Tensor) and not kwargs \
+                and not _has_symbolic(args[0]):
+            sizes = args[1] if len(args) == 2 and isinstance(args[1], (tuple, list, torch.Size)) else args[1:]
+            new = len(sizes) - args[0].dim()
+            sizes = tuple((1 if i < new else -1) if d is SYMBOLIC else d for i, d in enumerate(sizes))
+            self.reduced.add(node)
+            return (args[0], sizes), kwargs
+        raise NotConstant(_SYMBOLIC)
+
     def _placeholder(self, node: fx.Node):
         value = meta_value(node)
-        if isinstance(value, (torch.SymInt, torch.SymFloat, torch.SymBool)):
-            raise NotConstant("symbolic shapes (dynamic=True): the mask is computed at run time")
+        if isinstance(value, torch.SymInt):
+            return SYMBOLIC
+        if isinstance(value, (torch.SymFloat, torch.SymBool)):
+            raise NotConstant(_SYMBOLIC)
         if _source_has(node, "._parameters["):
             raise NotConstant(f"reads the parameter `{_input_name(node)}`")
         if not _source_has(node, "._buffers["):
@@ -179,6 +229,31 @@ class Folder:
         if value is None:
             raise NotConstant(f"the value of buffer `{_input_name(node)}` is not known at rewrite time")
         return value.detach().clone()
+
+
+def _has_symbolic(x) -> bool:
+    if x is SYMBOLIC:
+        return True
+    if isinstance(x, (tuple, list, torch.Size)):
+        return any(_has_symbolic(v) for v in x)
+    if isinstance(x, dict):
+        return any(_has_symbolic(v) for v in x.values())
+    return False
+
+
+def _sized_container_item(node: fx.Node, args: tuple) -> bool:
+    """`shape[0]` on a size tuple that may hold symbolic sizes: plain indexing, no torch op."""
+    return node.op == "call_function" and node.target is operator.getitem and len(args) == 2 \
+        and isinstance(args[0], (tuple, list, torch.Size)) and isinstance(args[1], (int, slice))
+
+
+def _basic_index(index) -> bool:
+    """Integers, slices, None and `...`: along a dim whose entries are all equal these pick equal entries
+    (or fail), so a reduced value stays exact. Tensor indices, which can gather or flatten, are refused."""
+    items = index if isinstance(index, tuple) else (index,)
+    return all(i is None or i is Ellipsis or isinstance(i, int) or
+               (isinstance(i, slice) and all(b is None or isinstance(b, int) for b in (i.start, i.stop, i.step)))
+               for i in items)
 
 
 def _value_inputs(node: fx.Node) -> list:
@@ -233,15 +308,15 @@ def _metadata(node: fx.Node):
     value = meta_value(node.args[0])
     if not isinstance(value, torch.Tensor):
         raise NotConstant(f"`{node.name}`: no shape metadata")
-    if not all(isinstance(d, int) for d in value.shape):
-        raise NotConstant("symbolic shapes (dynamic=True): the mask is computed at run time")
+    shape = torch.Size(value.shape) if all(isinstance(d, int) for d in value.shape) else \
+        tuple(d if isinstance(d, int) else SYMBOLIC for d in value.shape)          # see _Symbolic
     if node.op == "call_method" and node.target == "dim":
         return value.dim()
     if node.op == "call_method":
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-        return torch.Size(value.shape) if dim is None else value.shape[dim]
+        return shape if dim is None else shape[dim]
     attr = node.args[1]
-    return {"shape": torch.Size(value.shape), "dtype": value.dtype, "device": value.device,
+    return {"shape": shape, "dtype": value.dtype, "device": value.device,
             "ndim": value.dim(), "is_cuda": value.device.type == "cuda"}[attr]
 
 

@@ -71,13 +71,18 @@ def _h(x):
 
 
 def _judge(sc: Scores, top_shape: tuple, folder: Folder, reader: fx.Node, nodes: list) -> Verdict:
+    if not all(isinstance(d, int) for d in top_shape[-2:]):
+        return _unfolded("symbolic shapes")                   # the (L, S) pattern itself varies
     values = {}
     for n in nodes:
         value = folder.value(n, reader)
         if value is None:
             return _unfolded(folder.why_not(n))
         values[n] = value
-    visible = _visible(sc, top_shape, values)
+    try:
+        visible = _visible(sc, top_shape, values)
+    except _SymbolicRegroup:
+        return _unfolded("symbolic shapes")
     if visible is None:
         return Verdict("bias", "constant, not a 0/-inf mask")
     return classify(visible, top_shape[-2], top_shape[-1])
@@ -140,10 +145,17 @@ def _visible(sc: Scores, top_shape: tuple, values: dict) -> Optional[torch.Tenso
     return ~masked
 
 
+class _SymbolicRegroup(Exception):
+    pass
+
+
 def _laid_out(x: torch.Tensor, at: Optional[tuple], final: tuple) -> torch.Tensor:
-    """A value broadcast against the scores at shape `at`, regrouped like the scores to `final`."""
-    if at is None or tuple(at[:-2]) == tuple(final[:-2]):
+    """A value broadcast against the scores at shape `at`, regrouped like the scores to `final`.
+    Shapes are compared by `_h`, so a symbolic size is never turned into a guard."""
+    if at is None or _h(tuple(at[:-2])) == _h(tuple(final[:-2])):
         return x
+    if not all(isinstance(d, int) for d in tuple(at) + tuple(final)):
+        raise _SymbolicRegroup
     return x.expand(*at).reshape(*final)
 
 

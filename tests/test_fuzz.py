@@ -39,8 +39,11 @@ def allowed_skip(p: Program, reason: str) -> bool:
     return False
 
 
-def run_eager(model, args):
+def run_eager(model, args, symbolic_batch: bool = False):
     x = [a.clone().requires_grad_(a.is_floating_point() and i < 3) for i, a in enumerate(args)]
+    for a in x if symbolic_batch else ():
+        if a.dim() and a.shape[0] > 1:
+            torch._dynamo.maybe_mark_dynamic(a, 0)
     out = model(*x)
     return out, x
 
@@ -116,6 +119,14 @@ def test_random_programs_torch_compile(p: Program):
     rewritten_and_exact(p, compile_path=True)
 
 
+@settings(max_examples=COMPILE_EXAMPLES, **COMMON)
+@given(programs())
+def test_random_programs_torch_compile_symbolic_batch(p: Program):
+    """The same with the batch symbolic (Dynamo after a second batch size): a mask folds only where the
+    batch reaches it as an `expand` size, and every number still equals eager."""
+    rewritten_and_exact(p, compile_path=True, symbolic_batch=True)
+
+
 @settings(max_examples=max(TRACE_EXAMPLES // 3, 30), **COMMON)
 @given(programs(near_miss=True))
 def test_near_misses_are_never_rewritten(p: Program):
@@ -129,7 +140,7 @@ def test_near_misses_are_never_rewritten(p: Program):
     check_report(p, report, len(rec.calls))
 
 
-def rewritten_and_exact(p: Program, compile_path: bool) -> None:
+def rewritten_and_exact(p: Program, compile_path: bool, symbolic_batch: bool = False) -> None:
     model = Attention(p).eval()
     args = inputs(p)
     ref, x_ref = run_eager(model, args)
@@ -143,7 +154,7 @@ def rewritten_and_exact(p: Program, compile_path: bool) -> None:
 
         compiled = torch.compile(model, backend="sdpa_rewrite",
                                  options={"downstream": downstream, "report": reports.append, "strict": True})
-        out, x = run_eager(compiled, args)
+        out, x = run_eager(compiled, args, symbolic_batch)
         report = sdpa_rewrite.Report()
         for r in reports:
             report.extend(r)
@@ -161,3 +172,13 @@ def rewritten_and_exact(p: Program, compile_path: bool) -> None:
         assert not again.rewritten and all("not a ·V" not in s.reason for s in again.sites)
     check_report(p, report, n_calls)
     check_numbers(p, out, ref, x, x_ref, bool(report.rewritten))
+
+
+def test_found_bmm_regroup_under_a_symbolic_batch():
+    """Found by the symbolic-batch property: a (B·H, L, E) bmm site regrouped to (B, H, L, S) was emitted with
+    the trace-time SymInt objects as reshape sizes, and the compiled graph failed when it ran. Sizes are now
+    graph nodes computed from the graph's own symbols."""
+    p = Program(b=2, h=2, groups=1, repeat="none", l=5, s=2, e=8, ev=8, scores="bmm", scale=8 ** -0.5,
+                scale_at="scores_div", mask="causal_finite", mask_shape="b1ls", mask_before_scale=True, fill=-1e9,
+                empty_rows=True, upcast="float_scores", softmax="method", dropout="module_eval", sites=1, near_miss="")
+    rewritten_and_exact(p, compile_path=True, symbolic_batch=True)

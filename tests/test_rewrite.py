@@ -238,6 +238,53 @@ def test_dynamic_shapes_keep_the_mask_and_say_so():
     assert all("symbolic shapes" in s.mask for s in sites), [s.mask for s in sites]
 
 
+class ExpandedCausal(nn.Module):
+    """transformers' way: a (1, 1, L, S) causal pattern expanded to the batch."""
+    def forward(self, q, k, v):
+        keep = torch.ones((q.size(-2), k.size(-2))).tril().bool()[None, None].expand(q.size(0), -1, -1, -1)
+        return torch.softmax((q @ k.transpose(-1, -2) * 0.25).masked_fill(~keep, float("-inf")), dim=-1) @ v
+
+
+class BatchInMaskValues(nn.Module):
+    """The batch size reaches the mask's values, not only its shape: it must not fold."""
+    def forward(self, q, k, v):
+        keep = torch.ones((q.size(-2), k.size(-2))).tril().bool() | (torch.arange(k.size(-2)) < q.size(0) - 2)
+        return torch.softmax((q @ k.transpose(-1, -2) * 0.25).masked_fill(~keep, float("-inf")), dim=-1) @ v
+
+
+class BatchRegroupedMask(nn.Module):
+    """Expanded to the batch, then reshaped with it: the reshape reads the symbolic size, no fold."""
+    def forward(self, q, k, v):
+        b, h, l, e = q.shape
+        keep = torch.ones((l, k.size(-2))).tril().bool()[None, None].expand(b, h, -1, -1).reshape(b * h, l, -1)
+        s = torch.bmm(q.reshape(b * h, l, e), k.reshape(b * h, -1, e).transpose(1, 2)) * 0.25
+        p = torch.softmax(s.masked_fill(~keep, float("-inf")), dim=-1)
+        return torch.bmm(p, v.reshape(b * h, -1, e)).view(b, h, l, e)
+
+
+@pytest.mark.parametrize("model, folds", [(ExpandedCausal(), True), (BatchInMaskValues(), False),
+                                          (BatchRegroupedMask(), False)], ids=["expand", "values", "regrouped"])
+def test_symbolic_batch_folds_only_through_expand(model, folds):
+    """A symbolic size may fold only as the size `expand` grows a dim to; anywhere else the mask stays
+    a mask and says why. Exact at every batch either way, one compile."""
+    reports = []
+    compiled = torch.compile(model, backend="sdpa_rewrite",
+                             options={"downstream": "eager", "report": reports.append, "strict": True})
+    for batch in (2, 3, 6):
+        q, k, v = (torch.randn(batch, 2, 8, 4, generator=torch.Generator().manual_seed(batch + i)) for i in range(3))
+        torch._dynamo.mark_dynamic(q, 0)
+        torch._dynamo.mark_dynamic(k, 0)
+        torch._dynamo.mark_dynamic(v, 0)
+        torch.testing.assert_close(compiled(q, k, v), model(q, k, v), rtol=1e-5, atol=1e-5)
+    assert len(reports) == 1
+    (site,) = reports[0].sites
+    assert site.rewritten, str(reports[0])
+    if folds:
+        assert site.causal == "top-left", site.mask
+    else:
+        assert not site.causal and "symbolic shapes" in site.mask, site.mask
+
+
 def _masked_attention(q, k, v, m):
     s = torch.matmul(q, k.transpose(-2, -1)) / math.sqrt(q.size(-1))
     return torch.softmax(s.masked_fill(~m, float("-inf")), dim=-1) @ v

@@ -163,6 +163,39 @@ def test_dynamic_shapes_rewritten_exact_without_recompiles(build, gqa, how):
     assert all((s.gqa_groups == 2) == gqa for s in sites)
 
 
+@pytest.mark.parametrize("build", [gpt2, llama], ids=["gpt2", "llama"])
+@pytest.mark.parametrize("padded", [False, True], ids=["no mask", "left-padded"])
+def test_symbolic_batch_alone_still_folds_the_causal_mask(build, padded):
+    """A second batch size makes Dynamo's batch symbolic (a smaller last batch in training does that). The
+    causal mask is `causal.expand(batch, -1, L, S)`: the same for every batch, so it still folds to
+    is_causal, exact at every batch with one compile. A padding mask is input data and stays a mask."""
+    model = build()
+    reports = []
+    compiled = torch.compile(model, backend="sdpa_rewrite",
+                             options={"downstream": "eager", "report": reports.append, "strict": True})
+    g = torch.Generator().manual_seed(0)
+    for batch in (2, 3, 5):
+        ids = torch.randint(4, 128, (batch, 12), generator=g)
+        kwargs = {}
+        if padded:
+            mask = torch.ones_like(ids)
+            mask[1:, :3] = 0
+            kwargs["attention_mask"] = mask
+            torch._dynamo.mark_dynamic(mask, 0)
+        torch._dynamo.mark_dynamic(ids, 0)
+        with torch.no_grad():
+            assert_close_outputs(compiled(ids, **kwargs).logits, model(ids, **kwargs).logits)
+    assert len(reports) == 1, f"{len(reports)} compiles for 3 batch sizes"
+    sites = reports[0].sites
+    assert not isinstance(sites[0].q[0], int), sites[0].q            # the batch really is symbolic
+    assert len(sites) == 2 and all(s.rewritten for s in sites), str(reports[0])
+    if padded:
+        assert all(not s.causal and "folded" not in s.mask.replace("not folded", "") for s in sites), \
+            [s.mask for s in sites]
+    else:
+        assert all(s.causal == "top-left" for s in sites), [s.mask for s in sites]
+
+
 def bert():
     cfg = transformers.BertConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128,
                                   vocab_size=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
