@@ -15,7 +15,9 @@ gradients, optimizer state and activations, which is what decides the largest ba
 fits on the device. Peak memory is affine in the batch, so it is measured at two batches, the largest batch
 is predicted from the line, and the prediction is then checked by real steps (walking up or down one batch
 at a time) until batch B fits and B+1 runs out of memory. Every compiled batch is its own static-shape
-compile (`dynamic=False`), as a training run with a fixed batch gets.
+compile (`dynamic=False`), as a training run with a fixed batch gets; `--dynamic-batch` compiles once with the
+batch symbolic (the causal mask still folds: only the sequence length must be static), which is much cheaper
+on device time.
 """
 from __future__ import annotations
 
@@ -38,8 +40,8 @@ FORMS = ["eager", "native_sdpa", "inductor_sdpa", "backend_inductor"]
 class Trainer:
     """One model + optimizer, and a step function compiled the way `form` says."""
 
-    def __init__(self, name: str, form: str, *, device: str, tiny: bool):
-        self.name, self.form, self.device = name, form, device
+    def __init__(self, name: str, form: str, *, device: str, tiny: bool, dynamic_batch: bool = False):
+        self.name, self.form, self.device, self.dynamic_batch = name, form, device, dynamic_batch
         self.model = zoo.build(name, impl(form), device=device, dtype=torch.float32, tiny=tiny).train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=device == "cuda")
         self.reports: list = []
@@ -51,10 +53,13 @@ class Trainer:
             options = {"report": self.reports.append}
             if self.form == "backend_eager":
                 options["downstream"] = "eager"
-            return torch.compile(self.model, backend="sdpa_rewrite", options=options, dynamic=False)
+            return torch.compile(self.model, backend="sdpa_rewrite", options=options, dynamic=self._dynamic())
         if self.form.startswith("inductor"):
-            return torch.compile(self.model, dynamic=False)
+            return torch.compile(self.model, dynamic=self._dynamic())
         return self.model
+
+    def _dynamic(self):
+        return None if self.dynamic_batch else False     # None: the batch is marked dynamic in `fits`
 
     def step(self, args: dict) -> torch.Tensor:
         dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
@@ -65,10 +70,18 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         return loss.detach()
 
+    def inputs(self, batch: int, seq: int) -> dict:
+        args = zoo.inputs(self.name, batch, seq, device=self.device, labels=True)
+        if self.dynamic_batch:                           # one compile with a symbolic batch serves every batch
+            for value in args.values():
+                torch._dynamo.maybe_mark_dynamic(value, 0)
+        return args
+
     def fits(self, batch: int, seq: int) -> float | None:
         """Peak GiB of one step at this batch (after a warm-up step), or None when it runs out of memory."""
-        args = zoo.inputs(self.name, batch, seq, device=self.device, labels=True)
-        self.forward = self._compile()                   # a fresh static-shape compile for this batch
+        args = self.inputs(batch, seq)
+        if not self.dynamic_batch:
+            self.forward = self._compile()               # a fresh static-shape compile for this batch
         try:
             self.step(args)
             torch.cuda.synchronize()
@@ -108,8 +121,9 @@ def step_rows(name: str, batch: int, seq: int, forms: list, *, device: str, tiny
     return rows
 
 
-def largest_batch(name: str, seq: int, form: str, *, tiny: bool, record: Record, probes=(2, 4), limit: int = 4096) -> dict:
-    trainer = Trainer(name, form, device="cuda", tiny=tiny)
+def largest_batch(name: str, seq: int, form: str, *, tiny: bool, record: Record, probes=(2, 4), limit: int = 4096,
+                  dynamic_batch: bool = False) -> dict:
+    trainer = Trainer(name, form, device="cuda", tiny=tiny, dynamic_batch=dynamic_batch)
     tried = {}
 
     def fits(b):
@@ -120,7 +134,12 @@ def largest_batch(name: str, seq: int, form: str, *, tiny: bool, record: Record,
         return tried[b] is not None
 
     capacity = torch.cuda.get_device_properties(0).total_memory / 2**30
-    return _search(name, seq, form, fits, tried, capacity, probes, limit)
+    out = _search(name, seq, form, fits, tried, capacity, probes, limit)
+    sites = [s for r in trainer.reports for s in r.sites]
+    out.update(attention_compiles=sum(bool(r.sites) for r in trainer.reports) if trainer.reports else None,
+               dynamic_batch=dynamic_batch,
+               causal_sites=f"{sum(s.causal == 'top-left' for s in sites)}/{len(sites)}" if sites else None)
+    return out
 
 
 def _search(name, seq, form, fits, tried, capacity, probes, limit) -> dict:
@@ -154,6 +173,8 @@ def main() -> int:
     ap.add_argument("--shape", default="8x1024", help="BxS of the step-time rows")
     ap.add_argument("--max-batch", default="", help="sequence lengths for the largest-batch search (CUDA only)")
     ap.add_argument("--max-batch-forms", default="eager,backend_inductor")
+    ap.add_argument("--dynamic-batch", action="store_true",
+                    help="largest batch: one compile with the batch symbolic instead of one static compile per batch")
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--json")
@@ -167,7 +188,8 @@ def main() -> int:
                               record=record)
         for s in filter(None, args.max_batch.split(",")):
             for form in args.max_batch_forms.split(","):
-                biggest.append(record.add("largest_batch", largest_batch(name, int(s), form, tiny=args.tiny, record=record)))
+                biggest.append(record.add("largest_batch", largest_batch(name, int(s), form, tiny=args.tiny, record=record,
+                                                                dynamic_batch=args.dynamic_batch)))
     print(versions())
     if rows:
         print(tabulate(rows, headers="keys", tablefmt="github"))

@@ -3,6 +3,7 @@ largest-batch search against a known memory model."""
 import json
 
 import pytest
+import torch
 
 pytest.importorskip("transformers")
 
@@ -51,3 +52,16 @@ def test_training_step_rows_rewrite_every_site():
     rows = training.step_rows("t5", 2, 16, ["eager", "backend_eager"], device="cpu", tiny=True, reps=2, record=Record())
     assert rows[1]["sites"] == "6/6"
     assert all(r["first_loss"] == r["first_loss"] and r["step_ms"] > 0 for r in rows)   # finite
+
+
+def test_dynamic_batch_trainer_compiles_once_and_keeps_is_causal():
+    """The cheap largest-batch search: one compile with the batch symbolic, and the causal mask still folds."""
+    trainer = training.Trainer("gpt2", "backend_eager", device="cpu", tiny=True, dynamic_batch=True)
+    for batch in (2, 3, 5):
+        loss = trainer.step(trainer.inputs(batch, 16))
+        assert torch.isfinite(loss)
+    with_sites = [r for r in trainer.reports if r.sites]           # graphs without attention (the loss) aside
+    assert len(with_sites) == 1
+    sites = with_sites[0].sites
+    assert not isinstance(sites[0].q[0], int), sites[0].q            # the batch is symbolic
+    assert len(sites) == 2 and all(s.rewritten and s.causal == "top-left" for s in sites), str(with_sites[0])
