@@ -10,6 +10,8 @@
 
 Projections use a small Conv1D (transformers' pytorch_utils.Conv1D: addmm with a (nx, nf) weight).
 """
+import math
+
 import torch
 import torch.nn as nn
 
@@ -209,6 +211,41 @@ class GPT2AttentionUpcastReordered(GPT2AttentionBase):
         return self.merge(attn_output, hidden_states)
 
 
+class OpenAIGPTAttention(nn.Module):
+    """transformers models/openai/modeling_openai.py Attention._attn (GPT-1): k is split pre-transposed,
+    the causal mask is a float 0/1 buffer applied arithmetically: `w * b + -1e4 * (1 - b)`."""
+
+    def __init__(self, embed_dim=D, num_heads=H, n_ctx=16):
+        super().__init__()
+        self.n_head, self.split_size, self.scale = num_heads, embed_dim, True
+        self.register_buffer("bias", torch.tril(torch.ones(n_ctx, n_ctx)).view(1, 1, n_ctx, n_ctx), persistent=False)
+        self.c_attn = Conv1D(3 * embed_dim, embed_dim)
+        self.c_proj = Conv1D(embed_dim, embed_dim)
+        self.attn_dropout = nn.Dropout(0.0)
+
+    def _attn(self, q, k, v, attention_mask=None):
+        w = torch.matmul(q, k)
+        if self.scale:
+            w = w / math.sqrt(v.size(-1))
+        b = self.bias[:, :, : w.size(-2), : w.size(-1)]
+        w = w * b + -1e4 * (1 - b)
+        if attention_mask is not None:
+            w = w + attention_mask
+        w = nn.functional.softmax(w, dim=-1)
+        w = self.attn_dropout(w)
+        return torch.matmul(w, v)
+
+    def split_heads(self, x, k=False):
+        x = x.view(*x.size()[:-1], self.n_head, x.size(-1) // self.n_head)
+        return x.permute(0, 2, 3, 1) if k else x.permute(0, 2, 1, 3)
+
+    def forward(self, x, attention_mask=None):
+        query, key, value = self.c_attn(x).split(self.split_size, dim=2)
+        a = self._attn(self.split_heads(query), self.split_heads(key, k=True), self.split_heads(value), attention_mask)
+        a = a.permute(0, 2, 1, 3).contiguous()
+        return self.c_proj(a.view(*a.size()[:-2], a.size(-2) * a.size(-1)))
+
+
 def _x_mask():
     return hidden(B, L, D, seed=1) + (causal_padding_mask(),)
 
@@ -262,6 +299,18 @@ ENTRIES = [
           None, reason="a finite masked fill combined with other masks", traceable=False,
           notes="a known miss: a finite (-1e4) fill under an additive padding mask; eager's fully masked rows "
                 "depend on how the two combine, so it stays eager"),
+    Entry("gpt2/openai_gpt_arithmetic_causal_mask",
+          "huggingface/transformers: src/transformers/models/openai/modeling_openai.py: Attention._attn: "
+          "w * b + -1e4 * (1 - b) with a float 0/1 tril buffer",
+          lambda: OpenAIGPTAttention().eval(), _x,
+          (Expect(scale=0.25, mask="none", is_causal=True, verdict="causal"),), traceable=False,
+          notes="with b a 0/1 constant, w·b + c·(1 − b) is where(b, w, c): a -1e4 fill, folded to is_causal"),
+    Entry("gpt2/openai_gpt_arithmetic_mask_plus_padding",
+          "huggingface/transformers: src/transformers/models/openai/modeling_openai.py: Attention._attn "
+          "+ additive padding mask",
+          lambda: OpenAIGPTAttention().eval(), _x_pad,
+          None, reason="a finite masked fill combined with other masks", traceable=False,
+          notes="as gpt2/attn_masked_bias_where_plus_mask: a finite fill under a padding mask stays eager"),
     Entry("gpt2/upcast_reordered_baddbmm",
           SRC + "GPT2Attention._upcast_and_reordered_attn: fp32 baddbmm(empty, q, k, beta=0, "
           "alpha=1/sqrt(d)/(layer_idx+1)), where(causal, w, finfo.min) + mask",

@@ -267,6 +267,11 @@ def _parse_term(op: Op, st, consumed, modules, root, depth):
         if scalar(term, modules, root) is not None:
             # adding a constant to every logit leaves the softmax unchanged: softmax(s + c) = softmax(s)
             return _parse(_single(chain, op.node, depth), st, consumed, modules, root, depth + 1)
+        sign = (-1 if op.kind == "sub" else scalar(alpha, modules, root)) if term is b else 1
+        plain = chain is a or (op.kind == "add" and scalar(alpha, modules, root) == 1)   # + S·b, not − or α·
+        select = _select_01(chain, term, sign, st, modules) if plain else None
+        if select is not None:
+            return _parse_select(op, select, st, consumed, modules, root, depth)
         coeff = st.post * (alpha if term is b else 1)
         if op.kind == "sub":
             if chain is not a:
@@ -281,6 +286,50 @@ def _parse_term(op: Op, st, consumed, modules, root, depth):
         return _parse(_single(chain, op.node, depth), st2, consumed, modules, root, depth + 1)
 
     return _either(op, a, b, with_term, depth)
+
+
+def _select_01(chain, term, sign: float, st: _State, modules) -> Optional[tuple]:
+    """`S·b + c·(1 − b)` with b a 0/1 constant is `where(b, S, c)`: openai-gpt's arithmetic causal mask.
+    Both b and the term must fold (fold.py), b must hold only 0 and 1, and the term must be 0 where b is 1
+    and one constant c where b is 0. Returns (S, b, c, the mul node) or None."""
+    if st.folder is None or not isinstance(term, fx.Node) or not isinstance(chain, fx.Node):
+        return None
+    mul = view(chain, modules)
+    if mul is None or mul.kind != "mul":
+        return None
+    for s_side, b in ((mul["input"], mul["other"]), (mul["other"], mul["input"])):
+        if not isinstance(b, fx.Node) or not isinstance(s_side, fx.Node):
+            continue
+        bv = st.folder.value(b)
+        tv = st.folder.value(term) if isinstance(bv, torch.Tensor) else None
+        if not isinstance(tv, torch.Tensor) or not bv.is_floating_point() or not tv.is_floating_point():
+            continue
+        try:
+            bv, tv = torch.broadcast_tensors(bv, tv * sign)
+        except RuntimeError:
+            continue
+        keep = bv == 1
+        if not bool((keep | (bv == 0)).all()) or bool(keep.all()) or not bool((tv[keep] == 0).all()):
+            continue
+        filled = tv[~keep]
+        c = filled.reshape(-1)[0].item()
+        if bool((filled == c).all()):
+            return s_side, b, c, chain
+    return None
+
+
+def _parse_select(op: Op, select: tuple, st, consumed, modules, root, depth):
+    """Read `S·b + c·(1 − b)` as the fill `where(b, S, c)`. Exact only where S is finite (−inf·0 is NaN in
+    eager), so nothing may mask S before it."""
+    s_side, cond, c, mul = select
+    fill = _scaled_in(_round_to(c, dtype(op.node)), st.notes, dtype(op.node))
+    entry = Fill(cond, False, fill, len(st.terms), bool(st.post_t), shape(op.node))
+    st2 = replace(st, fills=(entry,) + st.fills)
+    _single(mul, op.node, depth)
+    out = _parse(_single(s_side, mul, depth), st2, consumed + (mul,), modules, root, depth + 2)
+    if len(out.terms) != len(st2.terms) or len(out.fills) != len(st2.fills):
+        raise NoMatch("a 0/1 mask multiplies scores that are already masked (−inf·0 is NaN in eager)", depth)
+    return out
 
 
 def _parse_fill(op: Op, st, consumed, modules, root, depth):

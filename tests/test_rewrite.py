@@ -392,3 +392,49 @@ def test_a_real_clamp_is_not_read_as_one():
     gm = torch.fx.symbolic_trace(Clamp())
     report = sdpa_rewrite.rewrite(gm, example_inputs=qkv())
     assert not report.rewritten and "lies between" in report.sites[0].reason
+
+
+class ArithmeticMask(nn.Module):
+    """openai-gpt's `w * b + c * (1 - b)` and variants that are not a select, so must stay eager."""
+
+    def __init__(self, form: str):
+        super().__init__()
+        self.form = form
+        b = torch.ones(8, 8).tril()
+        self.register_buffer("b", b * 0.5 if form == "b not 0/1" else b)
+
+    def forward(self, q, k, v, m=None):
+        w = q @ k.transpose(-1, -2) * 0.25
+        b = self.b
+        if self.form == "-inf before":
+            w = w.masked_fill(m, float("-inf"))
+        if self.form == "input b":
+            b = m.float()
+        if self.form == "term minus scores":
+            w = -1e4 * (1 - b) - w * b
+        elif self.form == "term not c(1-b)":
+            w = w * b + -1e4 * (1 - b) * torch.arange(8.0)
+        else:
+            w = w * b + -1e4 * (1 - b)
+        return torch.softmax(w, dim=-1) @ v
+
+
+@pytest.mark.parametrize("form, rewritten", [
+    ("select", True), ("b not 0/1", False), ("term minus scores", False), ("term not c(1-b)", False),
+    ("-inf before", False), ("input b", False)])
+def test_arithmetic_mask_is_a_select_only_when_exact(form, rewritten):
+    """`S·b + c·(1 − b)` is where(b, S, c) only for a 0/1 constant b, a term equal to c·(1 − b), added (not
+    subtracted) to S that nothing masked before. Rewritten or not, the numbers equal eager's."""
+    model = ArithmeticMask(form)
+    q, k, v = qkv()
+    m = torch.ones(8, 8).tril() == 0 if form == "-inf before" else (torch.ones(8, 8).tril() > 0)
+    args = (q, k, v, m)
+    reports = []
+    compiled = torch.compile(model, backend="sdpa_rewrite",
+                             options={"downstream": "eager", "report": reports.append, "strict": True})
+    out, ref = compiled(*args), model(*args)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5, equal_nan=True)
+    (site,) = reports[0].sites
+    assert site.rewritten == rewritten, str(reports[0])
+    if rewritten:
+        assert site.causal == "top-left", site.mask

@@ -23,7 +23,7 @@ EXPECTED = {
     "mistral": (2, 2), "qwen2": (2, 2), "gemma": (2, 2), "phi": (2, 2), "falcon": (2, 2), "bloom": (2, 2),
     "gpt_neox": (2, 2), "gptj": (2, 2), "gpt_neo": (2, 2), "codegen": (2, 2), "bert": (2, 2),
     "roberta": (2, 2), "distilbert": (2, 2), "albert": (2, 2), "electra": (2, 2), "xlm-roberta": (2, 2),
-    "vit": (2, 2), "clip": (4, 4), "whisper": (6, 6),
+    "vit": (2, 2), "clip": (4, 4), "whisper": (6, 6), "openai-gpt": (2, 2), "xglm": (2, 2),
 }
 # attention SDPA cannot compute: the site must stay eager, with the reason said
 INEXPRESSIBLE = {"gemma2": (2, "soft-capping")}
