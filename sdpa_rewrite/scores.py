@@ -4,7 +4,8 @@
 
 where α gathers every scalar factor (on the scores, on q, on k, baddbmm's alpha), Tᵢ are additive
 terms (masks, position biases) with the factors met after them, and R / Fill are the positions
-replaced by `masked_fill` / `where`. It reads the graph and never mutates it.
+replaced by `masked_fill` / `where`, or by the arithmetic select `S·b + c·(1 − b)` when b folds to a 0/1
+constant (openai-gpt). It reads the graph and never mutates it.
 """
 from __future__ import annotations
 
