@@ -292,7 +292,8 @@ def _parse_term(op: Op, st, consumed, modules, root, depth):
 def _select_01(chain, term, sign: float, st: _State, modules) -> Optional[tuple]:
     """`S·b + c·(1 − b)` with b a 0/1 constant is `where(b, S, c)`: openai-gpt's arithmetic causal mask.
     Both b and the term must fold (fold.py), b must hold only 0 and 1, and the term must be 0 where b is 1
-    and one constant c where b is 0. Returns (S, b, c, the mul node) or None."""
+    and one constant c where b is 0. Returns (S, b, c, the mul node), (S, None, None, the mul node) when b is
+    all ones, or None."""
     if st.folder is None or not isinstance(term, fx.Node) or not isinstance(chain, fx.Node):
         return None
     mul = view(chain, modules)
@@ -310,8 +311,10 @@ def _select_01(chain, term, sign: float, st: _State, modules) -> Optional[tuple]
         except RuntimeError:
             continue
         keep = bv == 1
-        if not bool((keep | (bv == 0)).all()) or bool(keep.all()) or not bool((tv[keep] == 0).all()):
+        if not bool((keep | (bv == 0)).all()) or not bool((tv[keep] == 0).all()):
             continue
+        if bool(keep.all()):
+            return s_side, None, None, chain             # b is all ones (one key, say): S·1 + 0 is S
         filled = tv[~keep]
         c = filled.reshape(-1)[0].item()
         if bool((filled == c).all()):
@@ -323,10 +326,12 @@ def _parse_select(op: Op, select: tuple, st, consumed, modules, root, depth):
     """Read `S·b + c·(1 − b)` as the fill `where(b, S, c)`. Exact only where S is finite (−inf·0 is NaN in
     eager), so nothing may mask S before it."""
     s_side, cond, c, mul = select
+    _single(mul, op.node, depth)
+    if cond is None:
+        return _parse(_single(s_side, mul, depth), st, consumed + (mul,), modules, root, depth + 2)
     fill = _scaled_in(_round_to(c, dtype(op.node)), st.notes, dtype(op.node))
     entry = Fill(cond, False, fill, len(st.terms), bool(st.post_t), shape(op.node))
     st2 = replace(st, fills=(entry,) + st.fills)
-    _single(mul, op.node, depth)
     out = _parse(_single(s_side, mul, depth), st2, consumed + (mul,), modules, root, depth + 2)
     if len(out.terms) != len(st2.terms) or len(out.fills) != len(st2.fills):
         raise NoMatch("a 0/1 mask multiplies scores that are already masked (−inf·0 is NaN in eager)", depth)

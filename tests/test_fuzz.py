@@ -94,7 +94,7 @@ def check_report(p: Program, report, n_calls: int) -> None:
         assert allowed_skip(p, site.reason), f"missed site: {site.reason}\n{p}"
     assert n_calls == len(report.rewritten), (n_calls, str(report))
     for site in report.rewritten:
-        causal_mask = p.mask in ("causal_const", "causal_finite")
+        causal_mask = p.mask in ("causal_const", "causal_finite", "causal_arith")
         if causal_mask and p.s == 1:                        # one key: the causal mask hides nothing
             assert not site.causal and site.mask.startswith("none"), f"{site}\n{p}"
         elif causal_mask and not (p.scale_at == "tensor" and p.mask_before_scale):
