@@ -79,3 +79,21 @@ ENTRIES.append(
     Entry("fuzz_found/xglm_clamp_to_finfo_min", "transformers: models/xglm/modeling_xglm.py (eager attention, "
           "found by sdpa-rewrite scan --all)", ClampedScores, lambda: qkv(seed=95) + (padding_mask(2, 8, 8),),
           (Expect(scale=0.25, mask="float", verdict="input mask"),)))
+
+
+class ArithmeticMaskOneKey(nn.Module):
+    """openai-gpt's `s * b + c * (1 - b)` with a single key: b is all ones, so the product is the identity.
+    A bmm (B·H, L, S) site viewed back to (B, H, L, S) first read b as a tensor scale (constant along the
+    one key) and then missed the site at the view."""
+
+    def forward(self, q, k, v):
+        bsz, h, l, e = q.shape
+        s = torch.bmm(q.reshape(bsz * h, l, e), k.reshape(bsz * h, -1, e).transpose(1, 2)).view(bsz, h, l, -1) * 0.5
+        b = torch.ones((s.size(-2), s.size(-1))).tril()
+        return F.softmax(s * b + -1e4 * (1 - b), dim=-1) @ v
+
+
+ENTRIES.append(
+    Entry("fuzz_found/arithmetic_mask_one_key",
+          "tests/test_fuzz.py: Program(scores='bmm', mask='causal_arith', l=2, s=1)",
+          ArithmeticMaskOneKey, lambda: qkv(l=2, s=1, seed=96), (Expect(scale=0.5, verdict="none"),)))
