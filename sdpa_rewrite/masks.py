@@ -71,14 +71,14 @@ def _h(x):
 
 
 def _judge(sc: Scores, top_shape: tuple, folder: Folder, reader: fx.Node, nodes: list) -> Verdict:
-    if not all(isinstance(d, int) for d in top_shape[-2:]):
-        return _unfolded("symbolic shapes")                   # the (L, S) pattern itself varies
     values = {}
     for n in nodes:
         value = folder.value(n, reader)
         if value is None:
             return _unfolded(folder.why_not(n))
         values[n] = value
+    if not all(isinstance(d, int) for d in top_shape[-2:]):
+        return _unfolded("symbolic shapes")                   # the (L, S) pattern itself varies
     try:
         visible = _visible(sc, top_shape, values)
     except _SymbolicRegroup:
