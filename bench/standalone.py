@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import time
 
 import torch
 import torch.nn.functional as F
 from tabulate import tabulate
 
 import sdpa_rewrite  # noqa: F401  (registers the backend)
+from bench import timing
 
 NAMES = {0: "math", 1: "flash", 2: "efficient", 3: "cudnn"}
 
@@ -37,40 +37,17 @@ def sdpa(q, k, v, causal: bool):
 
 
 def measure(fn, args, backward: bool, reps: int):
+    """Median ms and peak MiB (CUDA; 0 elsewhere) of fn(*args), with its backward when asked (bench/timing.py)."""
+    grad = torch.randn_like(args[0][..., : args[2].shape[-1]]) if backward else None
+
     def step():
         out = fn(*args)
         if backward:
             out.backward(grad)
         return out
 
-    grad = torch.randn_like(args[0][..., : args[2].shape[-1]]) if backward else None
-    for _ in range(3):
-        step()
-    sync = torch.cuda.synchronize if args[0].is_cuda else (lambda: None)
-    sync()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        if args[0].is_cuda:
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            step()
-            b.record()
-            sync()
-            times.append(a.elapsed_time(b))
-        else:
-            step()
-            times.append((time.perf_counter() - t) * 1e3)
-    times.sort()
-    peak = 0.0
-    if args[0].is_cuda:
-        sync()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        step()
-        sync()
-        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-    return times[len(times) // 2], peak
+    t = timing.measure(step, warmup=3, reps=reps, device=args[0].device)
+    return t.ms, (t.peak_mib if args[0].is_cuda else 0.0)
 
 
 def grid(quick: bool):
