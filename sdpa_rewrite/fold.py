@@ -94,6 +94,14 @@ class Folder:
     def why_not(self, node: fx.Node) -> str:
         return self.reasons.get(node, "")
 
+    def input_read(self, node: fx.Node) -> str:
+        """The name of a forward input (not a buffer or parameter) the node's value depends on, or ""."""
+        for n in _cone(node):
+            if n.op == "placeholder" and isinstance(meta_value(n), torch.Tensor) \
+                    and not _source_has(n, "._buffers[") and not _source_has(n, "._parameters["):
+                return _input_name(n)
+        return ""
+
     def cone(self, node: fx.Node) -> frozenset:
         """The nodes a folded value was computed from: safe to erase once nothing reads them."""
         return frozenset(n for n in _cone(node) if n.op in ("call_function", "call_method", "get_attr")

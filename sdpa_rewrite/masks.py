@@ -75,7 +75,10 @@ def _judge(sc: Scores, top_shape: tuple, folder: Folder, reader: fx.Node, nodes:
     for n in nodes:
         value = folder.value(n, reader)
         if value is None:
-            return _unfolded(folder.why_not(n))
+            reason = folder.why_not(n)
+            if "symbolic" in reason and folder.input_read(n):     # name the data, not the first refusal met
+                reason = f"depends on the input `{folder.input_read(n)}`"
+            return _unfolded(reason)
         values[n] = value
     if not all(isinstance(d, int) for d in top_shape[-2:]):
         return _unfolded("symbolic shapes")                   # the (L, S) pattern itself varies
