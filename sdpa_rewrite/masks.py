@@ -76,8 +76,9 @@ def _judge(sc: Scores, top_shape: tuple, folder: Folder, reader: fx.Node, nodes:
         value = folder.value(n, reader)
         if value is None:
             reason = folder.why_not(n)
-            if "symbolic" in reason and folder.input_read(n):     # name the data, not the first refusal met
-                reason = f"depends on the input `{folder.input_read(n)}`"
+            data = folder.input_read(n) if "symbolic" in reason else ""
+            if data:                                              # name the data, not the first refusal met
+                reason = f"depends on the input `{data}`"
             return _unfolded(reason)
         values[n] = value
     if not all(isinstance(d, int) for d in top_shape[-2:]):

@@ -261,15 +261,16 @@ def scale_note(note: tuple, e) -> str:
 def _parse_term(op: Op, st, consumed, modules, root, depth):
     a, b = op["input"], op["other"]
     alpha = op["alpha"] if op["alpha"] is not None else 1
-    if scalar(alpha, modules, root) is None:
+    alpha_value = scalar(alpha, modules, root)
+    if alpha_value is None:
         raise NoMatch(f"`{op.node.name}` adds with a non-constant alpha", depth)
 
     def with_term(chain, term):
         if scalar(term, modules, root) is not None:
             # adding a constant to every logit leaves the softmax unchanged: softmax(s + c) = softmax(s)
             return _parse(_single(chain, op.node, depth), st, consumed, modules, root, depth + 1)
-        sign = (-1 if op.kind == "sub" else scalar(alpha, modules, root)) if term is b else 1
-        plain = chain is a or (op.kind == "add" and scalar(alpha, modules, root) == 1)   # + S·b, not − or α·
+        sign = (-1 if op.kind == "sub" else alpha_value) if term is b else 1
+        plain = chain is a or (op.kind == "add" and alpha_value == 1)      # + S·b, not − or α·
         select = _select_01(chain, term, sign, st, modules) if plain else None
         if select is not None:
             return _parse_select(op, select, st, consumed, modules, root, depth)
@@ -329,9 +330,7 @@ def _parse_select(op: Op, select: tuple, st, consumed, modules, root, depth):
     _single(mul, op.node, depth)
     if cond is None:
         return _parse(_single(s_side, mul, depth), st, consumed + (mul,), modules, root, depth + 2)
-    fill = _scaled_in(_round_to(c, dtype(op.node)), st.notes, dtype(op.node))
-    entry = Fill(cond, False, fill, len(st.terms), bool(st.post_t), shape(op.node))
-    st2 = replace(st, fills=(entry,) + st.fills)
+    st2 = _with_fill(st, op, cond, False, c)
     out = _parse(_single(s_side, mul, depth), st2, consumed + (mul,), modules, root, depth + 2)
     if len(out.terms) != len(st2.terms) or len(out.fills) != len(st2.fills):
         raise NoMatch("a 0/1 mask multiplies scores that are already masked (−inf·0 is NaN in eager)", depth)
@@ -354,11 +353,16 @@ def _parse_fill(op: Op, st, consumed, modules, root, depth):
         raise NoMatch(f"`{op.node.name}` fills with a tensor, not a constant", depth)
     if not isinstance(cond, fx.Node):
         raise NoMatch(f"`{op.node.name}` has a constant condition", depth)
-    fill = _round_to(fill, dtype(op.node))      # masked_fill(fp16, -3.4e38) writes -inf: classify what is written
-    fill_value = -math.inf if fill == -math.inf else _scaled_in(fill, st.notes, dtype(op.node))
-    entry = Fill(cond, masked_when, fill_value, len(st.terms), bool(st.post_t), shape(op.node))
-    st2 = replace(st, fills=(entry,) + st.fills)
+    st2 = _with_fill(st, op, cond, masked_when, fill)
     return _parse(_single(chain, op.node, depth), st2, consumed, modules, root, depth + 1)
+
+
+def _with_fill(st: _State, op: Op, cond: fx.Node, masked_when: bool, fill: float) -> _State:
+    """The state with one more fill at `op`, its value as eager writes it and then scales it."""
+    fill = _round_to(fill, dtype(op.node))      # masked_fill(fp16, -3.4e38) writes -inf: classify what is written
+    value = -math.inf if fill == -math.inf else _scaled_in(fill, st.notes, dtype(op.node))
+    entry = Fill(cond, masked_when, value, len(st.terms), bool(st.post_t), shape(op.node))
+    return replace(st, fills=(entry,) + st.fills)
 
 
 def _read_qk(op: Op, st, consumed, modules, root, depth):
