@@ -41,19 +41,20 @@ FORMS = ["eager", "native_sdpa", "backend_eager", "inductor_eager", "inductor_sd
 GENERATE_FORMS = ["eager", "native_sdpa", "backend_eager", "inductor_sdpa", "backend_inductor"]
 
 
-def compiled(fn, form: str, reports: list):
-    """`fn` (a model or its forward) compiled the way `form` says; uncompiled for eager / native_sdpa."""
+def compiled(fn, form: str, reports: list, dynamic=False):
+    """`fn` (a model or its forward) compiled the way `form` says; uncompiled for eager / native_sdpa.
+    `dynamic` as torch.compile takes it: False (a static compile per shape) or None (Dynamo's automatic)."""
     if form.startswith("backend"):
         options = {"report": reports.append}
         if form == "backend_eager":
             options["downstream"] = "eager"
         if form == "backend_inductor_kernel_rows":
             options["empty_rows"] = "kernel"
-        return torch.compile(fn, backend="sdpa_rewrite", options=options, dynamic=False)
+        return torch.compile(fn, backend="sdpa_rewrite", options=options, dynamic=dynamic)
     if form.startswith("inductor"):
-        return torch.compile(fn, dynamic=False)
+        return torch.compile(fn, dynamic=dynamic)
     if form == "dynamo_sdpa":
-        return torch.compile(fn, backend="eager", dynamic=False)
+        return torch.compile(fn, backend="eager", dynamic=dynamic)
     return fn
 
 
@@ -122,8 +123,8 @@ def generate(name: str, batch: int, forms: list, *, prompt: int, new: int, devic
         torch._dynamo.reset()
         reports = []
         model = zoo.build(name, impl(form), device=device, tiny=tiny)
-        if form.startswith(("backend", "inductor")):
-            model.forward = torch.compile(model.forward, **_generate_compile_kwargs(form, reports))
+        # decode steps change the cache length every step: Dynamo goes dynamic after the first decode graph
+        model.forward = compiled(model.forward, form, reports, dynamic=None)
         with torch.no_grad():
             start = time.perf_counter()
             out = model.generate(ids, **kwargs)
@@ -141,16 +142,6 @@ def generate(name: str, batch: int, forms: list, *, prompt: int, new: int, devic
                      "sites": f"{done}/{found}" if reports else "", "same_tokens": round(same, 3), "tokens_vs": forms[0]}))
         del model
     return rows
-
-
-def _generate_compile_kwargs(form: str, reports: list) -> dict:
-    """Decode steps change the cache length every step: let Dynamo go dynamic after the first decode graph."""
-    if form.startswith("backend"):
-        options = {"report": reports.append}
-        if form == "backend_eager":
-            options["downstream"] = "eager"
-        return {"backend": "sdpa_rewrite", "options": options}
-    return {}
 
 
 def shapes(text: str | None, name: str) -> list:

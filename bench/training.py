@@ -31,7 +31,7 @@ from tabulate import tabulate
 
 import sdpa_rewrite  # noqa: F401  (registers the backend)
 from bench import zoo
-from bench.models import impl, site_counts
+from bench.models import compiled, impl, site_counts
 from bench.timing import Record, measure, versions
 
 FORMS = ["eager", "native_sdpa", "inductor_sdpa", "backend_inductor"]
@@ -49,17 +49,8 @@ class Trainer:
 
     def _compile(self):
         torch._dynamo.reset()
-        if self.form.startswith("backend"):
-            options = {"report": self.reports.append}
-            if self.form == "backend_eager":
-                options["downstream"] = "eager"
-            return torch.compile(self.model, backend="sdpa_rewrite", options=options, dynamic=self._dynamic())
-        if self.form.startswith("inductor"):
-            return torch.compile(self.model, dynamic=self._dynamic())
-        return self.model
-
-    def _dynamic(self):
-        return None if self.dynamic_batch else False     # None: the batch is marked dynamic in `fits`
+        # dynamic=None: the batch is marked dynamic in `inputs`; else one static compile per batch
+        return compiled(self.model, self.form, self.reports, dynamic=None if self.dynamic_batch else False)
 
     def step(self, args: dict) -> torch.Tensor:
         dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
