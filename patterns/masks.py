@@ -82,6 +82,28 @@ class V5SdpaMask(nn.Module):
         return torch.matmul(F.softmax(attn_weights, dim=-1), v)
 
 
+class V5PackedSequenceCheck(nn.Module):
+    """transformers v5 masking_utils without a KV cache: the position ids (B, L) are checked for packed
+    sequences (find_packed_sequence_indices: diff, != 1, cumsum), causal_mask_function is remapped to the
+    positions and ANDed with packed_sequence_mask_function, and both are broadcast over (b, h, q, kv) by
+    indexing with aranges (_non_vmap_expansion_sdpa); made additive by where(0, finfo.min). Under Dynamo
+    with a symbolic batch, `arange(batch)` indexes the expanded position ids: it must still fold."""
+
+    def forward(self, q, k, v):
+        batch, q_len = q.size(0), q.size(-2)
+        position_ids = torch.arange(q_len, device=q.device)[None].expand(batch, -1)
+        packed = (torch.diff(position_ids, prepend=position_ids[:, :1] - 1, dim=-1) != 1).cumsum(-1)
+        b = torch.arange(batch, device=q.device)[:, None, None, None]
+        qi = torch.arange(q_len, device=q.device)[None, None, :, None]
+        ki = torch.arange(q_len, device=q.device)[None, None, None, :]
+        mask = qi.new_ones((), dtype=torch.bool)
+        mask = mask & (position_ids[b, ki] <= position_ids[b, qi])
+        mask = mask & (packed[b, qi] == packed[b, ki])
+        mask = torch.where(mask.expand(batch, -1, q_len, q_len), torch.tensor(0.0, device=q.device), NEG)
+        attn_weights = torch.matmul(q, k.transpose(2, 3)) * SCALE + mask
+        return torch.matmul(F.softmax(attn_weights, dim=-1), v)
+
+
 class KeepWhereTril(nn.Module):
     """A boolean keep mask `torch.ones(L, S).tril().bool()`, applied as where(keep, scores, -inf)."""
 
@@ -308,6 +330,9 @@ ENTRIES = [
     Entry("masks/v5_arange_where_finfo_min",
           "transformers: masking_utils.py sdpa_mask / eager_mask (v5): causal_mask_function + where(0, finfo.min)",
           V5SdpaMask, _with(103), (_causal,)),
+    Entry("masks/v5_packed_sequence_check",
+          "transformers: masking_utils.py (v5, no cache): find_packed_sequence_indices + packed_sequence_mask_function, "
+          "_non_vmap_expansion_sdpa", V5PackedSequenceCheck, _with(116), (_causal,)),
     Entry("masks/keep_where_tril_ones", "variant: where(ones(L, S).tril().bool(), scores, -inf)",
           KeepWhereTril, _with(104), (_causal,)),
     Entry("masks/make_causal_mask_4x",

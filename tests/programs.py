@@ -28,7 +28,7 @@ class Program:
     scores: str            # matmul | operator | mT | einsum | bmm | baddbmm | pre_transposed
     scale: float
     scale_at: str          # scores_mul | scores_div | q | k | both | none | tensor | baddbmm_alpha
-    mask: str              # none | bool_input | bool_masked_fill | int_input | additive_input | causal_const | causal_finite | causal_arith | finite_fill_input
+    mask: str              # none | bool_input | bool_masked_fill | int_input | additive_input | causal_const | causal_finite | causal_arith | causal_indexed | finite_fill_input
     mask_shape: str        # b1ls | 11ls | ls
     mask_before_scale: bool
     fill: float            # for finite fills
@@ -68,7 +68,8 @@ def programs(draw, near_miss: bool = False) -> Program:
         placements.append("baddbmm_alpha")
     scale_at = draw(st.sampled_from(placements))
     mask = draw(st.sampled_from(["none", "bool_input", "bool_masked_fill", "int_input", "additive_input",
-                                 "causal_const", "causal_finite", "causal_arith", "finite_fill_input"]))
+                                 "causal_const", "causal_finite", "causal_arith", "causal_indexed",
+                                 "finite_fill_input"]))
     return Program(
         b=draw(st.integers(1, 3)), h=h, groups=groups, repeat=repeat, l=l, s=s, e=e, ev=ev, scores=scores,
         scale=scale, scale_at=scale_at, mask=mask, mask_shape=draw(st.sampled_from(["b1ls", "11ls", "ls"])),
@@ -213,6 +214,14 @@ class Attention(nn.Module):
         if p.mask == "causal_arith":                  # openai-gpt: a float 0/1 causal mask applied arithmetically
             b = torch.ones((s.size(-2), s.size(-1)), dtype=s.dtype, device=s.device).tril()
             return s * b + p.fill * (1 - b)
+        if p.mask == "causal_indexed":                # transformers without a cache: positions indexed per row
+            n, m, dev = s.size(-2), s.size(-1), s.device
+            qpos = torch.arange(n, device=dev)[None].expand(s.size(0), -1)
+            kpos = torch.arange(m, device=dev)[None].expand(s.size(0), -1)
+            rows = torch.arange(s.size(0), device=dev)[:, None, None, None]
+            keep = kpos[rows, torch.arange(m, device=dev)[None, None, None, :]] <= \
+                qpos[rows, torch.arange(n, device=dev)[None, None, :, None]]
+            return s.masked_fill(~keep, float("-inf"))
         if p.mask in ("causal_const", "causal_finite"):
             keep = torch.ones((s.size(-2), s.size(-1)), dtype=torch.bool, device=s.device).tril()
             fill = float("-inf") if p.mask == "causal_const" else p.fill

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
@@ -94,7 +95,7 @@ def check_report(p: Program, report, n_calls: int) -> None:
         assert allowed_skip(p, site.reason), f"missed site: {site.reason}\n{p}"
     assert n_calls == len(report.rewritten), (n_calls, str(report))
     for site in report.rewritten:
-        causal_mask = p.mask in ("causal_const", "causal_finite", "causal_arith")
+        causal_mask = p.mask in ("causal_const", "causal_finite", "causal_arith", "causal_indexed")
         if causal_mask and p.s == 1:                        # one key: the causal mask hides nothing
             assert not site.causal and site.mask.startswith("none"), f"{site}\n{p}"
         elif causal_mask and not (p.scale_at == "tensor" and p.mask_before_scale):
@@ -181,4 +182,14 @@ def test_found_bmm_regroup_under_a_symbolic_batch():
     p = Program(b=2, h=2, groups=1, repeat="none", l=5, s=2, e=8, ev=8, scores="bmm", scale=8 ** -0.5,
                 scale_at="scores_div", mask="causal_finite", mask_shape="b1ls", mask_before_scale=True, fill=-1e9,
                 empty_rows=True, upcast="float_scores", softmax="method", dropout="module_eval", sites=1, near_miss="")
+    rewritten_and_exact(p, compile_path=True, symbolic_batch=True)
+
+
+@pytest.mark.parametrize("scores", ["matmul", "bmm"])
+def test_indexed_causal_mask_under_a_symbolic_batch(scores):
+    """transformers' no-cache spelling (positions expanded to the batch, indexed per row by `arange(batch)`)
+    folds to is_causal with the batch symbolic, on a plain and on a bmm-regrouped site, and stays exact."""
+    p = Program(b=3, h=2, groups=1, repeat="none", l=5, s=5, e=8, ev=8, scores=scores, scale=8 ** -0.5,
+                scale_at="scores_div", mask="causal_indexed", mask_shape="b1ls", mask_before_scale=False, fill=-1e9,
+                empty_rows=False, upcast="none", softmax="functional", dropout="none", sites=1, near_miss="")
     rewritten_and_exact(p, compile_path=True, symbolic_batch=True)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import sdpa_rewrite
 from support import RecordSDPA
+from patterns.masks import V5PackedSequenceCheck
 
 REWRITE_MODULE = importlib.import_module("sdpa_rewrite.rewrite")
 
@@ -262,11 +263,45 @@ class BatchRegroupedMask(nn.Module):
         return torch.bmm(p, v.reshape(b * h, -1, e)).view(b, h, l, e)
 
 
-@pytest.mark.parametrize("model, folds", [(ExpandedCausal(), True), (BatchInMaskValues(), False),
-                                          (BatchRegroupedMask(), False)], ids=["expand", "values", "regrouped"])
+def _causal_softmax(q, k, v, keep):
+    return torch.softmax((q @ k.transpose(-1, -2) * 0.25).masked_fill(~keep, float("-inf")), dim=-1) @ v
+
+
+class BatchIndexInValues(nn.Module):
+    """`arange(batch)` compared, not only used as an index: the batch positions reach the mask's values."""
+    def forward(self, q, k, v):
+        n = q.size(-2)
+        keep = torch.ones(n, n).tril().bool()[None, None] | (torch.arange(q.size(0))[:, None, None, None] > 2)
+        return _causal_softmax(q, k, v, keep)
+
+
+class BatchIndexIntoRows(nn.Module):
+    """`arange(batch)` picks rows of a table whose rows differ (causal, all visible, …): batch-dependent."""
+    def forward(self, q, k, v):
+        n = q.size(-2)
+        causal = torch.ones(n, n).tril().bool()
+        table = torch.stack([causal, torch.ones(n, n, dtype=torch.bool)]).repeat(4, 1, 1)
+        return _causal_softmax(q, k, v, table[torch.arange(q.size(0))][:, None])
+
+
+class CumsumAlongBatch(nn.Module):
+    """A reduced value summed along the batch itself: row b's values grow with b."""
+    def forward(self, q, k, v):
+        n = q.size(-2)
+        c = torch.arange(n)[None].expand(q.size(0), -1).cumsum(0)
+        keep = torch.ones(n, n).tril().bool()[None, None] | (c[:, None, :, None] > 2 * n)
+        return _causal_softmax(q, k, v, keep)
+
+
+@pytest.mark.parametrize("model, folds", [
+    (ExpandedCausal(), True), (V5PackedSequenceCheck(), True), (BatchInMaskValues(), False),
+    (BatchRegroupedMask(), False), (BatchIndexInValues(), False), (BatchIndexIntoRows(), False),
+    (CumsumAlongBatch(), False)],
+    ids=["expand", "batch-indexed", "values", "regrouped", "index-values", "index-rows", "cumsum-batch"])
 def test_symbolic_batch_folds_only_through_expand(model, folds):
-    """A symbolic size may fold only as the size `expand` grows a dim to; anywhere else the mask stays
-    a mask and says why. Exact at every batch either way, one compile."""
+    """A symbolic size may fold only as the size `expand` grows a dim to, or as `arange(size)` indexing a dim
+    with one entry; a reduced value only through ops that keep it the same along the batch. Anywhere else the
+    mask stays a mask and says why. Exact at every batch either way, one compile."""
     reports = []
     compiled = torch.compile(model, backend="sdpa_rewrite",
                              options={"downstream": "eager", "report": reports.append, "strict": True})

@@ -165,10 +165,13 @@ def test_dynamic_shapes_rewritten_exact_without_recompiles(build, gqa, how):
 
 @pytest.mark.parametrize("build", [gpt2, llama], ids=["gpt2", "llama"])
 @pytest.mark.parametrize("padded", [False, True], ids=["no mask", "left-padded"])
-def test_symbolic_batch_alone_still_folds_the_causal_mask(build, padded):
+@pytest.mark.parametrize("use_cache", [True, False], ids=["cache", "no cache"])
+def test_symbolic_batch_alone_still_folds_the_causal_mask(build, padded, use_cache):
     """A second batch size makes Dynamo's batch symbolic (a smaller last batch in training does that). The
     causal mask is `causal.expand(batch, -1, L, S)`: the same for every batch, so it still folds to
-    is_causal, exact at every batch with one compile. A padding mask is input data and stays a mask."""
+    is_causal, exact at every batch with one compile. Without a cache, transformers also checks the
+    position ids for packed sequences, indexing them per row with `arange(batch)`: that folds too. A padding
+    mask is input data and stays a mask."""
     model = build()
     reports = []
     compiled = torch.compile(model, backend="sdpa_rewrite",
@@ -184,7 +187,8 @@ def test_symbolic_batch_alone_still_folds_the_causal_mask(build, padded):
             torch._dynamo.mark_dynamic(mask, 0)
         torch._dynamo.mark_dynamic(ids, 0)
         with torch.no_grad():
-            assert_close_outputs(compiled(ids, **kwargs).logits, model(ids, **kwargs).logits)
+            assert_close_outputs(compiled(ids, **kwargs, use_cache=use_cache).logits,
+                                 model(ids, **kwargs, use_cache=use_cache).logits)
     assert len(reports) == 1, f"{len(reports)} compiles for 3 batch sizes"
     sites = reports[0].sites
     assert not isinstance(sites[0].q[0], int), sites[0].q            # the batch really is symbolic
