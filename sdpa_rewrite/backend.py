@@ -49,11 +49,38 @@ def sdpa_rewrite_backend(gm: fx.GraphModule, example_inputs: list, options: Opti
             warnings.warn(f"sdpa_rewrite left a graph untouched after an internal error ({key}); "
                           "it is compiled as it was. Pass options={'strict': True} to raise.", stacklevel=2)
         report = None
+    if report is not None and report.sites:
+        _warn_at_recompile_limit(report)
     if callable(show) and report is not None:
         show(report)                       # report=callable: hand each graph's Report to the caller
     elif show and report is not None:
         print(report)
     return compile_downstream(downstream, gm, example_inputs, mode=mode, config=options)
+
+
+def _warn_at_recompile_limit(report) -> None:
+    """Dynamo compiles a frame at most `recompile_limit` times, then runs it uncompiled: with the model's own
+    eager attention, never seen here. When this compile is the last one Dynamo allows the frame, say so
+    (a graph break in a layer loop plus per-layer state does this: each layer recompiles its own frame)."""
+    try:
+        from torch._dynamo import config
+        from torch._guards import CompileContext
+
+        compile_id = CompileContext.current_compile_id()
+        limit = getattr(config, "recompile_limit", None) or getattr(config, "cache_size_limit")
+    except Exception:                                     # outside Dynamo, or a torch without these
+        return
+    if compile_id is None or compile_id.frame_compile_id is None or compile_id.frame_compile_id + 1 != limit:
+        return
+    key = f"recompile_limit:{compile_id.frame_id}"
+    if key in _warned:
+        return
+    _warned.add(key)
+    warnings.warn(f"sdpa_rewrite: this is the last compile Dynamo allows the frame holding the attention "
+                  f"site `{report.sites[0].location}` "
+                  f"(torch._dynamo.config.recompile_limit = {limit}). If it recompiles again, its later calls run "
+                  "uncompiled and their attention is not rewritten. TORCH_LOGS=recompiles or "
+                  "sdpa_rewrite.explain(model, *args) shows what changes between calls.", stacklevel=2)
 
 
 def compile_downstream(downstream: Any, gm: fx.GraphModule, example_inputs: list, mode=None, config=None):

@@ -103,3 +103,20 @@ def test_training_backward_goes_through_sdpa():
     attention(q2, k2, v2).sum().backward()
     for a, b in ((q, q2), (k, k2), (v, v2)):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_backend_warns_on_the_last_compile_dynamo_allows_a_frame():
+    """Past Dynamo's recompile limit a frame runs uncompiled, attention and all, and never reaches the
+    backend: the backend says so on the last compile it sees with attention in it."""
+    import torch._dynamo
+
+    from support import LayerDropNet
+
+    torch._dynamo.reset()
+    reports = []
+    with torch._dynamo.config.patch(recompile_limit=2), pytest.warns(UserWarning, match="last compile Dynamo allows") as seen:
+        model = torch.compile(LayerDropNet(), backend="sdpa_rewrite",
+                              options={"downstream": "eager", "report": reports.append})
+        model(torch.randn(2, 8, 16))
+    assert sum("recompile_limit" in str(w.message) for w in seen) == 1
+    assert sum(len(r.sites) for r in reports) == 2                       # 2 of the 4 layers reached the backend

@@ -1,43 +1,12 @@
 """explain() names what keeps attention away from the rewrite without a site saying so: graph breaks, and
 frames Dynamo stopped compiling at its recompile limit (their attention runs uncompiled and unreported)."""
 import logging
-import math
 
 import torch
 import torch._dynamo
-import torch.nn as nn
 
 import sdpa_rewrite
-
-
-class Layer(nn.Module):
-    def __init__(self, i):
-        super().__init__()
-        self.i = i
-        self.qkv = nn.Linear(16, 48)
-
-    def forward(self, x, seen):
-        seen[self.i] = True                  # differs per layer, as a per-layer KV cache's state does
-        q, k, v = self.qkv(x).view(2, 8, 3, 2, 8).permute(2, 0, 3, 1, 4)
-        w = (q @ k.transpose(-1, -2) / math.sqrt(8)).softmax(-1)
-        return x + (w @ v).transpose(1, 2).reshape(2, 8, 16)
-
-
-class LayerDropNet(nn.Module):
-    """transformers 5.17's OPT decoder in training: a data-dependent branch in the layer loop (its layerdrop
-    draw) breaks the graph, so each layer becomes a frame of its own, recompiled per layer."""
-
-    def __init__(self, layers=4):
-        super().__init__()
-        self.layers = nn.ModuleList(Layer(i) for i in range(layers))
-
-    def forward(self, x):
-        seen = {}
-        for layer in self.layers:
-            if torch.rand([]) < 0.0:
-                continue
-            x = layer(x, seen)
-        return x
+from support import LayerDropNet
 
 
 def explain_with_limit(limit):
