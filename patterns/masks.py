@@ -76,7 +76,7 @@ class V5SdpaMask(nn.Module):
         kv_arange = torch.arange(kv_len, device=q.device)
         causal = kv_arange[None, :] <= cache_position[:, None]
         mask = causal[None, None, :, :].expand(batch, -1, -1, -1)
-        mask = torch.where(mask, torch.tensor(0.0, device=q.device), NEG)
+        mask = torch.where(mask, torch.tensor(0.0, device=q.device), torch.finfo(torch.float32).min)
         attn_weights = torch.matmul(q, k.transpose(2, 3)) * SCALE
         attn_weights = attn_weights + mask
         return torch.matmul(F.softmax(attn_weights, dim=-1), v)
@@ -99,7 +99,7 @@ class V5PackedSequenceCheck(nn.Module):
         mask = qi.new_ones((), dtype=torch.bool)
         mask = mask & (position_ids[b, ki] <= position_ids[b, qi])
         mask = mask & (packed[b, qi] == packed[b, ki])
-        mask = torch.where(mask.expand(batch, -1, q_len, q_len), torch.tensor(0.0, device=q.device), NEG)
+        mask = torch.where(mask.expand(batch, -1, q_len, q_len), torch.tensor(0.0, device=q.device), torch.finfo(torch.float32).min)
         attn_weights = torch.matmul(q, k.transpose(2, 3)) * SCALE + mask
         return torch.matmul(F.softmax(attn_weights, dim=-1), v)
 
@@ -168,6 +168,23 @@ class KVCacheSlice(nn.Module):
         causal_mask = self.bias[:, :, key_length - query_length:key_length, :key_length]
         att = scores(q, k).masked_fill(~causal_mask, float("-inf"))
         return attend(att, v)
+
+
+class V5CacheOffsetMask(nn.Module):
+    """transformers v5 masking_utils with a KV cache: the L new queries sit at cache_position =
+    arange(past, past + L), the keys at arange(past + L); causal_mask_function `kv_idx <= q_idx` over them,
+    expanded and made additive with where(0, finfo.min). A decode step (L == 1) sees every key. Under
+    Dynamo the cache length `past` is symbolic after a few steps: the mask must still be proven."""
+
+    def forward(self, q, k, v):
+        batch, q_len, kv_len = q.size(0), q.size(-2), k.size(-2)
+        past = kv_len - q_len
+        cache_position = torch.arange(past, past + q_len, device=q.device)
+        kv_arange = torch.arange(kv_len, device=q.device)
+        causal = kv_arange[None, None, None, :] <= cache_position[None, None, :, None]
+        mask = torch.where(causal.expand(batch, -1, -1, -1), torch.tensor(0.0, device=q.device), torch.finfo(torch.float32).min)
+        attn_weights = torch.matmul(q, k.transpose(2, 3)) * SCALE + mask
+        return torch.matmul(F.softmax(attn_weights, dim=-1), v)
 
 
 # ---- constant masks that stay masks ------------------------------------------------------------
@@ -349,6 +366,13 @@ ENTRIES = [
           (Expect(scale=SCALE, mask="bool", verdict="causal lower-right"),), traceable=False),
     Entry("masks/kv_cache_decode_step", "transformers 4.x gpt2/gptj _attn: the same slice, one query (decode)",
           KVCacheSlice, _with(110, l=1, s=12), (_none,), traceable=False),
+    Entry("masks/v5_cache_offset_decode_step",
+          "transformers: masking_utils.py (v5) causal_mask_function at cache_position = arange(past, past + 1)",
+          V5CacheOffsetMask, _with(117, l=1, s=12), (_none,)),
+    Entry("masks/v5_cache_offset_chunk",
+          "transformers: masking_utils.py (v5) causal_mask_function, 4 new queries after a cache of 8 (lower-right)",
+          V5CacheOffsetMask, _with(118, l=4, s=12),
+          (Expect(scale=SCALE, mask="bool", verdict="causal lower-right"),)),
     Entry("masks/sliding_window", "mistral sliding window: masking_utils.sliding_window_causal_mask_function (v5)",
           SlidingWindow, _with(111), (Expect(scale=SCALE, mask="bool", verdict="sliding window"),)),
     Entry("masks/prefix_lm", "prefix-LM mask (T5/UL2 prefix LM, paligemma token_type_ids_mask_function)",

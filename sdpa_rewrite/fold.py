@@ -112,6 +112,10 @@ class Folder:
                 return _input_name(n)
         return ""
 
+    def mutated(self, node: fx.Node, before: Optional[fx.Node] = None) -> bool:
+        """Whether an in-place op writes into `node`'s cone before `before` reads it."""
+        return self._with_mutations(node, before) is not None
+
     def cone(self, node: fx.Node) -> frozenset:
         """The nodes a folded value was computed from: safe to erase once nothing reads them."""
         return frozenset(n for n in _cone(node) if n.op in ("call_function", "call_method", "get_attr")

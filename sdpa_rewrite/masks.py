@@ -12,7 +12,9 @@ folds to a constant (`fold.py`), its keep-pattern is compared with the causal sh
 
 A masked position is one the eager softmax gives weight 0: a -inf or a large finite fill (|f| >= 1e3,
 far below any logit). A mask that reads input data stays a mask ("input mask"); one that reads
-parameters is a "bias"; with symbolic shapes nothing folds and the report says so.
+parameters is a "bias". With symbolic shapes the fold stops; a mask made of index comparisons over
+aranges may still be proven all-visible or causal for every size (`ramps.py`), else the report says
+"symbolic shapes".
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import torch
 import torch.fx as fx
 
 from .fold import Folder
+from .ramps import symbolic_verdict
 from .scores import Scores
 
 # A fill or additive value at or below -MASKING leaves exp(logit - rowmax) at exactly 0 in fp32 for any
@@ -79,6 +82,10 @@ def _judge(sc: Scores, top_shape: tuple, folder: Folder, reader: fx.Node, nodes:
             data = folder.input_read(n) if "symbolic" in reason else ""
             if data:                                              # name the data, not the first refusal met
                 reason = f"depends on the input `{data}`"
+            elif "symbolic" in reason:                            # a few index comparisons: prove them
+                proven = symbolic_verdict(sc, top_shape, MASKING, lambda m: folder.mutated(m, reader))
+                if proven is not None:
+                    return Verdict(*proven, empty_rows=False)
             return _unfolded(reason)
         values[n] = value
     if not all(isinstance(d, int) for d in top_shape[-2:]):

@@ -31,3 +31,8 @@ def test_greedy_generate_same_tokens_decode_step_rewritten(build, padded):
     assert prefill and decode, [s.q for s in sites]
     if not padded:
         assert all(s.causal == "top-left" for s in prefill)          # no padding: the prefill mask folds
+        # every decode step, the one compiled with the cache length symbolic included, attends without a mask
+        symbolic = [s for s in decode if not isinstance(s.k[-2], int)]
+        assert symbolic and all(s.mask.startswith("none") for s in decode), [(s.k, s.mask) for s in decode]
+    else:
+        assert all(s.mask.startswith("input mask") for s in decode), [s.mask for s in decode]

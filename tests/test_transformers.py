@@ -143,8 +143,8 @@ def test_training_loss_and_gradients_equal_eager(build, sites):
 @pytest.mark.parametrize("build,gqa", [(gpt2, False), (llama, True)], ids=["gpt2", "llama"])
 @pytest.mark.parametrize("how", ["dynamic=True", "mark_dynamic"])
 def test_dynamic_shapes_rewritten_exact_without_recompiles(build, gqa, how):
-    """Symbolic batch and sequence: every site is still rewritten (the mask, not foldable, stays a mask),
-    outputs equal eager at every size, and the graph is compiled once, not once per size."""
+    """Symbolic batch and sequence: every site is still rewritten, its causal mask proven causal for every
+    size, outputs equal eager at every size, and the graph is compiled once, not once per size."""
     model = build()
     reports = []
     compiled = torch.compile(model, backend="sdpa_rewrite", dynamic=True if how == "dynamic=True" else None,
@@ -161,6 +161,8 @@ def test_dynamic_shapes_rewritten_exact_without_recompiles(build, gqa, how):
     sites = reports[0].sites
     assert len(sites) == 2 and all(s.rewritten for s in sites), str(reports[0])
     assert all((s.gqa_groups == 2) == gqa for s in sites)
+    # the causal mask is `kv_idx <= q_idx` over aranges: proven top-left causal for every length (ramps.py)
+    assert all(s.causal == "top-left" and "proven for every size" in s.mask for s in sites), [s.mask for s in sites]
 
 
 @pytest.mark.parametrize("build", [gpt2, llama], ids=["gpt2", "llama"])

@@ -1,0 +1,77 @@
+"""ramps.py: with symbolic sizes, a mask made of index comparisons over aranges is proven all-visible or
+top-left causal for every size; anything else stays a mask. Each case compiles once (`dynamic=True`) and
+equals eager at every size it runs."""
+import pytest
+import torch
+import torch.nn as nn
+
+from patterns import qkv
+from patterns.masks import V5CacheOffsetMask, V5SdpaMask
+
+
+def _attend(q, k, v, keep):
+    # finfo read inline, as transformers does: under dynamic=True a module-global float would be a graph input
+    s = q @ k.transpose(-1, -2) * 0.25 + torch.where(keep, torch.tensor(0.0), torch.finfo(torch.float32).min)
+    return torch.softmax(s, dim=-1) @ v
+
+
+class StrictCausal(nn.Module):
+    """`kv_idx < q_idx`: row 0 sees no key. Not causal: a proof off by one would change every row."""
+    def forward(self, q, k, v):
+        keep = torch.arange(k.size(-2))[None, None, None, :] < torch.arange(q.size(-2))[None, None, :, None]
+        return _attend(q, k, v, keep)
+
+
+class SlidingBand(nn.Module):
+    """Causal and at most 3 keys back: two bounds, a band that is neither causal nor all-visible."""
+    def forward(self, q, k, v):
+        kv, qi = torch.arange(k.size(-2))[None, None, None, :], torch.arange(q.size(-2))[None, None, :, None]
+        return _attend(q, k, v, (kv <= qi) & (kv > qi - 3))
+
+
+class KeyRampOfOne(nn.Module):
+    """`arange(1) <= q_idx` broadcast over the keys: all visible, yet read as j - i <= 0 it would look
+    causal. The ramp must be as long as the keys for its values to be the key positions."""
+    def forward(self, q, k, v):
+        keep = torch.arange(1)[None, None, None, :] <= torch.arange(q.size(-2))[None, None, :, None]
+        return _attend(q, k, v, keep.expand(-1, -1, -1, k.size(-2)))
+
+
+class DecodeHidesLastKey(nn.Module):
+    """A decode query placed one before the last key: the last key is hidden, the row is not all visible."""
+    def forward(self, q, k, v):
+        kv_len = k.size(-2)
+        keep = torch.arange(kv_len)[None, None, None, :] <= torch.arange(kv_len - 2, kv_len - 1)[None, None, :, None]
+        return _attend(q, k, v, keep)
+
+
+CASES = [
+    (V5SdpaMask(), [(2, 8, 8), (3, 11, 11), (2, 5, 5)], "causal"),
+    (V5CacheOffsetMask(), [(2, 1, 9), (3, 1, 12), (2, 1, 17)], "none"),
+    (V5CacheOffsetMask(), [(2, 5, 12), (2, 3, 10), (3, 6, 9)], None),      # lower-right: not proven, a mask
+    (StrictCausal(), [(2, 8, 8), (3, 11, 11)], None),
+    (SlidingBand(), [(2, 8, 8), (3, 11, 11)], None),
+    (KeyRampOfOne(), [(2, 8, 8), (3, 11, 11)], None),
+    (DecodeHidesLastKey(), [(2, 1, 9), (3, 1, 12)], None),
+]
+
+
+@pytest.mark.parametrize("model, shapes, proven", CASES,
+                         ids=["v5-causal", "v5-decode", "v5-chunk", "strict", "band", "ramp-of-one", "hides-last"])
+def test_symbolic_masks_proven_only_when_they_are(model, shapes, proven):
+    reports = []
+    compiled = torch.compile(model, backend="sdpa_rewrite", dynamic=True,
+                             options={"downstream": "eager", "report": reports.append, "strict": True})
+    for i, (b, l, s) in enumerate(shapes):
+        q, k, v = qkv(b=b, l=l, s=s, seed=i)
+        torch.testing.assert_close(compiled(q, k, v), model(q, k, v), rtol=1e-5, atol=1e-5)
+    assert len(reports) == 1, f"{len(reports)} compiles"
+    (site,) = reports[0].sites
+    assert site.rewritten, str(reports[0])
+    assert not isinstance(site.k[-2], int), site.k                          # the key length really is symbolic
+    if proven == "causal":
+        assert site.causal == "top-left" and "proven for every size" in site.mask, site.mask
+    elif proven == "none":
+        assert not site.causal and site.mask.startswith("none") and "proven" in site.mask, site.mask
+    else:
+        assert not site.causal and "symbolic shapes" in site.mask, site.mask
