@@ -9,6 +9,11 @@ cache length). This module reads that small language symbolically:
     band      a comparison of a query ramp (dim -2, row i) with a key ramp (dim -1, column j):
               True where lo <= j - i <= hi; `&` of bands keeps every bound
     additive  where(band, 0, fill) with a masking fill
+    const     a tensor with one value everywhere: what transformers' packed-sequence check makes of
+              ramps (diff of a ramp is 1, `!= 1` is False, its cumsum 0), a True scalar
+
+A ramp may be indexed by other index tensors (gathered): `positions[batch_idx, q_idx]` is the query ramp
+again, the same for every batch row.
 
 and asks torch's shape environment whether the band is provably all-visible or the top-left causal one
 for every size the graph's guards allow (`statically_known_true` adds no guard). Anything outside the
@@ -57,6 +62,11 @@ class Band:
 
 
 @dataclass(frozen=True)
+class Const:
+    value: Any           # a bool, int or float: the tensor's every element
+
+
+@dataclass(frozen=True)
 class Additive:
     band: Band           # where(band, 0, fill): 0 where the band holds, a masking fill elsewhere
 
@@ -78,8 +88,8 @@ def symbolic_verdict(sc, top_shape: tuple, masking: float, mutated) -> Optional[
         for f in sc.fills:
             if not (f.value <= -masking) or f.terms_after or not _same_batch(f.at, top_shape) or mutated(f.cond):
                 return None
-            cond = reader.read(f.cond)
-            if not isinstance(cond, Band):
+            cond = _as_band(reader.read(f.cond))
+            if cond is None:
                 return None
             visible.append(_negate(cond) if f.masked_when else cond)
     except NotARamp:
@@ -116,6 +126,13 @@ def _same_batch(at, final) -> bool:
     from .masks import _h
 
     return at is None or _h(tuple(at[:-2])) == _h(tuple(final[:-2]))
+
+
+def _as_band(x) -> Optional[Band]:
+    """A band, or a constant True seen as the band that bounds nothing; else None."""
+    if isinstance(x, Const) and x.value is True:
+        return Band()
+    return x if isinstance(x, Band) else None
 
 
 def _negate(band: Band) -> Band:
@@ -165,21 +182,29 @@ class _Reader:
             return self._arange(node)
         if name in ("new_ones", "ones") and _scalar_shape(args[1:] if name == "new_ones" else args) \
                 and node.kwargs.get("dtype") is torch.bool:
-            return Band()                                   # a True scalar: `result = q_idx.new_ones(())`
+            return Const(True)                              # `result = q_idx.new_ones((), dtype=torch.bool)`
         if name in ("zeros", "new_zeros") and _scalar_shape(args[1:] if name == "new_zeros" else args):
             return 0.0
         if name == "tensor" and isinstance(args[0], (int, float)):
             return float(args[0])
         first = self.read(args[0]) if args else None
+        if isinstance(first, Const):
+            return self._const(node, name, first)
         if name in _KEEP and isinstance(first, (Band, Additive)):
             return first                                    # a dtype, a device, a broadcast: same pattern
+        if name in ("expand", "broadcast_to") and isinstance(first, Ramp):
+            return _expand(first, self._sizes(args[1:]), node.kwargs)
+        if name == "diff" and isinstance(first, Ramp):
+            return self._diff(node, first)
         if name in ("to", "contiguous", "clone", "detach") and isinstance(first, Ramp) and \
                 all(not isinstance(a, fx.Node) for a in args[1:]) and node.kwargs.get("dtype") in (None, torch.int64):
             return first
         if name in _ARITH and isinstance(first, Ramp) != isinstance(self.read(args[1]), Ramp):
             return self._shift(name, first, self.read(args[1]))
         if name in ("getitem", "__getitem__") and isinstance(first, Ramp):
-            return _index(first, args[1])
+            if isinstance(args[1], tuple) and any(isinstance(i, fx.Node) for i in args[1]):
+                return self._gather(first, args[1])
+            return _index(first, self._bounds(args[1]))
         if name in ("getitem", "__getitem__") and isinstance(first, (Band, Additive)) and _keeps_last_two(args[1]):
             return first
         if name == "unsqueeze" and isinstance(first, Ramp):
@@ -187,11 +212,10 @@ class _Reader:
         if name in _COMPARE:
             return _compare(_COMPARE[name], first, self.read(args[1]))
         if name in _AND:
-            second = self.read(args[1])
-            if isinstance(first, Band) and isinstance(second, Band):
-                combined = _and(first, second)
-                if combined is not None:
-                    return combined
+            a, b = _as_band(first), _as_band(self.read(args[1]))
+            combined = _and(a, b) if a is not None and b is not None else None
+            if combined is not None:
+                return combined
         if name in _NOT and isinstance(first, Band):
             return _negate(first)
         if name == "where" and isinstance(first, Band) and len(args) == 3:
@@ -199,6 +223,84 @@ class _Reader:
             if isinstance(keep, float) and keep == 0 and isinstance(fill, float) and fill <= -self.masking:
                 return Additive(first)
         raise NotARamp
+
+    def _sizes(self, sizes: tuple) -> tuple:
+        sizes = tuple(sizes[0]) if len(sizes) == 1 and isinstance(sizes[0], (tuple, list, torch.Size)) else tuple(sizes)
+        return tuple(self.read(d) for d in sizes)
+
+    def _bounds(self, index):
+        """An index with the bounds of its slices read (sizes as SymInts)."""
+        def bound(b):
+            return self.read(b) if isinstance(b, fx.Node) else b
+
+        items = index if isinstance(index, tuple) else (index,)
+        out = tuple(slice(bound(i.start), bound(i.stop), bound(i.step)) if isinstance(i, slice) else i for i in items)
+        return out if isinstance(index, tuple) else out[0]
+
+    def _const(self, node: fx.Node, name: str, c: Const):
+        """Ops on a one-valued tensor that keep it one-valued."""
+        args = node.args
+        if name in _KEEP or name in ("getitem", "__getitem__", "unsqueeze"):
+            if name in ("to", "type") and any(a in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+                                              for a in list(args[1:]) + list(node.kwargs.values())):
+                return Const(float(c.value))
+            return c
+        if name in _AND or name in _COMPARE or name in ("eq", "ne", "__eq__", "__ne__"):
+            other = self.read(args[1])
+            other = other.value if isinstance(other, Const) else other
+            if isinstance(other, (bool, int, float)) and not isinstance(other, torch.SymInt):
+                op = {"le": operator.le, "lt": operator.lt, "ge": operator.ge, "gt": operator.gt,
+                      "eq": operator.eq, "ne": operator.ne}
+                key = _COMPARE.get(name) or name.strip("_")
+                if key in op:
+                    return Const(bool(op[key](c.value, other)))
+                if isinstance(c.value, bool) and isinstance(other, bool):      # `&` is logical only on bools
+                    return Const(c.value and other)
+                raise NotARamp
+            band = _as_band(c)
+            if name in _AND and band is not None and isinstance(_as_band(self.read(args[1])), Band):
+                return _and(band, _as_band(self.read(args[1]))) or _raise()
+        if name in _NOT and isinstance(c.value, bool):
+            return Const(not c.value)
+        if name == "cumsum" and c.value in (0, False):
+            return Const(0)                                 # a running sum of zeros
+        raise NotARamp
+
+    def _diff(self, node: fx.Node, ramp: Ramp) -> Const:
+        """diff along the ramp's own dim is 1 everywhere, the first entry too when the prepended value is the
+        ramp's first minus 1 (transformers' `first_dummy_value`)."""
+        kwargs = dict(node.kwargs)
+        n = node.args[1] if len(node.args) > 1 else kwargs.pop("n", 1)
+        dim = node.args[2] if len(node.args) > 2 else kwargs.pop("dim", -1)
+        prepend = node.args[3] if len(node.args) > 3 else kwargs.pop("prepend", None)
+        if n != 1 or kwargs.pop("append", None) is not None or kwargs or not isinstance(dim, int) or \
+                (dim if dim < 0 else dim - ramp.ndim) != ramp.dim:
+            raise NotARamp
+        if prepend is not None:
+            first = self.read(prepend)
+            if not (isinstance(first, Ramp) and first.dim == ramp.dim and _known(first.length == 1)
+                    and _known(first.offset == ramp.offset - 1)):
+                raise NotARamp
+        return Const(1)
+
+    def _gather(self, ramp: Ramp, index: tuple) -> Any:
+        """`ramp[i_0, …, i_n]` with an index tensor for every dim: the ramp's value is the index along its own
+        dim (plus its offset); the other indices pick among equal entries (or fail at run time)."""
+        if len(index) != ramp.ndim:
+            raise NotARamp
+        items = [self.read(i) for i in index]
+        if not all(isinstance(i, Ramp) or (isinstance(i, Const) and type(i.value) is int) for i in items):
+            raise NotARamp                                  # a bool index would mask, a float one fail
+        ndim = max(i.ndim if isinstance(i, Ramp) else 0 for i in items)
+        own = items[ramp.ndim + ramp.dim]
+        lowest = own.value if isinstance(own, Const) else own.offset
+        if not _known(lowest >= 0):
+            raise NotARamp                                  # a negative index would wrap to the other end
+        if isinstance(own, Const):
+            if not isinstance(ramp.offset, int):
+                raise NotARamp                              # a Const holds plain values only: no guard from bool()
+            return Const(own.value + ramp.offset)
+        return Ramp(own.offset + ramp.offset, own.length, own.dim, ndim)
 
     def _arange(self, node: fx.Node) -> Ramp:
         bounds = [self.read(a) for a in node.args]
@@ -217,6 +319,20 @@ class _Reader:
         raise NotARamp
 
 
+def _raise():
+    raise NotARamp
+
+
+def _expand(ramp: Ramp, sizes: tuple, kwargs: dict) -> Ramp:
+    """A ramp broadcast to more or larger dims: the same values, unless its own dim were grown."""
+    if kwargs or len(sizes) < ramp.ndim:
+        raise NotARamp
+    own = sizes[len(sizes) + ramp.dim]
+    if not (isinstance(own, int) and own == -1) and not _known(own == ramp.length):
+        raise NotARamp
+    return Ramp(ramp.offset, ramp.length, ramp.dim, len(sizes))
+
+
 def _keeps_last_two(index) -> bool:
     """An index of None / `:` / `...` that leaves a pattern's last two dims (rows, columns) the last two."""
     items = index if isinstance(index, tuple) else (index,)
@@ -232,16 +348,18 @@ def _scalar_shape(args) -> bool:
 
 
 def _index(ramp: Ramp, index) -> Ramp:
-    """`ramp[None, :, None]`-style reshapes: None adds a dim, `:` keeps one, `...` keeps the rest."""
+    """Basic indexing of a ramp: None adds a dim, `...` keeps the rest, a slice keeps a dim. On the ramp's own
+    dim a slice `a:b` (a, b >= 0, step 1) starts the ramp at a and keeps b - a entries, when b is provably
+    within it; on any other dim any slice (the values do not depend on it). Integers drop a dim: refused."""
     items = index if isinstance(index, tuple) else (index,)
-    if not all(i is None or i is Ellipsis or i == slice(None) for i in items) or \
+    if not all(i is None or i is Ellipsis or isinstance(i, slice) for i in items) or \
             sum(i is Ellipsis for i in items) > 1:
         raise NotARamp
     consumed = sum(i is not None and i is not Ellipsis for i in items)
     if consumed > ramp.ndim:
         raise NotARamp
     out, in_dim, ramp_at = 0, 0, ramp.ndim + ramp.dim            # the ramp's dim, counted from the left
-    position = None
+    position, offset, length = None, ramp.offset, ramp.length
     for item in items:
         if item is None:
             out += 1
@@ -249,11 +367,23 @@ def _index(ramp: Ramp, index) -> Ramp:
         span = ramp.ndim - consumed if item is Ellipsis else 1
         if in_dim <= ramp_at < in_dim + span:
             position = out + ramp_at - in_dim
+            if isinstance(item, slice) and item != slice(None):
+                offset, length = _sliced(item, offset, length)
         in_dim, out = in_dim + span, out + span
     if ramp_at >= in_dim:                                     # trailing dims the index leaves alone
         position = out + ramp_at - in_dim
     ndim = out + ramp.ndim - in_dim
-    return Ramp(ramp.offset, ramp.length, position - ndim, ndim)
+    return Ramp(offset, length, position - ndim, ndim)
+
+
+def _sliced(item: slice, offset, length) -> tuple:
+    start = 0 if item.start is None else item.start
+    stop = length if item.stop is None else item.stop
+    if item.step not in (None, 1) or not all(isinstance(b, (int, torch.SymInt)) and not isinstance(b, bool)
+                                             for b in (start, stop)) or not _known(start >= 0) \
+            or not _known(stop <= length) or not _known(start <= stop):
+        raise NotARamp
+    return offset + start, stop - start
 
 
 def _unsqueeze(ramp: Ramp, dim: int) -> Ramp:

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from patterns import qkv
-from patterns.masks import V5CacheOffsetMask, V5SdpaMask
+from patterns.masks import V5CacheOffsetMask, V5PackedSequenceCheck, V5SdpaMask
 
 
 def _attend(q, k, v, keep):
@@ -45,19 +45,34 @@ class DecodeHidesLastKey(nn.Module):
         return _attend(q, k, v, keep)
 
 
+class PackedCheckWithAppend(nn.Module):
+    """The packed-sequence check with the last position appended instead of a first one prepended: the last
+    diff is 0, so the last token is a sequence of its own and the mask is not causal."""
+    def forward(self, q, k, v):
+        batch, n = q.size(0), q.size(-2)
+        pos = torch.arange(n)[None].expand(batch, -1)
+        packed = (torch.diff(pos, append=pos[:, -1:], dim=-1) != 1).cumsum(-1)
+        b, qi, ki = torch.arange(batch)[:, None, None, None], torch.arange(n)[None, None, :, None], torch.arange(n)[None, None, None, :]
+        keep = (pos[b, ki] <= pos[b, qi]) & (packed[b, qi] == packed[b, ki])
+        return _attend(q, k, v, keep)
+
+
 CASES = [
     (V5SdpaMask(), [(2, 8, 8), (3, 11, 11), (2, 5, 5)], "causal"),
+    (V5PackedSequenceCheck(), [(2, 8, 8), (3, 11, 11), (2, 5, 5)], "causal"),
     (V5CacheOffsetMask(), [(2, 1, 9), (3, 1, 12), (2, 1, 17)], "none"),
     (V5CacheOffsetMask(), [(2, 5, 12), (2, 3, 10), (3, 6, 9)], None),      # lower-right: not proven, a mask
     (StrictCausal(), [(2, 8, 8), (3, 11, 11)], None),
     (SlidingBand(), [(2, 8, 8), (3, 11, 11)], None),
     (KeyRampOfOne(), [(2, 8, 8), (3, 11, 11)], None),
     (DecodeHidesLastKey(), [(2, 1, 9), (3, 1, 12)], None),
+    (PackedCheckWithAppend(), [(2, 8, 8), (3, 11, 11)], None),
 ]
 
 
 @pytest.mark.parametrize("model, shapes, proven", CASES,
-                         ids=["v5-causal", "v5-decode", "v5-chunk", "strict", "band", "ramp-of-one", "hides-last"])
+                         ids=["v5-causal", "v5-packed", "v5-decode", "v5-chunk", "strict", "band", "ramp-of-one", "hides-last",
+                              "packed-append"])
 def test_symbolic_masks_proven_only_when_they_are(model, shapes, proven):
     reports = []
     compiled = torch.compile(model, backend="sdpa_rewrite", dynamic=True,
