@@ -106,8 +106,10 @@ class _Builder:
         return constant if constant is not None else self._expr(value.node.expr)
 
     def _expr(self, expr):
-        """A node computing a sympy size expression from the graph's own symbols (sums and products)."""
+        """A node computing a sympy size expression from the graph's own symbols: sums, products, integer
+        powers and floor division (a regrouped size such as (B·H)//H when B and H share a symbol)."""
         import sympy
+        from torch.utils._sympy.functions import FloorDiv
 
         if self._symbols is None:
             self._symbols = _symbol_sources(self.g)
@@ -124,7 +126,14 @@ class _Builder:
             for part in parts[1:]:
                 out = self.g.call_function(op, (out, part))
             return out
-        raise NotImplementedError(f"symbolic size {expr} is not a sum or product")
+        if isinstance(expr, sympy.Pow) and expr.exp.is_Integer and int(expr.exp) >= 1:
+            base, out = self._expr(expr.base), None
+            for _ in range(int(expr.exp)):
+                out = base if out is None else self.g.call_function(operator.mul, (out, base))
+            return out
+        if isinstance(expr, FloorDiv):
+            return self.g.call_function(operator.floordiv, tuple(self._expr(a) for a in expr.args))
+        raise NotImplementedError(f"symbolic size {expr} is not a sum, product, power or floor division")
 
     def factor(self, x, kind: str, t) -> fx.Node:
         """x·t or x/t: a tensor factor met on the scores, re-applied to q or to a mask term."""

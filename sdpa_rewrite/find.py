@@ -10,7 +10,7 @@ import math
 import re
 from collections import deque
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 import torch.fx as fx
@@ -19,7 +19,7 @@ from .fold import Folder
 from .masks import MASKING, Verdict, judge, mask_nodes
 from .scores import NoMatch, Operand, Scores, _regroups_batch, read_scores, read_value_einsum, scale_note
 from .scores import _single as single_use
-from .view import data_users, dtype, norm_dim, rank, scalar, shape, view
+from .view import data_users, dtype, is_symbolic_scalar, meta_value, norm_dim, rank, scalar, shape, view
 
 # A finite fill this large swallows any score it is added to (ulp/2 > 1e6 in fp32), so
 # `where(R, f, s)` and `s + where(R, f, 0)` give the same logits: the additive form is exact.
@@ -28,9 +28,22 @@ ABSORBING_FILL = 2.0 ** 44
 
 @dataclass(frozen=True)
 class Dropout:
-    p: float
+    p: Any                         # a float, or the graph's own symbolic p (a node) under dynamic=True
     training: bool
     module: Optional[str] = None   # nn.Dropout target: p is read from the module's training flag at run time
+
+    @property
+    def may_drop(self) -> bool:
+        """Dropout can be active at run time (a symbolic p counts as possibly non-zero)."""
+        return (self.training or self.module is not None) and (isinstance(self.p, fx.Node) or self.p > 0)
+
+    @property
+    def p_hint(self) -> float:
+        """p as a number: the value Dynamo traced with, for a symbolic p (the kernel question only)."""
+        if not isinstance(self.p, fx.Node):
+            return float(self.p)
+        hint = getattr(getattr(meta_value(self.p), "node", None), "hint", None)
+        return float(hint) if hint is not None else 0.1
 
 
 @dataclass(frozen=True)
@@ -172,9 +185,13 @@ def _walk_to_value(node: fx.Node, modules):
                 raise NoMatch("two dropouts on the attention weights")
             p = scalar(op["p"] if op["p"] is not None else 0.5)
             training = op["training"] if op["training"] is not None else True
+            if p is None and training is False and op["module"] is None:
+                p = 0.0        # eval dropout is the identity whatever p is; dynamic=True makes a module's p an input
+            if p is None and training is True and op["module"] is None and is_symbolic_scalar(op["p"]):
+                p = op["p"]    # dynamic=True made the module's p a graph input: SDPA takes the same value per call
             if p is None or not isinstance(training, bool):
                 raise NoMatch("dropout with a p or training flag that is not a constant")
-            drop = Dropout(float(p), training, op["module"])
+            drop = Dropout(p if isinstance(p, fx.Node) else float(p), training, op["module"])
             chain, node = chain + (user,), user
             continue
         if op.kind == "matmul" and op["input"] is node and op["other"] is not node:
@@ -345,7 +362,7 @@ def _classify_fills(sc: Scores, drop: Optional[Dropout], cdt: Optional[torch.dty
         return tuple(keep), tuple(absorbing), False
     if len(finite) > 1 or keep or absorbing or finite[0].terms_after:
         raise NoMatch("a finite masked fill combined with other masks: fully masked rows would differ from eager")
-    if drop is not None and drop.p > 0 and (drop.training or drop.module):
+    if drop is not None and drop.may_drop:
         raise NoMatch("a finite masked fill with dropout: fully masked rows would lose eager's dropout")
     f = finite[0]
     # finite fill: masked logits all equal -> eager gives uniform weights on a fully masked row; SDPA gets a

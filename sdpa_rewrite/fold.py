@@ -96,10 +96,18 @@ class Folder:
             return node
         try:
             closure = self._with_mutations(node, before)
-            return self._eval(node) if closure is None else self._eval_in_order(node, closure)
+            value = self._eval(node) if closure is None else self._eval_in_order(node, closure)
+            if node in self.batch_index:          # its stand-in 0 is not its value: only an index may use it
+                raise NotConstant(_SYMBOLIC)
+            return value
         except NotConstant as e:
             self.reasons[node] = str(e)
             return None
+
+    def exact_value(self, node: Any, before: Optional[fx.Node] = None) -> Optional[torch.Tensor]:
+        """`value`, but None for a reduced value too: the tensor itself, not a stand-in broadcast to it."""
+        value = self.value(node, before)
+        return None if isinstance(node, fx.Node) and node in self.reduced else value
 
     def why_not(self, node: fx.Node) -> str:
         return self.reasons.get(node, "")
@@ -251,7 +259,8 @@ class Folder:
         that has one entry in the folded value: whatever the batch, each index picks that one entry."""
         source = node.args[0] if node.args else None
         others = [n for n in node.all_input_nodes if n is not source]
-        if source in self.batch_index and name in _INDEX_KEEPING and not any(n in self.batch_index for n in others):
+        if source in self.batch_index and name in _INDEX_KEEPING and not any(n in self.batch_index for n in others) \
+                and _integer_or_no_dtype(args[1:], kwargs):
             if name not in ("getitem", "__getitem__") or _only_reshapes(args[1]):
                 self.batch_index.add(node)
                 return args, kwargs
@@ -307,6 +316,8 @@ def _has_symbolic(x) -> bool:
         return any(_has_symbolic(v) for v in x)
     if isinstance(x, dict):
         return any(_has_symbolic(v) for v in x.values())
+    if isinstance(x, slice):                  # `buffer[:, :, :t, :t]` with t symbolic
+        return any(_has_symbolic(v) for v in (x.start, x.stop, x.step))
     return False
 
 
@@ -339,6 +350,12 @@ def _symbolic_dim(node: Any, dim: Optional[int]) -> bool:
     if not isinstance(value, torch.Tensor) or not isinstance(dim, int) or not -value.dim() <= dim < max(value.dim(), 1):
         return True
     return not isinstance(value.shape[dim], int)
+
+
+def _integer_or_no_dtype(args: tuple, kwargs: dict) -> bool:
+    """A `.to(...)` that keeps the index an integer index (a bool one would mask, a float one fail)."""
+    dtypes = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.dtype)]
+    return all(not d.is_floating_point and not d.is_complex and d != torch.bool for d in dtypes)
 
 
 def _only_reshapes(index) -> bool:

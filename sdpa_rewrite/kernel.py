@@ -19,7 +19,7 @@ def cuda_kernel(att) -> str:
     device = getattr(_meta(att.q.node), "device", None)
     if device is None or device.type != "cuda" or not torch.cuda.is_available():
         return ""
-    drop = att.dropout is not None and (att.dropout.training or att.dropout.module is not None) and att.dropout.p
+    drop = att.dropout is not None and att.dropout.may_drop and att.dropout.p_hint
     key = (device, att.top_shape[-2:], att.q_shape[-1], att.v_shape[-1], att.batch[-1:], att.gqa,
            att.compute_dtype, att.mask_kind, att.causal, drop)
     if key not in _ASKED:                   # every layer of a model asks the same question: ask torch once
@@ -54,7 +54,7 @@ def _ask(att, device) -> str:
 
 
 def _choice(q, k, v, mask, causal, att) -> str:
-    drop = att.dropout.p if att.dropout is not None and (att.dropout.training or att.dropout.module) else 0.0
+    drop = att.dropout.p_hint if att.dropout is not None and att.dropout.may_drop else 0.0
     name = _NAMES.get(int(torch._fused_sdp_choice(q, k, v, attn_mask=mask, dropout_p=drop, is_causal=causal,
                                                   enable_gqa=att.gqa > 1)), "?")
     if name in ("flash", "cudnn"):

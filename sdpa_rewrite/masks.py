@@ -83,7 +83,8 @@ def _judge(sc: Scores, top_shape: tuple, folder: Folder, reader: fx.Node, nodes:
             if data:                                              # name the data, not the first refusal met
                 reason = f"depends on the input `{data}`"
             elif "symbolic" in reason:                            # a few index comparisons: prove them
-                proven = symbolic_verdict(sc, top_shape, MASKING, lambda m: folder.mutated(m, reader))
+                proven = symbolic_verdict(sc, top_shape, MASKING, lambda m: folder.mutated(m, reader),
+                                          lambda m: folder.exact_value(m, reader))
                 if proven is not None:
                     return Verdict(*proven, empty_rows=False)
             return _unfolded(reason)

@@ -9,6 +9,8 @@ cache length). This module reads that small language symbolically:
     band      a comparison of a query ramp (dim -2, row i) with a key ramp (dim -1, column j):
               True where lo <= j - i <= hi; `&` of bands keeps every bound
     additive  where(band, 0, fill) with a masking fill
+    triangle  tril / triu of a tensor of ones: the band j - i <= k (or >= k); also a folded 0/1 buffer
+              equal to tril(ones, k), sliced to symbolic lengths provably inside it (nanoGPT's `bias`)
     const     a tensor with one value everywhere: what transformers' packed-sequence check makes of
               ramps (diff of a ramp is 1, `!= 1` is False, its cumsum 0), a True scalar
 
@@ -71,11 +73,12 @@ class Additive:
     band: Band           # where(band, 0, fill): 0 where the band holds, a masking fill elsewhere
 
 
-def symbolic_verdict(sc, top_shape: tuple, masking: float, mutated) -> Optional[tuple]:
+def symbolic_verdict(sc, top_shape: tuple, masking: float, mutated, value_of=None) -> Optional[tuple]:
     """(kind, detail) — ("none", …) or ("causal", …) — when the site's mask is provably that for every size;
-    else None. `mutated(node)` says whether an in-place op writes into a mask node's cone."""
+    else None. `mutated(node)` says whether an in-place op writes into a mask node's cone; `value_of(node)`
+    is a node's folded value or None (a registered causal buffer, sliced to symbolic lengths)."""
     L, S = top_shape[-2], top_shape[-1]
-    reader = _Reader(masking)
+    reader = _Reader(masking, value_of)
     visible = []
     try:
         for term in sc.terms:
@@ -136,6 +139,13 @@ def _as_band(x) -> Optional[Band]:
 
 
 def _negate(band: Band) -> Band:
+    """~band: one bound flips to the other side (not j - i >= k is j - i <= k - 1); else marked negated."""
+    if not band.negated and len(band.lo) + len(band.hi) == 1:
+        if band.lo:
+            return Band(hi=(band.lo[0] - 1,), rows=band.rows, cols=band.cols)
+        return Band(lo=(band.hi[0] + 1,), rows=band.rows, cols=band.cols)
+    if band.negated and len(band.lo) + len(band.hi) <= 1:
+        return Band(band.lo, band.hi, band.rows, band.cols)
     return Band(band.lo, band.hi, band.rows, band.cols, not band.negated)
 
 
@@ -157,9 +167,10 @@ def _agree(x, y):
 class _Reader:
     """Reads a node as a scalar (int / SymInt / float), a Ramp, a Band or an Additive; NotARamp otherwise."""
 
-    def __init__(self, masking: float):
+    def __init__(self, masking: float, value_of=None):
         self.memo: dict = {}
         self.masking = masking
+        self.value_of = value_of
 
     def read(self, node: Any):
         if not isinstance(node, fx.Node):
@@ -187,9 +198,22 @@ class _Reader:
             return 0.0
         if name == "tensor" and isinstance(args[0], (int, float)):
             return float(args[0])
+        if name in ("tril", "triu"):
+            return self._triangle(node, name)
+        if name in ("getitem", "__getitem__") and self.value_of is not None and isinstance(args[0], fx.Node):
+            base = self.value_of(args[0])
+            if isinstance(base, torch.Tensor):
+                try:
+                    return _sliced_triangle(base, self._bounds(args[1]))
+                except NotARamp:
+                    pass                                    # a folded tensor that is not a triangle: read on
         first = self.read(args[0]) if args else None
         if isinstance(first, Const):
             return self._const(node, name, first)
+        if name in ("eq", "ne", "__eq__", "__ne__") and isinstance(first, Band) and len(args) == 2 \
+                and type(args[1]) in (int, bool) and args[1] in (0, 1):
+            keeps = (args[1] == 1) == (name.strip("_") == "eq")     # tril == 1, tril != 0: the band itself
+            return first if keeps else _negate(first)
         if name in _KEEP and isinstance(first, (Band, Additive)):
             return first                                    # a dtype, a device, a broadcast: same pattern
         if name in ("expand", "broadcast_to") and isinstance(first, Ramp):
@@ -223,6 +247,21 @@ class _Reader:
             if isinstance(keep, float) and keep == 0 and isinstance(fill, float) and fill <= -self.masking:
                 return Additive(first)
         raise NotARamp
+
+    def _triangle(self, node: fx.Node, name: str) -> Band:
+        """tril(ones(L, S), k): keep j - i <= k; triu: j - i >= k. Only of a tensor of ones, so every kept
+        entry is 1 (True) and every other 0."""
+        source = node.args[0]
+        k = node.args[1] if len(node.args) > 1 else node.kwargs.get("diagonal", 0)
+        k = self.read(k) if isinstance(k, fx.Node) else k
+        if not isinstance(source, fx.Node) or not _all_ones(source) or \
+                not isinstance(k, (int, torch.SymInt)) or isinstance(k, bool):
+            raise NotARamp
+        value = meta_value(source)
+        if not isinstance(value, torch.Tensor) or value.dim() < 2 or any(d != 1 for d in value.shape[:-2]):
+            raise NotARamp
+        rows, cols = value.shape[-2], value.shape[-1]
+        return Band(hi=(k,), rows=rows, cols=cols) if name == "tril" else Band(lo=(k,), rows=rows, cols=cols)
 
     def _sizes(self, sizes: tuple) -> tuple:
         sizes = tuple(sizes[0]) if len(sizes) == 1 and isinstance(sizes[0], (tuple, list, torch.Size)) else tuple(sizes)
@@ -321,6 +360,41 @@ class _Reader:
 
 def _raise():
     raise NotARamp
+
+
+def _sliced_triangle(base: torch.Tensor, index) -> Band:
+    """A folded 0/1 tensor equal to tril(ones(N, M), k) (nanoGPT's `bias` buffer), sliced [r0:r1, c0:c1] on
+    its last two dims: keep (c0 + j) - (r0 + i) <= k, for slice bounds provably inside the buffer."""
+    items = index if isinstance(index, tuple) else (index,)
+    if len(items) != base.dim() or base.dim() < 2 or any(d != 1 for d in base.shape[:-2]) or \
+            not all(i == slice(None) for i in items[:-2]) or not all(isinstance(i, slice) for i in items[-2:]):
+        raise NotARamp
+    grid = base.reshape(base.shape[-2], base.shape[-1])
+    if grid.dtype != torch.bool and not bool(((grid == 0) | (grid == 1)).all()):
+        raise NotARamp
+    keep = grid != 0
+    n, m = keep.shape
+    k = int(keep[0].sum()) - 1 if bool(keep[0].any()) else None
+    if k is None or not torch.equal(keep, torch.ones(n, m, dtype=torch.bool, device=keep.device).tril(k)):
+        raise NotARamp
+    (r0, r1), (c0, c1) = (_slice_bounds(items[-2], n), _slice_bounds(items[-1], m))
+    return Band(hi=(k + r0 - c0,), rows=r1 - r0, cols=c1 - c0)
+
+
+def _slice_bounds(item: slice, size: int) -> tuple:
+    start = 0 if item.start is None else item.start
+    stop = size if item.stop is None else item.stop
+    if item.step not in (None, 1) or not all(isinstance(b, (int, torch.SymInt)) and not isinstance(b, bool)
+                                             for b in (start, stop)) \
+            or not (_known(start >= 0) and _known(start <= stop) and _known(stop <= size)):
+        raise NotARamp                                     # a slice past the buffer would clamp: refused
+    return start, stop
+
+
+def _all_ones(node: fx.Node) -> bool:
+    """`torch.ones(...)`, `x.new_ones(...)` or `torch.ones_like(x)` with no other fill: every entry is 1."""
+    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    return node.op in ("call_function", "call_method") and name in ("ones", "new_ones", "ones_like")
 
 
 def _expand(ramp: Ramp, sizes: tuple, kwargs: dict) -> Ramp:

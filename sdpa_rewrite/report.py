@@ -39,6 +39,8 @@ class Site:
             return cls(f.location, status or "skipped", reason or f.reason, graph=graph)
         d = f.dropout
         drop = "" if d is None else (f"p={d.p:g} (module: when training)" if d.module else
+                                     f"p={d.p_hint:g} (a graph input: dynamic=True)" if d.training and d.may_drop
+                                     and not isinstance(d.p, (int, float)) else
                                      f"p={d.p:g}" if d.training and d.p else "off")
         return cls(
             f.location, status or "rewritten", reason, q=_dims(f.q_shape), k=_dims(f.k_shape),

@@ -16,7 +16,7 @@ from typing import Any, Optional
 import torch
 import torch.fx as fx
 
-from .view import Op, data_users, dtype, is_inplace, meta_value, norm_dim, rank, scalar, shape, view
+from .view import Op, data_users, dtype, is_inplace, is_symbolic_scalar, meta_value, norm_dim, rank, scalar, shape, view
 
 
 class NoMatch(Exception):
@@ -118,7 +118,7 @@ def _parse(node, st: _State, consumed: tuple, modules, root, depth: int) -> Scor
     if kind in ("cast", "layout"):
         return _parse(_single(op["input"], node, depth), st, consumed, modules, root, depth + 1)
     if kind == "reshape" and _regroups_batch(op):
-        if any(shape(t) is None or any(d != 1 for d in shape(t)) for _, t in st.post_t):
+        if any(not is_symbolic_scalar(t) and (shape(t) is None or any(d != 1 for d in shape(t))) for _, t in st.post_t):
             raise NoMatch("a tensor-valued scale after a reshape of the scores", depth)   # a scalar tensor regroups as itself
         return _parse(_single(op["input"], node, depth), st, consumed, modules, root, depth + 1)
     if kind in ("mul", "div"):

@@ -247,6 +247,11 @@ def shape(node: Any) -> Optional[tuple]:
     return tuple(value.shape)
 
 
+def is_symbolic_scalar(node: Any) -> bool:
+    """A graph node holding a symbolic Python number (dynamic=True makes a module's float attribute one)."""
+    return isinstance(node, fx.Node) and isinstance(meta_value(node), (torch.SymFloat, torch.SymInt))
+
+
 def dtype(node: Any) -> Optional[torch.dtype]:
     value = meta_value(node)
     return getattr(value, "dtype", None)

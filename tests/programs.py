@@ -28,7 +28,7 @@ class Program:
     scores: str            # matmul | operator | mT | einsum | bmm | baddbmm | pre_transposed
     scale: float
     scale_at: str          # scores_mul | scores_div | q | k | both | none | tensor | baddbmm_alpha
-    mask: str              # none | bool_input | bool_masked_fill | int_input | additive_input | causal_const | causal_finite | causal_arith | causal_indexed | finite_fill_input
+    mask: str              # none | bool_input | bool_masked_fill | int_input | additive_input | causal_const | causal_finite | causal_arith | causal_indexed | causal_ramp | finite_fill_input
     mask_shape: str        # b1ls | 11ls | ls
     mask_before_scale: bool
     fill: float            # for finite fills
@@ -69,7 +69,7 @@ def programs(draw, near_miss: bool = False) -> Program:
     scale_at = draw(st.sampled_from(placements))
     mask = draw(st.sampled_from(["none", "bool_input", "bool_masked_fill", "int_input", "additive_input",
                                  "causal_const", "causal_finite", "causal_arith", "causal_indexed",
-                                 "finite_fill_input"]))
+                                 "causal_ramp", "finite_fill_input"]))
     return Program(
         b=draw(st.integers(1, 3)), h=h, groups=groups, repeat=repeat, l=l, s=s, e=e, ev=ev, scores=scores,
         scale=scale, scale_at=scale_at, mask=mask, mask_shape=draw(st.sampled_from(["b1ls", "11ls", "ls"])),
@@ -214,6 +214,11 @@ class Attention(nn.Module):
         if p.mask == "causal_arith":                  # openai-gpt: a float 0/1 causal mask applied arithmetically
             b = torch.ones((s.size(-2), s.size(-1)), dtype=s.dtype, device=s.device).tril()
             return s * b + p.fill * (1 - b)
+        if p.mask == "causal_ramp":                   # transformers v5: kv_idx <= q_idx over aranges
+            dev = s.device
+            keep = torch.arange(s.size(-1), device=dev)[None, None, None, :] <= \
+                torch.arange(s.size(-2), device=dev)[None, None, :, None]
+            return torch.where(keep, s, float("-inf"))
         if p.mask == "causal_indexed":                # transformers without a cache: positions indexed per row
             n, m, dev = s.size(-2), s.size(-1), s.device
             qpos = torch.arange(n, device=dev)[None].expand(s.size(0), -1)

@@ -120,3 +120,68 @@ def test_backend_warns_on_the_last_compile_dynamo_allows_a_frame():
         model(torch.randn(2, 8, 16))
     assert sum("recompile_limit" in str(w.message) for w in seen) == 1
     assert sum(len(r.sites) for r in reports) == 2                       # 2 of the 4 layers reached the backend
+
+
+class _ModuleDropoutAttention(torch.nn.Module):
+    def __init__(self, p):
+        super().__init__()
+        self.drop = torch.nn.Dropout(p)
+
+    def forward(self, q, k, v):
+        return self.drop(torch.softmax(q @ k.transpose(-1, -2) * 0.25, dim=-1)) @ v
+
+
+@pytest.mark.parametrize("downstream", ["eager", "inductor"])
+def test_dynamic_true_module_dropout_is_rewritten_in_eval_and_training(downstream):
+    """dynamic=True makes an nn.Dropout's float p a graph input. In eval dropout is the identity whatever p is;
+    in training SDPA gets the graph's own p. Both sites are rewritten: eval equals eager, p=0 training equals
+    eager, and p=0.5 training really drops (differs from the eval output, gradients flow)."""
+    from support import RecordSDPA
+
+    x = [torch.randn(2, 4, 8, 16, generator=torch.Generator().manual_seed(i), requires_grad=True) for i in range(3)]
+    for p, train in ((0.5, False), (0.0, True), (0.5, True)):
+        model = _ModuleDropoutAttention(p).train(train)
+        torch._dynamo.reset()
+        reports = []
+        compiled = torch.compile(model, backend="sdpa_rewrite", dynamic=True,
+                                 options={"downstream": downstream, "report": reports.append, "strict": True})
+        with RecordSDPA() as rec:
+            out = compiled(*x)
+        out.sum().backward()
+        sites = [s for r in reports for s in r.sites]
+        assert sites and all(s.rewritten for s in sites), "\n".join(map(str, reports))
+        reference = model.eval()(*x)
+        if downstream == "eager":
+            assert len(rec.calls) == 1 and rec.calls[0]["dropout_p"] == (p if train else 0.0), rec.calls
+        if p and train:
+            assert not torch.allclose(out, reference, atol=1e-3)
+            assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in x)
+        else:
+            torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
+
+
+class _RegroupedModuleScale(torch.nn.Module):
+    """Scores from a (B·H, L, S) bmm, viewed back to (B, H, L, S), then scaled by a module float."""
+    def __init__(self):
+        super().__init__()
+        self.scale = 0.25
+
+    def forward(self, q, k, v):
+        b, h, n, e = q.shape
+        s = torch.bmm(q.reshape(b * h, n, e), k.reshape(b * h, -1, e).transpose(1, 2)).view(b, h, n, -1)
+        return torch.softmax(s * self.scale, dim=-1) @ v
+
+
+def test_dynamic_true_module_scale_after_a_regroup_is_rewritten():
+    """dynamic=True makes the module's float scale a symbolic scalar; a scalar regroups as itself, so a scale
+    applied after the bmm's view back is still folded into q. Exact at two sizes, one compile."""
+    model, reports = _RegroupedModuleScale(), []
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="sdpa_rewrite", dynamic=True,
+                             options={"downstream": "eager", "report": reports.append, "strict": True})
+    for n in (8, 11):
+        q, k, v = (torch.randn(2, 3, n, 16, generator=torch.Generator().manual_seed(i)) for i in range(3))
+        torch.testing.assert_close(compiled(q, k, v), model(q, k, v), rtol=1e-5, atol=1e-5)
+    assert len(reports) == 1
+    (site,) = reports[0].sites
+    assert site.rewritten, str(reports[0])

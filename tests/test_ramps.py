@@ -57,6 +57,30 @@ class PackedCheckWithAppend(nn.Module):
         return _attend(q, k, v, keep)
 
 
+class OnesTriangle(nn.Module):
+    """A triangle of ones built in forward, the hand-written causal mask, in its usual spellings."""
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+
+    def forward(self, q, k, v):
+        n, m = q.size(-2), k.size(-2)
+        s = q @ k.transpose(-1, -2) * 0.25
+        if self.how == "tril-bool":
+            s = s.masked_fill(~torch.ones(n, m).tril().bool(), float("-inf"))
+        elif self.how == "tril-eq-0":
+            s = s.masked_fill(torch.ones(n, m).tril() == 0, torch.finfo(torch.float32).min)
+        elif self.how == "triu-1":
+            s = s.masked_fill(torch.ones(n, m, dtype=torch.bool).triu(1), float("-inf"))
+        elif self.how == "tril-minus-1":             # strict: row 0 sees no key (finite fill: uniform there)
+            s = s.masked_fill(torch.ones(n, m).tril(-1) == 0, torch.finfo(torch.float32).min)
+        elif self.how == "corner":                   # masks only the bottom-left entry: not all visible
+            s = s.masked_fill(torch.ones(n, m).tril(1 - n).bool(), float("-inf"))
+        elif self.how == "zeros-tril":               # not ones: every position masked
+            s = s.masked_fill(torch.zeros(n, m).tril() == 0, torch.finfo(torch.float32).min)
+        return torch.softmax(s, dim=-1) @ v
+
+
 CASES = [
     (V5SdpaMask(), [(2, 8, 8), (3, 11, 11), (2, 5, 5)], "causal"),
     (V5PackedSequenceCheck(), [(2, 8, 8), (3, 11, 11), (2, 5, 5)], "causal"),
@@ -67,12 +91,18 @@ CASES = [
     (KeyRampOfOne(), [(2, 8, 8), (3, 11, 11)], None),
     (DecodeHidesLastKey(), [(2, 1, 9), (3, 1, 12)], None),
     (PackedCheckWithAppend(), [(2, 8, 8), (3, 11, 11)], None),
+    (OnesTriangle("tril-bool"), [(2, 8, 8), (3, 11, 11)], "causal"),
+    (OnesTriangle("tril-eq-0"), [(2, 8, 8), (3, 11, 11)], "causal"),
+    (OnesTriangle("triu-1"), [(2, 8, 8), (3, 11, 11)], "causal"),
+    (OnesTriangle("tril-minus-1"), [(2, 8, 8), (3, 11, 11)], None),
+    (OnesTriangle("zeros-tril"), [(2, 8, 8), (3, 11, 11)], None),
+    (OnesTriangle("corner"), [(2, 8, 8), (3, 11, 11)], None),
 ]
 
 
 @pytest.mark.parametrize("model, shapes, proven", CASES,
                          ids=["v5-causal", "v5-packed", "v5-decode", "v5-chunk", "strict", "band", "ramp-of-one", "hides-last",
-                              "packed-append"])
+                              "packed-append", "tril-bool", "tril-eq-0", "triu-1", "tril-minus-1", "zeros-tril", "corner"])
 def test_symbolic_masks_proven_only_when_they_are(model, shapes, proven):
     reports = []
     compiled = torch.compile(model, backend="sdpa_rewrite", dynamic=True,
@@ -90,3 +120,22 @@ def test_symbolic_masks_proven_only_when_they_are(model, shapes, proven):
         assert not site.causal and site.mask.startswith("none") and "proven" in site.mask, site.mask
     else:
         assert not site.causal and "symbolic shapes" in site.mask, site.mask
+
+
+def test_nanogpt_growing_length_is_causal_for_every_length():
+    """nanoGPT's generate calls the model with a growing length: after the second length Dynamo makes it
+    symbolic by itself. The sliced `bias` buffer is still proven causal (the slice guards T <= block_size)."""
+    from patterns.nanogpt import NanoGPTAttention
+
+    model, reports = NanoGPTAttention().eval(), []
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="sdpa_rewrite",
+                             options={"downstream": "eager", "report": reports.append, "strict": True})
+    for t in (5, 6, 7, 9, 12):
+        x = torch.randn(2, t, 64, generator=torch.Generator().manual_seed(t))
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+    assert len(reports) == 2, f"{len(reports)} compiles"                  # one static, then one symbolic
+    symbolic = [s for r in reports for s in r.sites if not isinstance(s.q[-2], int)]
+    assert symbolic and all(s.causal == "top-left" and "proven" in s.mask for s in symbolic), \
+        [s.mask for r in reports for s in r.sites]

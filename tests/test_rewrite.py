@@ -226,17 +226,40 @@ def test_empty_rows_kernel_policy_adds_no_row_fix():
         sdpa_rewrite.rewrite(torch.fx.symbolic_trace(model), example_inputs=(q, k, v, mask), empty_rows="fast")
 
 
-def test_dynamic_shapes_keep_the_mask_and_say_so():
-    """With symbolic sizes nothing folds: the causal mask stays a mask, the report says why, numbers hold."""
-    model, reports = CausalTril(), []
+class SlicedBuffer(nn.Module):
+    """nanoGPT: a mask buffer sliced to the live length. The fold cannot evaluate the slice with that length
+    symbolic; ramps.py reads a buffer equal to tril(ones) (Dynamo's slice guards the length inside it)."""
+    def __init__(self, window=None):
+        super().__init__()
+        bias = torch.ones(16, 16).tril()
+        if window is not None:                      # a sliding window: the first row alone looks causal
+            bias = bias * torch.ones(16, 16).triu(-window + 1)
+        self.register_buffer("bias", bias.view(1, 1, 16, 16))
+
+    def forward(self, q, k, v):
+        t = q.size(-2)
+        s = (q @ k.transpose(-1, -2) * 0.25).masked_fill(self.bias[:, :, :t, :t] == 0, float("-inf"))
+        return torch.softmax(s, dim=-1) @ v
+
+
+@pytest.mark.parametrize("model, proven", [(CausalTril(), True), (SlicedBuffer(), True), (SlicedBuffer(3), False)],
+                         ids=["tril-of-ones", "sliced-causal-buffer", "sliced-window-buffer"])
+def test_dynamic_shapes_prove_the_mask_or_keep_it_and_say_so(model, proven):
+    """With symbolic sizes the fold stops. A tril of ones, and a causal buffer sliced to the length, are proven
+    causal for every size (ramps.py); a sliding-window buffer stays a mask and the report says why. Numbers
+    hold either way."""
+    reports = []
     compiled = torch.compile(model, backend="sdpa_rewrite", dynamic=True,
                              options={"downstream": "eager", "report": reports.append, "strict": True})
     for length in (8, 12):
         q, k, v = qkv(l=length)
         torch.testing.assert_close(compiled(q, k, v), model(q, k, v), rtol=1e-5, atol=1e-5)
     sites = [s for r in reports for s in r.sites]
-    assert sites and all(s.rewritten and not s.causal for s in sites)
-    assert all("symbolic shapes" in s.mask for s in sites), [s.mask for s in sites]
+    assert sites and all(s.rewritten for s in sites)
+    if proven:
+        assert all(s.causal == "top-left" and "proven" in s.mask for s in sites), [s.mask for s in sites]
+    else:
+        assert all(not s.causal and "symbolic shapes" in s.mask for s in sites), [s.mask for s in sites]
 
 
 class ExpandedCausal(nn.Module):
@@ -284,6 +307,14 @@ class BatchIndexIntoRows(nn.Module):
         return _causal_softmax(q, k, v, table[torch.arange(q.size(0))][:, None])
 
 
+class BatchIndexAsMask(nn.Module):
+    """`arange(batch)` cast to bool and used as the mask itself: rows b >= 1 are masked. Its stand-in
+    value in the fold (a single 0) must never be read as the mask's value."""
+    def forward(self, q, k, v):
+        cond = torch.arange(q.size(0))[:, None, None, None].to(torch.bool)
+        return torch.softmax((q @ k.transpose(-1, -2) * 0.25).masked_fill(cond, -1e9), dim=-1) @ v
+
+
 class CumsumAlongBatch(nn.Module):
     """A reduced value summed along the batch itself: row b's values grow with b."""
     def forward(self, q, k, v):
@@ -296,8 +327,9 @@ class CumsumAlongBatch(nn.Module):
 @pytest.mark.parametrize("model, folds", [
     (ExpandedCausal(), True), (V5PackedSequenceCheck(), True), (BatchInMaskValues(), False),
     (BatchRegroupedMask(), False), (BatchIndexInValues(), False), (BatchIndexIntoRows(), False),
-    (CumsumAlongBatch(), False)],
-    ids=["expand", "batch-indexed", "values", "regrouped", "index-values", "index-rows", "cumsum-batch"])
+    (CumsumAlongBatch(), False), (BatchIndexAsMask(), False)],
+    ids=["expand", "batch-indexed", "values", "regrouped", "index-values", "index-rows", "cumsum-batch",
+         "index-as-mask"])
 def test_symbolic_batch_folds_only_through_expand(model, folds):
     """A symbolic size may fold only as the size `expand` grows a dim to, or as `arange(size)` indexing a dim
     with one entry; a reduced value only through ops that keep it the same along the batch. Anywhere else the
