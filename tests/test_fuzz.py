@@ -33,7 +33,8 @@ ALLOWED_SKIPS = ("finite masked fill with dropout", "tensor-valued scale is appl
 
 
 def allowed_skip(p: Program, reason: str, symbolic_lengths: bool = False) -> bool:
-    if symbolic_lengths and p.mask == "causal_arith" and "also used outside the softmax" in reason:
+    if symbolic_lengths and p.mask == "causal_arith" and ("also used outside the softmax" in reason
+                                                          or "tensor-valued scale" in reason):
         return True               # `s·b + c·(1 − b)` is read only with b folded to 0/1: not with symbolic sizes
     if "finite masked fill with dropout" in reason:
         return p.mask == "finite_fill_input" and p.dropout == "module_eval"
