@@ -14,12 +14,12 @@ cache length). This module reads that small language symbolically:
     const     a tensor with one value everywhere: what transformers' packed-sequence check makes of
               ramps (diff of a ramp is 1, `!= 1` is False, its cumsum 0), a True scalar
 
-A ramp may be indexed by other index tensors (gathered): `positions[batch_idx, q_idx]` is the query ramp
-again, the same for every batch row.
-
 and asks torch's shape environment whether the band is provably all-visible or the top-left causal one
 for every size the graph's guards allow (`statically_known_true` adds no guard). Anything outside the
 language, or not provable, returns None and the mask stays a mask.
+
+A ramp may also be indexed by other index tensors (gathered): `positions[batch_idx, q_idx]` is the query
+ramp again, the same for every batch row.
 """
 from __future__ import annotations
 
