@@ -5,6 +5,7 @@ users move to the new output, and only the nodes the site consumed are erased. I
 """
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from typing import Optional
@@ -119,18 +120,12 @@ class _Builder:
             if expr not in self._symbols:
                 raise NotImplementedError(f"symbolic size {expr} has no source in the graph")
             return self._symbols[expr]()
-        if isinstance(expr, (sympy.Mul, sympy.Add)):
-            op = operator.mul if isinstance(expr, sympy.Mul) else operator.add
-            parts = [self._expr(a) for a in expr.args]
-            out = parts[0]
-            for part in parts[1:]:
-                out = self.g.call_function(op, (out, part))
-            return out
-        if isinstance(expr, sympy.Pow) and expr.exp.is_Integer and int(expr.exp) >= 1:
-            base, out = self._expr(expr.base), None
-            for _ in range(int(expr.exp)):
-                out = base if out is None else self.g.call_function(operator.mul, (out, base))
-            return out
+        if isinstance(expr, (sympy.Mul, sympy.Add)) or \
+                (isinstance(expr, sympy.Pow) and expr.exp.is_Integer and int(expr.exp) >= 1):
+            op = operator.add if isinstance(expr, sympy.Add) else operator.mul
+            parts = [self._expr(expr.base)] * int(expr.exp) if isinstance(expr, sympy.Pow) else \
+                [self._expr(a) for a in expr.args]
+            return functools.reduce(lambda x, y: self.g.call_function(op, (x, y)), parts)
         if isinstance(expr, FloorDiv):
             return self.g.call_function(operator.floordiv, tuple(self._expr(a) for a in expr.args))
         raise NotImplementedError(f"symbolic size {expr} is not a sum, product, power or floor division")

@@ -27,6 +27,8 @@ import torch.fx as fx
 from .fold import Folder
 from .ramps import symbolic_verdict
 from .scores import Scores
+from .view import hashable as _h
+from .view import same_batch
 
 # A fill or additive value at or below -MASKING leaves exp(logit - rowmax) at exactly 0 in fp32 for any
 # logit range under ~900 (exp underflows below -104); -1e4 in bf16 is -9984, so the bar sits at 1e3.
@@ -64,13 +66,6 @@ def judge(sc: Scores, top_shape: tuple, folder: Optional[Folder], reader: fx.Nod
         except Exception as e:                   # keeping the mask is always exact: never fail a site here
             folder.verdicts[key] = Verdict("mask", f"not classified ({type(e).__name__}: {e})")
     return folder.verdicts[key]
-
-
-def _h(x):
-    """Hashable form of shapes and factor tuples: symbolic sizes (dynamic=True) by their names."""
-    if isinstance(x, (tuple, list)):
-        return tuple(_h(v) for v in x)
-    return str(x) if isinstance(x, (torch.SymInt, torch.SymFloat, torch.SymBool)) else x
 
 
 def _judge(sc: Scores, top_shape: tuple, folder: Folder, reader: fx.Node, nodes: list) -> Verdict:
@@ -162,9 +157,8 @@ class _SymbolicRegroup(Exception):
 
 
 def _laid_out(x: torch.Tensor, at: Optional[tuple], final: tuple) -> torch.Tensor:
-    """A value broadcast against the scores at shape `at`, regrouped like the scores to `final`.
-    Shapes are compared by `_h`, so a symbolic size is never turned into a guard."""
-    if at is None or _h(tuple(at[:-2])) == _h(tuple(final[:-2])):
+    """A value broadcast against the scores at shape `at`, regrouped like the scores to `final`."""
+    if same_batch(at, final):
         return x
     if not all(isinstance(d, int) for d in tuple(at) + tuple(final)):
         raise _SymbolicRegroup

@@ -247,6 +247,19 @@ def shape(node: Any) -> Optional[tuple]:
     return tuple(value.shape)
 
 
+def hashable(x):
+    """Hashable form of shapes and factor tuples: symbolic sizes (dynamic=True) by their names, so comparing
+    them never turns a symbolic size into a guard."""
+    if isinstance(x, (tuple, list)):
+        return tuple(hashable(v) for v in x)
+    return str(x) if isinstance(x, (torch.SymInt, torch.SymFloat, torch.SymBool)) else x
+
+
+def same_batch(at: Optional[tuple], final: tuple) -> bool:
+    """A mask broadcast against the scores at shape `at` needs no regrouping to the scores' final shape."""
+    return at is None or hashable(tuple(at[:-2])) == hashable(tuple(final[:-2]))
+
+
 def is_symbolic_scalar(node: Any) -> bool:
     """A graph node holding a symbolic Python number (dynamic=True makes a module's float attribute one)."""
     return isinstance(node, fx.Node) and isinstance(meta_value(node), (torch.SymFloat, torch.SymInt))

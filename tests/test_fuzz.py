@@ -213,3 +213,13 @@ def test_indexed_causal_mask_under_a_symbolic_batch(scores):
                 scale_at="scores_div", mask="causal_indexed", mask_shape="b1ls", mask_before_scale=False, fill=-1e9,
                 empty_rows=False, upcast="none", softmax="functional", dropout="none", sites=1, near_miss="")
     rewritten_and_exact(p, compile_path=True, symbolic_batch=True)
+
+
+def test_found_duck_sized_regroup_under_dynamic():
+    """Found by the dynamic=True property: with B == H, Dynamo gives both one symbol, and the bmm site's
+    regrouped size is (s**2)//s. Emitted sizes now cover powers and floor division."""
+    p = Program(b=2, h=2, groups=1, repeat="none", l=1, s=1, e=4, ev=4, scores="bmm", scale=0.5,
+                scale_at="scores_mul", mask="none", mask_shape="b1ls", mask_before_scale=False, fill=-1e4,
+                empty_rows=False, upcast="none", softmax="functional", dropout="none", sites=1, near_miss="")
+    with torch._dynamo.config.patch(specialize_float=True):
+        rewritten_and_exact(p, compile_path=True, symbolic_lengths=True)
