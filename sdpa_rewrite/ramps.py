@@ -30,7 +30,8 @@ from typing import Any, Optional
 import torch
 import torch.fx as fx
 
-from .view import meta_value
+from .fold import _integer_or_no_dtype
+from .view import meta_value, same_batch
 
 _COMPARE = {"le": "le", "lt": "lt", "ge": "ge", "gt": "gt", "__le__": "le", "__lt__": "lt", "__ge__": "ge",
             "__gt__": "gt"}
@@ -82,14 +83,14 @@ def symbolic_verdict(sc, top_shape: tuple, masking: float, mutated, value_of=Non
     visible = []
     try:
         for term in sc.terms:
-            if term.coeff != 1 or term.factors or not _same_batch(term.at, top_shape) or mutated(term.node):
+            if term.coeff != 1 or term.factors or not same_batch(term.at, top_shape) or mutated(term.node):
                 return None
             value = reader.read(term.node)
             if not isinstance(value, Additive):
                 return None
             visible.append(value.band)
         for f in sc.fills:
-            if not (f.value <= -masking) or f.terms_after or not _same_batch(f.at, top_shape) or mutated(f.cond):
+            if not (f.value <= -masking) or f.terms_after or not same_batch(f.at, top_shape) or mutated(f.cond):
                 return None
             cond = _as_band(reader.read(f.cond))
             if cond is None:
@@ -123,12 +124,6 @@ def _known(cond) -> bool:
     from torch.fx.experimental.symbolic_shapes import statically_known_true
 
     return bool(statically_known_true(cond))
-
-
-def _same_batch(at, final) -> bool:
-    from .masks import _h
-
-    return at is None or _h(tuple(at[:-2])) == _h(tuple(final[:-2]))
 
 
 def _as_band(x) -> Optional[Band]:
@@ -208,6 +203,14 @@ class _Reader:
                 except NotARamp:
                     pass                                    # a folded tensor that is not a triangle: read on
         first = self.read(args[0]) if args else None
+        if name in _AND:
+            second = self.read(args[1])
+            if isinstance(first, Band) or isinstance(second, Band):
+                a, b = _as_band(first), _as_band(second)
+                combined = _and(a, b) if a is not None and b is not None else None
+                if combined is None:
+                    raise NotARamp
+                return combined
         if isinstance(first, Const):
             return self._const(node, name, first)
         if name in ("eq", "ne", "__eq__", "__ne__") and isinstance(first, Band) and len(args) == 2 \
@@ -221,8 +224,8 @@ class _Reader:
         if name == "diff" and isinstance(first, Ramp):
             return self._diff(node, first)
         if name in ("to", "contiguous", "clone", "detach") and isinstance(first, Ramp) and \
-                all(not isinstance(a, fx.Node) for a in args[1:]) and node.kwargs.get("dtype") in (None, torch.int64):
-            return first
+                all(not isinstance(a, fx.Node) for a in args[1:]) and _integer_or_no_dtype(args[1:], node.kwargs):
+            return first                                    # a bool or float ramp would compare differently
         if name in _ARITH and isinstance(first, Ramp) != isinstance(self.read(args[1]), Ramp):
             return self._shift(name, first, self.read(args[1]))
         if name in ("getitem", "__getitem__") and isinstance(first, Ramp):
@@ -235,11 +238,6 @@ class _Reader:
             return _unsqueeze(first, args[1] if len(args) > 1 else node.kwargs["dim"])
         if name in _COMPARE:
             return _compare(_COMPARE[name], first, self.read(args[1]))
-        if name in _AND:
-            a, b = _as_band(first), _as_band(self.read(args[1]))
-            combined = _and(a, b) if a is not None and b is not None else None
-            if combined is not None:
-                return combined
         if name in _NOT and isinstance(first, Band):
             return _negate(first)
         if name == "where" and isinstance(first, Band) and len(args) == 3:
@@ -280,9 +278,13 @@ class _Reader:
         """Ops on a one-valued tensor that keep it one-valued."""
         args = node.args
         if name in _KEEP or name in ("getitem", "__getitem__", "unsqueeze"):
-            if name in ("to", "type") and any(a in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-                                              for a in list(args[1:]) + list(node.kwargs.values())):
-                return Const(float(c.value))
+            dtypes = [a for a in list(args[1:]) + list(node.kwargs.values()) if isinstance(a, torch.dtype)]
+            if name in ("to", "type") and dtypes:           # the value as that dtype holds it
+                if dtypes[0] == torch.bool:
+                    return Const(bool(c.value))
+                if dtypes[0].is_floating_point:
+                    return Const(float(c.value))
+                return c if isinstance(c.value, bool) else Const(int(c.value))
             return c
         if name in _AND or name in _COMPARE or name in ("eq", "ne", "__eq__", "__ne__"):
             other = self.read(args[1])
@@ -295,10 +297,7 @@ class _Reader:
                     return Const(bool(op[key](c.value, other)))
                 if isinstance(c.value, bool) and isinstance(other, bool):      # `&` is logical only on bools
                     return Const(c.value and other)
-                raise NotARamp
-            band = _as_band(c)
-            if name in _AND and band is not None and isinstance(_as_band(self.read(args[1])), Band):
-                return _and(band, _as_band(self.read(args[1]))) or _raise()
+            raise NotARamp
         if name in _NOT and isinstance(c.value, bool):
             return Const(not c.value)
         if name == "cumsum" and c.value in (0, False):
@@ -358,10 +357,6 @@ class _Reader:
         raise NotARamp
 
 
-def _raise():
-    raise NotARamp
-
-
 def _sliced_triangle(base: torch.Tensor, index) -> Band:
     """A folded 0/1 tensor equal to tril(ones(N, M), k) (nanoGPT's `bias` buffer), sliced [r0:r1, c0:c1] on
     its last two dims: keep (c0 + j) - (r0 + i) <= k, for slice bounds provably inside the buffer."""
@@ -387,7 +382,7 @@ def _slice_bounds(item: slice, size: int) -> tuple:
     if item.step not in (None, 1) or not all(isinstance(b, (int, torch.SymInt)) and not isinstance(b, bool)
                                              for b in (start, stop)) \
             or not (_known(start >= 0) and _known(start <= stop) and _known(stop <= size)):
-        raise NotARamp                                     # a slice past the buffer would clamp: refused
+        raise NotARamp                                     # a slice past the end would clamp: refused
     return start, stop
 
 
@@ -451,12 +446,7 @@ def _index(ramp: Ramp, index) -> Ramp:
 
 
 def _sliced(item: slice, offset, length) -> tuple:
-    start = 0 if item.start is None else item.start
-    stop = length if item.stop is None else item.stop
-    if item.step not in (None, 1) or not all(isinstance(b, (int, torch.SymInt)) and not isinstance(b, bool)
-                                             for b in (start, stop)) or not _known(start >= 0) \
-            or not _known(stop <= length) or not _known(start <= stop):
-        raise NotARamp
+    start, stop = _slice_bounds(item, length)
     return offset + start, stop - start
 
 

@@ -29,6 +29,13 @@ class SlidingBand(nn.Module):
         return _attend(q, k, v, (kv <= qi) & (kv > qi - 3))
 
 
+class BoolKeyRamp(nn.Module):
+    """Key positions cast to bool (0, 1, 1, …) before the comparison: not the key index any more."""
+    def forward(self, q, k, v):
+        kv = torch.arange(k.size(-2)).to(torch.bool)[None, None, None, :]
+        return _attend(q, k, v, kv <= torch.arange(q.size(-2))[None, None, :, None])
+
+
 class KeyRampOfOne(nn.Module):
     """`arange(1) <= q_idx` broadcast over the keys: all visible, yet read as j - i <= 0 it would look
     causal. The ramp must be as long as the keys for its values to be the key positions."""
@@ -89,6 +96,7 @@ CASES = [
     (StrictCausal(), [(2, 8, 8), (3, 11, 11)], None),
     (SlidingBand(), [(2, 8, 8), (3, 11, 11)], None),
     (KeyRampOfOne(), [(2, 8, 8), (3, 11, 11)], None),
+    (BoolKeyRamp(), [(2, 8, 8), (3, 11, 11)], None),
     (DecodeHidesLastKey(), [(2, 1, 9), (3, 1, 12)], None),
     (PackedCheckWithAppend(), [(2, 8, 8), (3, 11, 11)], None),
     (OnesTriangle("tril-bool"), [(2, 8, 8), (3, 11, 11)], "causal"),
@@ -101,7 +109,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("model, shapes, proven", CASES,
-                         ids=["v5-causal", "v5-packed", "v5-decode", "v5-chunk", "strict", "band", "ramp-of-one", "hides-last",
+                         ids=["v5-causal", "v5-packed", "v5-decode", "v5-chunk", "strict", "band", "ramp-of-one", "bool-ramp", "hides-last",
                               "packed-append", "tril-bool", "tril-eq-0", "triu-1", "tril-minus-1", "zeros-tril", "corner"])
 def test_symbolic_masks_proven_only_when_they_are(model, shapes, proven):
     reports = []
