@@ -19,24 +19,41 @@ def cuda_kernel(att) -> str:
     device = getattr(_meta(att.q.node), "device", None)
     if device is None or device.type != "cuda" or not torch.cuda.is_available():
         return ""
+    try:
+        sizes = _hints((*att.top_shape[-2:], att.q_shape[-1], att.v_shape[-1], *att.batch[-1:]))
+    except Exception as e:  # the report must never fail a rewrite
+        return f"unknown ({type(e).__name__})"
+    if sizes is None:
+        return ""
     drop = att.dropout is not None and att.dropout.may_drop and att.dropout.p_hint
-    key = (device, att.top_shape[-2:], att.q_shape[-1], att.v_shape[-1], att.batch[-1:], att.gqa,
-           att.compute_dtype, att.mask_kind, att.causal, drop)
+    key = (device, sizes, att.gqa, att.compute_dtype, att.mask_kind, att.causal, drop)
     if key not in _ASKED:                   # every layer of a model asks the same question: ask torch once
         try:
-            _ASKED[key] = _ask(att, device)
-        except Exception as e:  # the report must never fail a rewrite
+            _ASKED[key] = _ask(att, device, sizes)
+        except Exception as e:
             _ASKED[key] = f"unknown ({type(e).__name__})"
     return _ASKED[key]
+
+
+def _hints(sizes: tuple):
+    """Plain ints for the stand-ins; a symbolic size (dynamic shapes) by the value this compile traced with.
+    None when a size has no such value (data-dependent)."""
+    out = []
+    for s in sizes:
+        if isinstance(s, torch.SymInt):
+            s = s.node.hint
+        if not isinstance(s, int):
+            return None
+        out.append(s)
+    return tuple(out)
 
 
 _ASKED: dict = {}
 
 
-def _ask(att, device) -> str:
-    L, S = att.top_shape[-2:]
-    E, Ev = att.q_shape[-1], att.v_shape[-1]
-    heads = att.batch[-1] if len(att.batch) >= 2 else 1
+def _ask(att, device, sizes: tuple) -> str:
+    L, S, E, Ev, *last = sizes
+    heads = last[0] if len(att.batch) >= 2 else 1
     kv_heads = heads // att.gqa
     dt = att.compute_dtype
     q = torch.empty(1, heads, L, E, device=device, dtype=dt)

@@ -125,11 +125,16 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence) -> str:
 
 
 def snapshot(graph: fx.Graph) -> fx.Graph:
-    """A copy of `graph` (nodes and meta, not tensors) that `restore` can put back."""
+    """A copy of `graph` (nodes and meta, not tensors) that `restore` can put back. Attributes other passes
+    set on nodes are carried over too: AOTAutograd reads Dynamo's `_dynamo_source` off every placeholder."""
     copy = fx.Graph(owning_module=graph.owning_module, tracer_cls=graph._tracer_cls)
     copy._codegen = graph._codegen
-    out = copy.graph_copy(graph, {})
+    copies: dict = {}
+    out = copy.graph_copy(graph, copies)
     copy.output(out)
+    for old, new in copies.items():
+        extra = {k: v for k, v in vars(old).items() if k not in vars(new)}
+        vars(new).update(extra)
     return copy
 
 

@@ -65,24 +65,33 @@ def test_unknown_option_is_an_error():
         torch.compile(attention, backend="sdpa_rewrite", options={"downstream": "eager", "stict": True})(q, k, v)
 
 
-def test_internal_error_leaves_graph_untouched_and_warns(monkeypatch):
+@pytest.mark.parametrize("through", ["callable", "aot_eager"])
+def test_internal_error_leaves_graph_untouched_and_warns(monkeypatch, through):
+    """The graph put back after a failed site is still Dynamo's: AOTAutograd (Inductor, aot_eager) reads
+    each placeholder's `_dynamo_source`, which a plain graph copy drops."""
     def broken(gm, att):
         raise RuntimeError("forced failure")
 
     monkeypatch.setattr(REWRITE_MODULE, "emit", broken)
+    monkeypatch.setattr(importlib.import_module("sdpa_rewrite.backend"), "_warned", set())   # warned once per process
     q, k, v = qkv()
     graphs = []
 
     def downstream(gm, example_inputs):
         graphs.append(gm)
+        if through == "aot_eager":
+            from torch._dynamo.backends.registry import lookup_backend
+            return lookup_backend("aot_eager")(gm, example_inputs)
         return gm.forward
 
+    torch._dynamo.reset()
     with pytest.warns(UserWarning, match=r"at site .*softmax.*: RuntimeError: forced failure"):
         out = torch.compile(attention, backend="sdpa_rewrite", options={"downstream": downstream})(q, k, v)
     torch.testing.assert_close(out, attention(q, k, v))
     targets = [n.target for n in graphs[0].graph.nodes]
     assert torch.nn.functional.scaled_dot_product_attention not in targets
     assert any("softmax" in str(t) for t in targets)
+    assert all(hasattr(n, "_dynamo_source") for n in graphs[0].graph.find_nodes(op="placeholder"))
 
 
 def test_internal_error_raises_when_strict(monkeypatch):
