@@ -18,13 +18,16 @@ with_524() { python3 -m pip install -q --no-index --no-deps --no-compile --targe
 case "${1:-1}" in
 1)  # generate() of GPT-2: the backend under Inductor beside eager and Inductor on native sdpa; OPT training
     # (use_cache=False) under transformers 5.24 (5.17's rows: `bench/training.py opt --shape 8x1024 --reps 5
-    # --forms inductor_sdpa,backend_inductor`, run 7); generate() for Llama under Inductor
+    # --forms inductor_sdpa,backend_inductor`, H200 run 1); generate() for Llama under Inductor
     run 170 gen_gpt2 bench/models.py gpt2 --generate --generate-forms eager,inductor_sdpa,backend_inductor
     with_524 run 120 train_opt_tf524 bench/training.py opt --shape 8x1024 --reps 5 --forms inductor_sdpa,backend_inductor
     run 250 gen_llama bench/models.py llama --generate --generate-forms inductor_sdpa,backend_inductor ;;
-2)  # T5 training; the largest batch for Llama
-    run 200 train_t5 bench/training.py t5 --shape 8x512 --reps 5 --forms inductor_sdpa,backend_inductor
-    run 300 maxb_llama bench/training.py llama --forms '' --max-batch 1024,2048 --dynamic-batch ;;
-3)  # generate() for OPT
-    run 240 gen_opt bench/models.py opt --generate --generate-forms eager,inductor_sdpa,backend_inductor ;;
+2)  # the largest batch for Llama (each form and length is one dynamic-batch compile)
+    run 560 maxb_llama bench/training.py llama --forms '' --max-batch 1024,2048 --dynamic-batch ;;
+3)  # generate() for OPT; GPT-2's with the empty-row check off, beside Inductor on native sdpa (interleaved)
+    run 240 gen_opt bench/models.py opt --generate --generate-forms eager,inductor_sdpa,backend_inductor
+    run 300 gen_gpt2_rows bench/models.py gpt2 --generate \
+        --generate-forms inductor_sdpa,backend_inductor_kernel_rows,backend_inductor,inductor_sdpa,backend_inductor_kernel_rows ;;
+4)  # T5's training step again, 20 timed steps (run 4 of 2026-12-01 had an IQR of 29 ms on 5)
+    run 300 train_t5 bench/training.py t5 --shape 8x512 --reps 20 --forms inductor_sdpa,backend_inductor ;;
 esac

@@ -55,12 +55,14 @@ def _dims(shape) -> tuple:
 
 
 def _mask_text(f) -> str:
-    """What the mask is (the verdict) and, when SDPA still gets one, in which form."""
+    """What the mask is (the verdict), in which form SDPA still gets it, and whether the site pays the
+    check for rows with no visible key: a cost a person can see here and remove with empty_rows='kernel'."""
     if f.verdict is None:
         return "none"
     if f.causal or f.mask_kind == "none":
         return str(f.verdict)
-    return f"{f.verdict} -> {f.mask_kind}"
+    check = " + empty-row check" if f.empty_rows or f.uniform_rows else ""
+    return f"{f.verdict} -> {f.mask_kind}{check}"
 
 
 @dataclass

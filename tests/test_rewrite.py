@@ -164,7 +164,7 @@ def test_fp32_min_fill_on_fp16_scores_is_minus_inf():
     model = WhereFilled()
     gm = torch.fx.symbolic_trace(model)
     report = sdpa_rewrite.rewrite(gm, example_inputs=(q, k, v, masked))
-    assert report.sites[0].mask == "input mask (depends on the input `masked`) -> bool keep-mask"
+    assert report.sites[0].mask == "input mask (depends on the input `masked`) -> bool keep-mask + empty-row check"
     out, ref = gm(q, k, v, masked), model(q, k, v, masked)
     keep = ~torch.isnan(ref)
     assert torch.isnan(ref[0, :, 2]).all() and torch.equal(out[0, :, 2], torch.zeros_like(out[0, :, 2]))
@@ -220,6 +220,9 @@ def test_empty_rows_kernel_policy_adds_no_row_fix():
     report = sdpa_rewrite.rewrite(gm, example_inputs=(q, k, v, mask), empty_rows="kernel")
     assert len(report.rewritten) == 1 and "empty_rows='kernel'" in report.notes[0]
     assert not [n for n in gm.graph.nodes if n.target in ("any", torch.where)]
+    assert not report.sites[0].mask.endswith("empty-row check")
+    default = sdpa_rewrite.rewrite(torch.fx.symbolic_trace(model), example_inputs=(q, k, v, mask))
+    assert default.sites[0].mask.endswith("-> additive + empty-row check"), default.sites[0].mask   # the cost is shown
     out, ref = gm(q, k, v, mask), model(q, k, v, mask)
     torch.testing.assert_close(out[1], ref[1], rtol=1e-5, atol=1e-5)      # batch 1 has no empty row
     with pytest.raises(ValueError, match="empty_rows"):
