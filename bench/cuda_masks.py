@@ -2,7 +2,8 @@
 
 For each mask spelling with some fully masked rows, the module is compiled with the backend (downstream
 eager) and run under `sdpa_kernel([k])` for math, efficient, cuDNN and flash, in fp16 and bf16. The rewrite
-answers mean(V) on those rows for a finite fill or additive finfo.min (eager's uniform weights; in fp16,
+answers mean(V) on those rows for a finite fill or additive finfo.min (eager's uniform weights; over the first
+3 keys where a causal -inf lies over finfo.min padding; in fp16,
 eager's own finfo(fp16).min sum is rounding noise, shown in its column) and zeros for -inf (eager: NaN). Prints one row per case; exits 1 on a mismatch.
 
     PYTHONPATH=. python bench/cuda_masks.py
@@ -38,8 +39,19 @@ class AdditiveMin(nn.Module):
         return torch.softmax(s.float(), -1).to(q.dtype) @ v
 
 
+class AdditiveCausalOverMin(nn.Module):
+    """A causal -inf over a finfo.min padding mask: on the fully masked rows eager's weights are uniform over
+    the keys that hold finfo.min (here the first 3), not over all keys."""
+
+    def forward(self, q, k, v, keep, additive):
+        tail = torch.zeros_like(additive)
+        tail[:, :, :5, 3:] = float("-inf")
+        s = torch.matmul(q, k.transpose(-1, -2)) * 0.125 + (additive + tail)
+        return torch.softmax(s.float(), -1).to(q.dtype) @ v
+
+
 CASES = {"-inf bool fill": (BoolInf, "zeros"), "finite fill -1e4": (FiniteFill, "mean(V)"),
-         "additive finfo.min": (AdditiveMin, "mean(V)")}
+         "additive finfo.min": (AdditiveMin, "mean(V)"), "additive -inf over finfo.min": (AdditiveCausalOverMin, "mean(V[:3])")}
 KERNELS = {"math": SDPBackend.MATH, "efficient": SDPBackend.EFFICIENT_ATTENTION,
            "cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION}
 
@@ -109,7 +121,9 @@ def main() -> int:
                     rows.append([str(dt)[6:], case, kname, "kernel not available", "", "", str(e).splitlines()[0][:50]])
                     continue
                 empty = out[:, :, :5]
-                want = torch.zeros_like(empty) if expect == "zeros" else v.float().mean(-2, keepdim=True).expand_as(out)[:, :, :5]
+                keys = 3 if expect == "mean(V[:3])" else L
+                want = torch.zeros_like(empty) if expect == "zeros" else \
+                    v.float()[:, :, :keys].mean(-2, keepdim=True).expand_as(out)[:, :, :5]
                 rows_ok = bool(torch.allclose(empty, want, atol=2e-2, rtol=0))
                 other = ((out[:, :, 5:] - ref[:, :, 5:]).abs().max() / ref[:, :, 5:].abs().max()).item()
                 ok = rows_ok and other < 2e-2

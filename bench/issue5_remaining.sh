@@ -22,8 +22,10 @@ case "${1:-1}" in
     run 170 gen_gpt2 bench/models.py gpt2 --generate --generate-forms eager,inductor_sdpa,backend_inductor
     with_524 run 120 train_opt_tf524 bench/training.py opt --shape 8x1024 --reps 5 --forms inductor_sdpa,backend_inductor
     run 250 gen_llama bench/models.py llama --generate --generate-forms inductor_sdpa,backend_inductor ;;
-2)  # the largest batch for Llama (each form and length is one dynamic-batch compile)
-    run 560 maxb_llama bench/training.py llama --forms '' --max-batch 1024,2048 --dynamic-batch ;;
+2)  # first the CUDA check of fully masked rows (the additive-mask fix of 2026-12-01 has not run on CUDA yet),
+    # then the largest batch for Llama (each form and length is one dynamic-batch compile)
+    timeout 120 python bench/cuda_masks.py > "$OUT/cuda_masks.txt" 2>&1; tail -30 "$OUT/cuda_masks.txt"
+    run 430 maxb_llama bench/training.py llama --forms '' --max-batch 1024,2048 --dynamic-batch ;;
 3)  # generate() for OPT; GPT-2's with the empty-row check off, beside Inductor on native sdpa (interleaved)
     run 240 gen_opt bench/models.py opt --generate --generate-forms eager,inductor_sdpa,backend_inductor
     run 300 gen_gpt2_rows bench/models.py gpt2 --generate \

@@ -15,7 +15,6 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from .find import Attention
-from .masks import MASKING
 from .scores import Operand
 from .view import _SCALAR_FUNCTIONS, dtype, is_inplace, meta_value, reads_only_metadata, shape, view
 
@@ -56,6 +55,9 @@ def emit(gm: fx.GraphModule, att: Attention) -> fx.Node:
         if dtype(att.v.node) != att.compute_dtype:
             v = b.method("to", v, att.compute_dtype)
         mask = _mask(b, att)
+        finite_rows = None
+        if att.empty_rows and not att.uniform_rows and mask is not None and (att.terms or att.absorbing):  # a float mask
+            q, mask, finite_rows = _absorbed_rows(b, att, q, mask)
         kwargs = {"attn_mask": mask, "dropout_p": _dropout_p(b, att),
                   "is_causal": att.causal == "top-left", "scale": att.scale}
         if att.gqa > 1:
@@ -70,8 +72,10 @@ def emit(gm: fx.GraphModule, att: Attention) -> fx.Node:
                 out.meta[key] = att.softmax.meta[key]
         if att.uniform_rows:
             out = _uniform_rows(b, att, out, v)
+        elif finite_rows is not None:
+            out = b.call(torch.where, finite_rows, out, 0.0)       # rows of -inf alone: zeros (eager: NaN)
         elif att.empty_rows and mask is not None:
-            out = _empty_rows(b, att, mask, out, v)
+            out = b.call(torch.where, b.method("any", mask, -1, True), out, 0.0)   # bool keep-mask: no key, zeros
         if att.out_permute is not None:
             out = b.method("permute", out, *att.out_permute)
         if att.out_dtype != att.compute_dtype:
@@ -256,15 +260,20 @@ def _mean_v(b: _Builder, att: Attention, v: fx.Node) -> fx.Node:
     return mean_v
 
 
-def _empty_rows(b: _Builder, att: Attention, mask: fx.Node, out: fx.Node, v: fx.Node) -> fx.Node:
-    """A row whose every key is masked has no answer the CUDA kernels agree on (cuDNN returns neither
-    zeros nor eager's value). Give it eager's: uniform weights (mean of V) when the mask is finite there
-    (finfo.min), zeros when it is -inf (eager's NaN, as SDPA's math kernel answers)."""
-    if att.keep and not (att.terms or att.absorbing):
-        return b.call(torch.where, b.method("any", mask, -1, True), out, 0.0)
-    visible = b.method("any", b.call(operator.gt, mask, -MASKING), -1, True)
-    finite = b.method("any", b.call(operator.gt, mask, -math.inf), -1, True)
-    return b.call(torch.where, visible, out, b.call(torch.where, finite, _mean_v(b, att, v), 0.0))
+def _absorbed_rows(b: _Builder, att: Attention, q: fx.Node, mask: fx.Node):
+    """Rows of an additive mask whose every value is -inf or near the dtype's lowest (finfo.min): eager's
+    `s + m` there no longer depends on s, so its weights are softmax(m), uniform over the keys at the row's
+    maximum; the CUDA kernels disagree on such rows (cuDNN returns neither). Give the kernel that case in a
+    form every kernel computes exactly: a zero query and a 0 / -inf mask marking the row's maximum. Rows with
+    any other value (a -1e4 padding fill, say) are left alone: the kernel adds the mask as eager does.
+    Returns the query, the mask, and which rows hold a finite value (rows of -inf alone get zeros)."""
+    lowest = -torch.finfo(att.compute_dtype).max / 4      # scaled by log2(e) inside a kernel it stays finite
+    top = b.method("amax", mask, -1, True)
+    absorbed = b.call(operator.le, top, lowest)
+    below_top = b.call(torch.logical_and, absorbed, b.call(operator.ne, mask, top))
+    mask = b.call(torch.masked_fill, b.call(torch.where, absorbed, 0.0, mask), below_top, -math.inf)  # keeps the dtype
+    q = b.call(torch.where, absorbed, 0.0, q)
+    return q, mask, b.call(operator.gt, top, -math.inf)
 
 
 def _pure(n: fx.Node) -> bool:

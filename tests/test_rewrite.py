@@ -197,6 +197,36 @@ def test_additive_input_mask_fully_masked_rows(fill):
     torch.testing.assert_close(out[keep], ref[keep], rtol=1e-5, atol=1e-5)
 
 
+def test_additive_mask_rows_with_no_visible_key_follow_eager_arithmetic():
+    """Eager's answer on a row with every key masked depends on the values: where they swamp the scores
+    (finfo.min) its weights are softmax(m), uniform over the keys at the row's maximum only (causal -inf over
+    padding finfo.min: the first 3 keys); where they do not (BERT's -1e4), eager's softmax(s + m) is the plain
+    softmax of the scores, which the kernel computes without any fix. Both once came out as mean(V) over all keys."""
+    q, k, v = (x.requires_grad_() for x in qkv())
+    MIN = torch.finfo(torch.float32).min
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[0, :, 0] = float("-inf")
+    mask[0, :, 0, :3] = MIN                                  # causal -inf over padding finfo.min
+    mask[0, :, 1] = MIN
+    mask[0, :, 1, 6] = MIN / 8                               # one key far above the rest: it takes all the weight
+    mask[1, :, 2] = -1e4                                     # an all-padding row, BERT's fill
+    mask[1, :, 3, ::2], mask[1, :, 3, 1::2] = -1e4, float("-inf")
+    model = AddedMask()
+    gm = torch.fx.symbolic_trace(model)
+    report = sdpa_rewrite.rewrite(gm, example_inputs=(q, k, v, mask))
+    assert report.sites[0].mask.endswith("-> additive + empty-row check")
+    out, ref = gm(q, k, v, mask), model(q, k, v, mask)
+    torch.testing.assert_close(out[0, :, 0], v[0, :, :3].mean(-2), rtol=1e-5, atol=1e-5)
+    bert = torch.zeros(out.shape, dtype=torch.bool)
+    bert[1, :, 2:4] = True                    # s - 1e4 in fp32 rounds the scores to ~1e-3, in eager and kernel alike
+    torch.testing.assert_close(out[~bert], ref[~bert], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out[bert], ref[bert], rtol=0, atol=2e-3)
+    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    dv, = torch.autograd.grad((out * w).sum(), v)
+    ref_dv, = torch.autograd.grad((ref * w).sum(), v)
+    torch.testing.assert_close(dv, ref_dv, rtol=0, atol=2e-3)
+
+
 def test_causal_folded_mask_adds_no_row_fix():
     """A mask proven causal has no empty rows: the graph is the bare SDPA call, nothing after it."""
     gm = torch.fx.symbolic_trace(CausalTril())
