@@ -15,6 +15,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from .find import Attention
+from .masks import MASKING
 from .scores import Operand
 from .view import _SCALAR_FUNCTIONS, dtype, is_inplace, meta_value, reads_only_metadata, shape, view
 
@@ -261,19 +262,29 @@ def _mean_v(b: _Builder, att: Attention, v: fx.Node) -> fx.Node:
 
 
 def _absorbed_rows(b: _Builder, att: Attention, q: fx.Node, mask: fx.Node):
-    """Rows of an additive mask whose every value is -inf or near the dtype's lowest (finfo.min): eager's
-    `s + m` there no longer depends on s, so its weights are softmax(m), uniform over the keys at the row's
-    maximum; the CUDA kernels disagree on such rows (cuDNN returns neither). Give the kernel that case in a
-    form every kernel computes exactly: a zero query and a 0 / -inf mask marking the row's maximum. Rows with
-    any other value (a -1e4 padding fill, say) are left alone: the kernel adds the mask as eager does.
+    """Rows of an additive mask with no visible key (every value at or below -MASKING). Eager's answer there is
+    softmax(s + m) as its arithmetic rounds it, and kernels get such rows wrong: cuDNN near finfo.min, and a
+    backward that recomputes the weights from the log-sum-exp, which cancels at large |m| (the CPU kernel's
+    does). Two cases, both handed to the kernel with
+    no large value left in the row:
+    - m swamps the scores (|m| >= 2**(mantissa bits + 1): eager's s + m no longer depends on s): eager's weights are
+      softmax(m), uniform over the keys at the row's maximum; the kernel gets a zero query and a 0 / -inf mask;
+    - otherwise (BERT's -1e4): eager's weights are softmax(s + m); the row is shifted by its maximum, which
+      changes nothing but the rounding.
     Returns the query, the mask, and which rows hold a finite value (rows of -inf alone get zeros)."""
-    lowest = -torch.finfo(att.compute_dtype).max / 4      # scaled by log2(e) inside a kernel it stays finite
+    info = torch.finfo(att.compute_dtype)
+    swamping = -min(2 / info.eps, info.max / 4)      # 2**(mantissa bits + 1); scaled by log2(e), still finite
     top = b.method("amax", mask, -1, True)
-    absorbed = b.call(operator.le, top, lowest)
-    below_top = b.call(torch.logical_and, absorbed, b.call(operator.ne, mask, top))
-    mask = b.call(torch.masked_fill, b.call(torch.where, absorbed, 0.0, mask), below_top, -math.inf)  # keeps the dtype
-    q = b.call(torch.where, absorbed, 0.0, q)
-    return q, mask, b.call(operator.gt, top, -math.inf)
+    finite = b.call(operator.gt, top, -math.inf)
+    hidden = b.call(torch.logical_and, b.call(operator.le, top, -MASKING), finite)
+    mask = b.call(operator.sub, mask, b.call(torch.where, hidden, top, 0.0))         # -inf stays -inf
+    mask = b.call(torch.where, finite, mask, 0.0)      # -inf alone: attend evenly, zeroed after (finite gradients)
+    swamped = b.call(torch.logical_or, b.call(torch.logical_and, hidden, b.call(operator.le, top, swamping)),
+                     b.call(torch.logical_not, finite))
+    below_top = b.call(torch.logical_and, swamped, b.call(operator.lt, mask, 0.0))
+    mask = b.call(torch.masked_fill, mask, below_top, -math.inf)
+    q = b.call(torch.where, swamped, 0.0, q)
+    return q, mask, finite
 
 
 def _pure(n: fx.Node) -> bool:

@@ -97,12 +97,27 @@ def inputs(p: Program, seed: int = 0) -> tuple:
     if p.empty_rows:
         keep[..., p.l // 2, :] = False                           # ... unless whole rows are masked on purpose
     mask = {"bool_input": keep, "bool_masked_fill": ~keep, "int_input": keep.long(),
-            "additive_input": torch.zeros(shape).masked_fill(~keep, MIN32),
+            "additive_input": additive_mask(p, keep),
             "finite_fill_input": ~keep}.get(p.mask)
     if p.scores == "pre_transposed":
         k = k.transpose(-2, -1).contiguous()
     args = (q, k, v) + ((mask,) if mask is not None else ())
     return args
+
+
+def additive_mask(p: Program, keep: torch.Tensor) -> torch.Tensor:
+    """0 where kept, the fill where masked; an empty row holds -inf over its second half (a causal mask over
+    padding), so its answer depends on which keys hold the row's maximum."""
+    mask = torch.zeros(keep.shape).masked_fill(~keep, p.fill)
+    if p.empty_rows and p.s >= 2:
+        mask[..., p.l // 2, p.s // 2:] = float("-inf")
+    return mask
+
+
+def swamps_scores(p: Program) -> bool:
+    """An additive fill so large that eager's s + fill no longer depends on s (finfo.min, and -1e9 in fp32 for
+    these small scores); BERT's -1e4 does not: eager's answer on an empty row is then the softmax of the scores."""
+    return p.fill <= -1e9
 
 
 class Attention(nn.Module):

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 
 import sdpa_rewrite
-from programs import Attention, Program, inputs, programs
+from programs import Attention, Program, inputs, programs, swamps_scores
 from support import RecordSDPA
 
 LONG = int(os.environ.get("SDPA_FUZZ_EXAMPLES", "0"))
@@ -67,8 +67,10 @@ def check_numbers(p: Program, out, ref, x, x_ref, rewritten: bool) -> None:
     if not keep.any():
         return
     scale = ref[keep].abs().max().clamp_min(1e-6)
+    noisy = p.mask == "additive_input" and p.empty_rows and not swamps_scores(p)
+    tol = 5e-3 if noisy else 1e-5          # s - 1e4 in fp32 rounds the scores to ~1e-3, in eager and kernel alike
     err = ((out[keep] - ref[keep]).abs().max() / scale).item() if keep.any() else 0.0
-    assert err <= 1e-5, f"relative error {err:.2e}\n{p}"
+    assert err <= tol, f"relative error {err:.2e}\n{p}"
     if nan_rows.any():
         return                                             # eager's gradients are NaN there
     w = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
@@ -76,7 +78,7 @@ def check_numbers(p: Program, out, ref, x, x_ref, rewritten: bool) -> None:
     ref_grads = torch.autograd.grad((ref * w).sum(), x_ref[:3])
     floor = 0.1 * max(g.abs().max().item() for g in ref_grads)   # dq is 0 when S == 1: judged on the gradient scale
     compared = "qkv"
-    if p.empty_rows and p.mask == "additive_input":
+    if p.empty_rows and p.mask == "additive_input" and swamps_scores(p):
         # eager's s + finfo.min on an empty row does not depend on s, yet autograd returns a uniform softmax's
         # gradient to q and k there; the rewrite returns 0 (README Limits). V's gradient must still match,
         # unless a second site's q (the first's output) carries the q difference back into V.
@@ -85,7 +87,7 @@ def check_numbers(p: Program, out, ref, x, x_ref, rewritten: bool) -> None:
         if name not in compared:
             continue
         gerr = ((a - b).abs().max() / b.abs().max().clamp_min(max(floor, 1e-6))).item()
-        assert gerr <= 1e-4, f"d{name} relative error {gerr:.2e}\n{p}"
+        assert gerr <= (5e-3 if noisy else 1e-4), f"d{name} relative error {gerr:.2e}\n{p}"
 
 
 RAMP_MASKS = ("causal_indexed", "causal_ramp")       # index comparisons over aranges: proven with symbolic sizes

@@ -195,13 +195,17 @@ def test_additive_input_mask_fully_masked_rows(fill):
         torch.testing.assert_close(out[0, :, 2], v[0].mean(-2), rtol=1e-5, atol=1e-5)
     keep = ~torch.isnan(ref)
     torch.testing.assert_close(out[keep], ref[keep], rtol=1e-5, atol=1e-5)
+    x = [t.clone().requires_grad_() for t in (q, k, v)]
+    grads = torch.autograd.grad(gm(*x, mask).sum(), x)
+    assert all(torch.isfinite(g).all() for g in grads)      # no NaN leaks from a row the output drops
 
 
 def test_additive_mask_rows_with_no_visible_key_follow_eager_arithmetic():
     """Eager's answer on a row with every key masked depends on the values: where they swamp the scores
     (finfo.min) its weights are softmax(m), uniform over the keys at the row's maximum only (causal -inf over
     padding finfo.min: the first 3 keys); where they do not (BERT's -1e4), eager's softmax(s + m) is the plain
-    softmax of the scores, which the kernel computes without any fix. Both once came out as mean(V) over all keys."""
+    softmax of the scores. The first two once came out as mean(V) over all keys; the kernel's own backward
+    is wrong on rows of large values (its log-sum-exp cancels), so no such value may reach it."""
     q, k, v = (x.requires_grad_() for x in qkv())
     MIN = torch.finfo(torch.float32).min
     mask = torch.zeros(2, 1, 8, 8)
@@ -211,6 +215,7 @@ def test_additive_mask_rows_with_no_visible_key_follow_eager_arithmetic():
     mask[0, :, 1, 6] = MIN / 8                               # one key far above the rest: it takes all the weight
     mask[1, :, 2] = -1e4                                     # an all-padding row, BERT's fill
     mask[1, :, 3, ::2], mask[1, :, 3, 1::2] = -1e4, float("-inf")
+    mask[1, :, 4] = -1e9        # swamps fp32 scores: uniform in eager; the CPU kernel's backward got dv wrong here
     model = AddedMask()
     gm = torch.fx.symbolic_trace(model)
     report = sdpa_rewrite.rewrite(gm, example_inputs=(q, k, v, mask))
