@@ -24,6 +24,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 
 from .view import _fetch_attr, is_inplace, meta_value
 
@@ -205,8 +206,9 @@ class Folder:
             raise NotConstant(f"`{node.name}` is random")
         if _reads_metadata(node):
             return _metadata(node)
-        args = fx.node.map_arg(node.args, lambda n: env[n] if n in env else _like(n))
-        kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n])
+        unread = _unread_args(node)
+        args = fx.node.map_arg(node.args, lambda n: env[n] if n in env else unread[n] if n in unread else _like(n))
+        kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n] if n in env else unread[n])
         if _sized_container_item(node, args):
             return args[0][args[1]]
         args, kwargs = self._through_symbolic(node, args, kwargs)
@@ -376,7 +378,22 @@ def _value_inputs(node: fx.Node) -> list:
     if _is_new_factory(node):
         return [n for n in node.args[1:] if isinstance(n, fx.Node)] + \
             [n for n in node.kwargs.values() if isinstance(n, fx.Node)]
-    return list(node.all_input_nodes)
+    unread = _unread_args(node)
+    return [n for n in node.all_input_nodes if n not in unread]
+
+
+def _unread_args(node: fx.Node) -> dict:
+    """Argument nodes a call never reads, with a stand-in: `F.embedding` reads `norm_type` only with a
+    `max_norm` (dynamic=True makes that module float a graph input, which would look like data)."""
+    if node.target is F.embedding and _arg(node, 3, "max_norm") is None:
+        norm_type = _arg(node, 4, "norm_type")
+        if isinstance(norm_type, fx.Node):
+            return {norm_type: 2.0}
+    return {}
+
+
+def _arg(node: fx.Node, i: int, name: str):
+    return node.args[i] if len(node.args) > i else node.kwargs.get(name)
 
 
 def _is_new_factory(node: fx.Node) -> bool:

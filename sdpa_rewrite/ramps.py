@@ -85,6 +85,9 @@ def symbolic_verdict(sc, top_shape: tuple, masking: float, mutated, value_of=Non
         for term in sc.terms:
             if term.coeff != 1 or term.factors or not same_batch(term.at, top_shape) or mutated(term.node):
                 return None
+            if _factory_of(term.node, ("zeros", "new_zeros", "zeros_like")):
+                visible.append(Band())                      # a zero bias of symbolic size (T5 without relative bias)
+                continue
             value = reader.read(term.node)
             if not isinstance(value, Additive):
                 return None
@@ -388,8 +391,14 @@ def _slice_bounds(item: slice, size: int) -> tuple:
 
 def _all_ones(node: fx.Node) -> bool:
     """`torch.ones(...)`, `x.new_ones(...)` or `torch.ones_like(x)` with no other fill: every entry is 1."""
-    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
-    return node.op in ("call_function", "call_method") and name in ("ones", "new_ones", "ones_like")
+    return _factory_of(node, ("ones", "new_ones", "ones_like"))
+
+
+def _factory_of(node: Any, names: tuple) -> bool:
+    """A call of one of these factories (its every entry is their one value, whatever its size)."""
+    if not isinstance(node, fx.Node) or node.op not in ("call_function", "call_method"):
+        return False
+    return (node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")) in names
 
 
 def _expand(ramp: Ramp, sizes: tuple, kwargs: dict) -> Ramp:

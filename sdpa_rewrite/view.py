@@ -223,8 +223,12 @@ def data_users(node: fx.Node) -> list:
 
 
 def is_inplace(node: fx.Node) -> bool:
-    return (node.op == "call_method" and node.target.endswith("_") and not node.target.startswith("_")) or \
-        (node.op == "call_function" and node.target in (operator.iadd, operator.isub, operator.imul, operator.itruediv))
+    """Writes into its first argument: `x.masked_fill_(...)`, `x += y`, and `x[i] = v` (Dynamo records that
+    as `operator.setitem`; a mask built with it is not the zeros it started as)."""
+    return (node.op == "call_method" and (node.target.endswith("_") and not node.target.startswith("_")
+                                          or node.target == "__setitem__")) or \
+        (node.op == "call_function" and node.target in (operator.iadd, operator.isub, operator.imul, operator.itruediv,
+                                                        operator.setitem))
 
 
 # ---- shapes and scalars -------------------------------------------------------------------------

@@ -194,3 +194,23 @@ def test_dynamic_true_module_scale_after_a_regroup_is_rewritten():
     assert len(reports) == 1
     (site,) = reports[0].sites
     assert site.rewritten, str(reports[0])
+
+
+class IndexWrittenMask(torch.nn.Module):
+    """A mask built as zeros, then one key column set to -inf by index assignment (`operator.setitem` in
+    Dynamo's graph): not the all-visible zeros it started as."""
+
+    def forward(self, q, k, v):
+        mask = torch.zeros(q.size(-2), k.size(-2))
+        mask[:, 1] = float("-inf")
+        return torch.softmax(q @ k.transpose(-1, -2) * 0.25 + mask, dim=-1) @ v
+
+
+def test_mask_written_by_index_assignment_is_folded_with_the_write():
+    q, k, v = qkv()
+    reports = []
+    model = IndexWrittenMask()
+    out = torch.compile(model, backend="sdpa_rewrite", options={"downstream": "eager", "report": reports.append})(q, k, v)
+    torch.testing.assert_close(out, model(q, k, v), rtol=1e-5, atol=1e-5)
+    (site,) = reports[0].sites
+    assert site.rewritten and not site.mask.startswith("none"), site.mask

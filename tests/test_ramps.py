@@ -88,6 +88,20 @@ class OnesTriangle(nn.Module):
         return torch.softmax(s, dim=-1) @ v
 
 
+class ZeroBias(nn.Module):
+    """T5's cross-attention without relative attention: a zero bias of symbolic size, all visible; with a
+    column written to -inf in place it is a mask (the in-place write must be seen)."""
+    def __init__(self, written: bool):
+        super().__init__()
+        self.written = written
+
+    def forward(self, q, k, v):
+        bias = torch.zeros((1, q.size(1), q.size(-2), k.size(-2)))
+        if self.written:
+            bias[..., 0] = float("-inf")
+        return torch.softmax(q @ k.transpose(-1, -2) * 0.25 + bias, dim=-1) @ v
+
+
 CASES = [
     (V5SdpaMask(), [(2, 8, 8), (3, 11, 11), (2, 5, 5)], "causal"),
     (V5PackedSequenceCheck(), [(2, 8, 8), (3, 11, 11), (2, 5, 5)], "causal"),
@@ -105,12 +119,15 @@ CASES = [
     (OnesTriangle("tril-minus-1"), [(2, 8, 8), (3, 11, 11)], None),
     (OnesTriangle("zeros-tril"), [(2, 8, 8), (3, 11, 11)], None),
     (OnesTriangle("corner"), [(2, 8, 8), (3, 11, 11)], None),
+    (ZeroBias(False), [(2, 8, 8), (3, 11, 11)], "none"),
+    (ZeroBias(True), [(2, 8, 8), (3, 11, 11)], None),
 ]
 
 
 @pytest.mark.parametrize("model, shapes, proven", CASES,
                          ids=["v5-causal", "v5-packed", "v5-decode", "v5-chunk", "strict", "band", "ramp-of-one", "bool-ramp", "hides-last",
-                              "packed-append", "tril-bool", "tril-eq-0", "triu-1", "tril-minus-1", "zeros-tril", "corner"])
+                              "packed-append", "tril-bool", "tril-eq-0", "triu-1", "tril-minus-1", "zeros-tril", "corner",
+                              "zero-bias", "zero-bias-written"])
 def test_symbolic_masks_proven_only_when_they_are(model, shapes, proven):
     reports = []
     compiled = torch.compile(model, backend="sdpa_rewrite", dynamic=True,

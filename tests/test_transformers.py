@@ -166,6 +166,30 @@ def test_dynamic_shapes_rewritten_exact_without_recompiles(build, gqa, how):
     assert all(s.causal == "top-left" and "proven for every size" in s.mask for s in sites), [s.mask for s in sites]
 
 
+def test_t5_dynamic_shapes_keep_the_bias_a_bias():
+    """dynamic=True turns the embedding's float `norm_type` into a graph input; F.embedding never reads it
+    without a `max_norm`, so the position bias stays a parameter bias (no empty-row check), and the
+    cross-attention's zero bias of symbolic size is proven all-visible."""
+    model = t5()
+    reports = []
+    compiled = torch.compile(model, backend="sdpa_rewrite", dynamic=True,
+                             options={"downstream": "eager", "report": reports.append, "strict": True})
+    g = torch.Generator().manual_seed(0)
+    for batch, length in ((2, 16), (3, 11)):
+        ids = torch.randint(0, 128, (batch, length), generator=g)
+        dec = torch.randint(0, 128, (batch, length), generator=g)
+        with torch.no_grad():
+            assert_close_outputs(compiled(input_ids=ids, decoder_input_ids=dec).logits,
+                                 model(input_ids=ids, decoder_input_ids=dec).logits)
+    assert len(reports) == 1, f"{len(reports)} compiles for 2 sizes"
+    sites = reports[0].sites
+    assert len(sites) == 6 and all(s.rewritten for s in sites), str(reports[0])
+    cross = [s for s in sites if "EncDecAttention" in s.location]
+    assert all(s.mask.startswith("none") for s in cross), [s.mask for s in cross]
+    assert all(s.mask == "bias (reads the parameter `weight`) -> additive" for s in sites if s not in cross), \
+        [s.mask for s in sites]
+
+
 @pytest.mark.parametrize("build", [gpt2, llama], ids=["gpt2", "llama"])
 @pytest.mark.parametrize("padded", [False, True], ids=["no mask", "left-padded"])
 @pytest.mark.parametrize("use_cache", [True, False], ids=["cache", "no cache"])
