@@ -227,8 +227,11 @@ def is_inplace(node: fx.Node) -> bool:
     as `operator.setitem`; a mask built with it is not the zeros it started as)."""
     return (node.op == "call_method" and (node.target.endswith("_") and not node.target.startswith("_")
                                           or node.target == "__setitem__")) or \
-        (node.op == "call_function" and node.target in (operator.iadd, operator.isub, operator.imul, operator.itruediv,
-                                                        operator.setitem))
+        (node.op == "call_function" and node.target in _INPLACE_OPERATORS)
+
+
+_INPLACE_OPERATORS = (operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv, operator.ipow,
+                      operator.iand, operator.ior, operator.ixor, operator.setitem)
 
 
 # ---- shapes and scalars -------------------------------------------------------------------------
