@@ -265,10 +265,10 @@ def _absorbed_rows(b: _Builder, att: Attention, q: fx.Node, mask: fx.Node):
     """Rows of an additive mask with no visible key (every value at or below -MASKING). Eager's answer there is
     softmax(s + m) as its arithmetic rounds it, and kernels get such rows wrong: cuDNN near finfo.min, and a
     backward that recomputes the weights from the log-sum-exp, which cancels at large |m| (the CPU kernel's
-    does). Two cases, both handed to the kernel with
-    no large value left in the row:
-    - m swamps the scores (|m| >= 2**(mantissa bits + 1): eager's s + m no longer depends on s): eager's weights are
-      softmax(m), uniform over the keys at the row's maximum; the kernel gets a zero query and a 0 / -inf mask;
+    does). Two cases, both handed to the kernel with no large value left in the row:
+    - m swamps the scores (|m| >= 2**(mantissa bits + 1): eager's s + m no longer depends on s): eager's
+      weights are softmax(m), uniform over the keys at the row's maximum; the kernel gets a zero query and a
+      0 / -inf mask;
     - otherwise (BERT's -1e4): eager's weights are softmax(s + m); the row is shifted by its maximum, which
       changes nothing but the rounding.
     Returns the query, the mask, and which rows hold a finite value (rows of -inf alone get zeros)."""
