@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The issue-5 runs the H100 sessions' device time did not reach (see bench/RESULTS.md), in priority order.
 # One part per device call (each under the 10-minute limit, at most 8 files back under $OUT):
-#     PYTHONPATH=. bash bench/issue5_remaining.sh 1      (then 2, 3)
+#     PYTHONPATH=. bash bench/issue5_remaining.sh 1      (then 2, 3, 4; part 1 ran 2026-12-01, parts 2-4 2026-12-02)
 # Each part measures the backend beside its own baseline in the same process, so its ratios hold on whatever
 # GPU runs it (2026-12-01: an H200; the earlier rows are an H100's and are not mixed with these).
 # Part 1's OPT step runs twice: under the machine's transformers (5.17 there) and under transformers 5.24, carried
@@ -22,14 +22,17 @@ case "${1:-1}" in
     run 170 gen_gpt2 bench/models.py gpt2 --generate --generate-forms eager,inductor_sdpa,backend_inductor
     with_524 run 120 train_opt_tf524 bench/training.py opt --shape 8x1024 --reps 5 --forms inductor_sdpa,backend_inductor
     run 250 gen_llama bench/models.py llama --generate --generate-forms inductor_sdpa,backend_inductor ;;
-2)  # first the CUDA check of fully masked rows (the additive-mask fix of 2026-12-01 has not run on CUDA yet),
-    # then the largest batch for Llama (each form and length is one dynamic-batch compile)
-    timeout 120 python bench/cuda_masks.py > "$OUT/cuda_masks.txt" 2>&1; tail -30 "$OUT/cuda_masks.txt"
+2)  # first the CUDA check of fully masked rows (the additive-mask fix of 2026-12-01 has not run on CUDA yet);
+    # T5's training step again with 20 timed steps (run 4 of 2026-12-01 had an IQR of 29 ms on 5) and a profile of
+    # each form's kernels; T5 generate()
+    timeout 100 python bench/cuda_masks.py > "$OUT/cuda_masks.txt" 2>&1; tail -30 "$OUT/cuda_masks.txt"
+    run 270 train_t5 bench/training.py t5 --shape 8x512 --reps 20 --forms inductor_sdpa,backend_inductor --profile-rows 14
+    run 190 gen_t5 bench/models.py t5 --generate --generate-forms eager,inductor_sdpa,backend_inductor ;;
+3)  # GPT-2's generate() with the new empty-row check and with it off, beside Inductor on native sdpa (interleaved);
+    # generate() for OPT
+    run 250 gen_gpt2_rows bench/models.py gpt2 --generate \
+        --generate-forms inductor_sdpa,backend_inductor_kernel_rows,backend_inductor,inductor_sdpa
+    run 300 gen_opt bench/models.py opt --generate --generate-forms eager,inductor_sdpa,backend_inductor ;;
+4)  # the largest batch for Llama (each form and length is one dynamic-batch compile)
     run 430 maxb_llama bench/training.py llama --forms '' --max-batch 1024,2048 --dynamic-batch ;;
-3)  # generate() for OPT; GPT-2's with the empty-row check off, beside Inductor on native sdpa (interleaved)
-    run 240 gen_opt bench/models.py opt --generate --generate-forms eager,inductor_sdpa,backend_inductor
-    run 300 gen_gpt2_rows bench/models.py gpt2 --generate \
-        --generate-forms inductor_sdpa,backend_inductor_kernel_rows,backend_inductor,inductor_sdpa,backend_inductor_kernel_rows ;;
-4)  # T5's training step again, 20 timed steps (run 4 of 2026-12-01 had an IQR of 29 ms on 5)
-    run 300 train_t5 bench/training.py t5 --shape 8x512 --reps 20 --forms inductor_sdpa,backend_inductor ;;
 esac

@@ -92,7 +92,7 @@ class Trainer:
 
 
 def step_rows(name: str, batch: int, seq: int, forms: list, *, device: str, tiny: bool, reps: int,
-              record: Record) -> list:
+              record: Record, profile_rows: int = 0) -> list:
     args = zoo.inputs(name, batch, seq, device=device, labels=True)
     rows = []
     for form in forms:
@@ -103,6 +103,8 @@ def step_rows(name: str, batch: int, seq: int, forms: list, *, device: str, tiny
         t = measure(lambda: trainer.step(args), warmup=2, reps=reps, device=device)  # noqa: B023, F821  (called before the del below)
         total = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
         done, found, seconds = site_counts(trainer.reports)
+        if profile_rows:
+            print_profile(lambda: trainer.step(args), f"{name} B{batch} S{seq} {form}", profile_rows, device)  # noqa: B023, F821  (called before the del below)
         rows.append(record.add("steps", {"model": name, "shape": f"B{batch} S{seq}", "form": form, "step_ms": round(t.ms, 1),
                      "iqr_ms": round(t.spread_ms, 1), "peak_mib": round(total) if total else None,
                      "first_step_s": round(compile_s, 1), "sites": f"{done}/{found}" if trainer.reports else "",
@@ -112,6 +114,24 @@ def step_rows(name: str, batch: int, seq: int, forms: list, *, device: str, tiny
         if device == "cuda":
             torch.cuda.empty_cache()
     return rows
+
+
+def print_profile(step, title: str, rows: int, device: str, steps: int = 3) -> None:
+    """The top kernels of `steps` training steps by self device time, and the launch count: where two forms' step
+    times differ, this says which kernels differ."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+    events = prof.key_averages()
+    sort = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
+    kernels = [e for e in events if device == "cuda" and e.device_type == torch.autograd.DeviceType.CUDA]
+    print(f"== profile: {title} ({steps} steps; {sum(e.count for e in kernels)} device kernels, "
+          f"{sum(e.self_device_time_total for e in kernels) / 1e3 / steps:.1f} ms of kernel time per step)")
+    print(events.table(sort_by=sort, row_limit=rows, max_name_column_width=90), flush=True)
 
 
 def largest_batch(name: str, seq: int, form: str, *, tiny: bool, record: Record, probes=(2, 4), limit: int = 4096,
@@ -169,6 +189,7 @@ def main() -> int:
     ap.add_argument("--dynamic-batch", action="store_true",
                     help="largest batch: one compile with the batch symbolic instead of one static compile per batch")
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--profile-rows", type=int, default=0, help="print each form's top kernels of 3 profiled steps")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--json")
     args = ap.parse_args()
@@ -178,7 +199,7 @@ def main() -> int:
     for name in args.models:
         if args.forms:
             rows += step_rows(name, batch, seq, args.forms.split(","), device=device, tiny=args.tiny, reps=args.reps,
-                              record=record)
+                              record=record, profile_rows=args.profile_rows)
         for s in filter(None, args.max_batch.split(",")):
             for form in args.max_batch_forms.split(","):
                 biggest.append(record.add("largest_batch", largest_batch(name, int(s), form, tiny=args.tiny, record=record,
