@@ -35,4 +35,11 @@ case "${1:-1}" in
     run 300 gen_opt bench/models.py opt --generate --generate-forms eager,inductor_sdpa,backend_inductor ;;
 4)  # the largest batch for Llama (each form and length is one dynamic-batch compile)
     run 430 maxb_llama bench/training.py llama --forms '' --max-batch 1024,2048 --dynamic-batch ;;
+5)  # why generate() under the backend is slower on the GPU (parts 2-3: GPT-2, T5, OPT): recompiles, each graph's
+    # sites and kernels, and the top operators of one profiled generate() per form
+    for spec in "gpt2 230 backend_inductor,inductor_sdpa,backend_inductor_kernel_rows" "t5 150 backend_inductor,inductor_sdpa"; do
+        set -- $spec
+        TORCH_LOGS=recompiles timeout "$2" python bench/profile_generate.py "$1" --forms "$3" > "$OUT/prof_gen_$1.log" 2>&1
+        grep -E "^==|^-- graph|Recompiling|guard failure|    - " "$OUT/prof_gen_$1.log" | cut -c1-220 | tail -40
+    done ;;
 esac
