@@ -20,6 +20,7 @@ class Timing:
     ms: float            # median
     spread_ms: float     # interquartile range of the timed calls
     peak_mib: float      # peak allocated during one call, above what was allocated before it (CUDA only)
+    best_ms: float = float("nan")   # fastest timed call: for host-bound work (decode), the least disturbed one
 
 
 def _cuda(device: torch.device | str | None) -> bool:
@@ -47,7 +48,8 @@ def measure(fn: Callable[[], object], *, warmup: int = 3, reps: int = 20, device
             fn()
             times.append((time.perf_counter() - t) * 1e3)
     quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
-    return Timing(statistics.median(times), quartiles[2] - quartiles[0], peak_mib(fn) if cuda else float("nan"))
+    return Timing(statistics.median(times), quartiles[2] - quartiles[0], peak_mib(fn) if cuda else float("nan"),
+                  min(times))
 
 
 def peak_mib(fn: Callable[[], object]) -> float:

@@ -48,6 +48,23 @@ def test_generate_rows_same_tokens(tmp_path):
     assert rows[1]["same_tokens"] == 1.0 and rows[1]["sites"].split("/")[0] == rows[1]["sites"].split("/")[1] != "0"
 
 
+def test_generate_isolated_runs_each_form_in_its_own_process(tmp_path):
+    record = Record(str(tmp_path / "gen.json"))
+    rows = models.generate_isolated("llama", ["eager", "backend_eager"], 1,
+                                    ["--prompt", "8", "--new", "4", "--generate-reps", "2", "--tiny"], record)
+    assert [(r["form"], r["round"], r["process"]) for r in rows] == [("eager", 1, "own"), ("backend_eager", 1, "own")]
+    assert rows[1]["same_tokens"] == 1.0 and rows[1]["sites"].split("/")[0] == rows[1]["sites"].split("/")[1] != "0"
+    assert all(0 < r["best_ms_per_token"] <= r["ms_per_token"] for r in rows)
+    assert json.loads((tmp_path / "gen.json").read_text())["generate"] == rows
+
+
+def test_training_profile_prints_each_form(capsys):
+    training.step_rows("gpt2", 1, 8, ["backend_eager"], device="cpu", tiny=True, reps=1, record=Record(),
+                       profile_rows=3)
+    out = capsys.readouterr().out
+    assert "== profile: gpt2 B1 S8 backend_eager (3 steps;" in out and "Self CPU" in out
+
+
 def test_training_step_rows_rewrite_every_site():
     rows = training.step_rows("t5", 2, 16, ["eager", "backend_eager"], device="cpu", tiny=True, reps=2, record=Record())
     assert rows[1]["sites"] == "6/6"
