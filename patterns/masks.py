@@ -187,6 +187,18 @@ class V5CacheOffsetMask(nn.Module):
         return torch.matmul(F.softmax(attn_weights, dim=-1), v)
 
 
+class V5CachedChunk(nn.Module):
+    """A chunk of L queries after a KV cache (chunked prefill, assisted decoding): the new keys and values are
+    `cat`-ed onto the cache, as transformers' DynamicCache.update does, so S = past + L and S >= L are facts of
+    the graph's sizes, and v5's `kv_idx <= q_idx` mask at cache_position = arange(past, past + L) is lower-right
+    causal for every past and L: SDPA with the causal_lower_right helper and no mask, also when Dynamo makes
+    the lengths symbolic. Called as (q, k_new, v_new, k_cache, v_cache)."""
+
+    def forward(self, q, k, v, k_cache, v_cache):
+        k, v = torch.cat([k_cache, k], dim=-2), torch.cat([v_cache, v], dim=-2)
+        return V5CacheOffsetMask.forward(self, q, k, v)
+
+
 # ---- constant masks that stay masks ------------------------------------------------------------
 
 class SlidingWindow(nn.Module):

@@ -57,7 +57,7 @@ def emit(gm: fx.GraphModule, att: Attention) -> fx.Node:
             v = b.method("to", v, att.compute_dtype)
         mask = _mask(b, att)
         finite_rows = None
-        if att.empty_rows and not att.uniform_rows and mask is not None and (att.terms or att.absorbing):  # a float mask
+        if att.empty_rows and not att.uniform_rows and _float_mask(att):
             q, mask, finite_rows = _absorbed_rows(b, att, q, mask)
         kwargs = {"attn_mask": mask, "dropout_p": _dropout_p(b, att),
                   "is_causal": att.causal == "top-left", "scale": att.scale}
@@ -187,8 +187,15 @@ def _symbol_sources(g: fx.Graph) -> dict:
     return sources
 
 
+def _float_mask(att: Attention) -> bool:
+    """Whether `_mask` builds a float mask (it has additive parts) rather than a bool keep-mask or none."""
+    return bool(att.terms or att.absorbing)
+
+
 def _mask(b: _Builder, att: Attention):
     """Σ cᵢ·Tᵢ (+ absorbing fills) as a float mask; -inf fills as a bool keep-mask; both -> masked float."""
+    if not _float_mask(att):
+        return _keep(b, att)
     parts = []
     for term in att.terms:
         x = b.relayout(term.node, term.at, att.top_shape)
@@ -201,16 +208,16 @@ def _mask(b: _Builder, att: Attention):
         cond = b.relayout(cond, at, att.top_shape)
         masked = cond if masked_when else b.call(torch.logical_not, cond)
         parts.append(b.call(operator.mul, b.method("to", masked, att.compute_dtype), value))  # where(R, f, 0)
-    additive = None
-    for x in parts:
-        additive = x if additive is None else b.call(operator.add, additive, x)
-    if additive is not None and any(dtype(t.node) != att.compute_dtype for t in att.terms):
+    additive = parts[0]
+    for x in parts[1:]:
+        additive = b.call(operator.add, additive, x)
+    if any(dtype(t.node) != att.compute_dtype for t in att.terms):
         additive = b.method("to", additive, att.compute_dtype)
-    if additive is not None and att.clamp is not None:
+    if att.clamp is not None:
         additive = b.call(torch.clamp_min, additive, att.clamp)      # eager's max(S, finfo.min): -inf -> finite
-    if additive is not None and att.keep:
+    if att.keep:
         return b.call(torch.masked_fill, additive, _masked(b, att), -math.inf)  # where(keep, m, -inf)
-    return additive if additive is not None else _keep(b, att)
+    return additive
 
 
 def _conds(b: _Builder, att: Attention):

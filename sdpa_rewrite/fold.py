@@ -26,7 +26,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from .view import _fetch_attr, is_inplace, meta_value
+from .view import _fetch_attr, is_inplace, meta_value, target_name
 
 # Ops whose value is not a function of their inputs: never folded.
 _RANDOM = ("rand", "randn", "randint", "randperm", "bernoulli", "multinomial", "normal", "dropout",
@@ -170,7 +170,7 @@ class Folder:
             aliases = set(nodes)
             for n in self.gm.graph.nodes:          # graph order: a view's base is seen before the view
                 if n.op in ("call_method", "call_function") and n.args and n.args[0] in aliases \
-                        and _name(n) in _VIEWS:
+                        and target_name(n) in _VIEWS:
                     aliases.add(n)
             writers = [n for n in self.inplace if n.args[0] in aliases and n not in nodes
                        and self.order[n] < limit]
@@ -201,7 +201,7 @@ class Folder:
             return obj.clone() if isinstance(obj, torch.Tensor) else obj
         if node.op not in ("call_function", "call_method"):
             raise NotConstant(f"`{node.name}` is a {node.op}")
-        name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+        name = target_name(node)
         if any(r in name for r in _RANDOM):
             raise NotConstant(f"`{node.name}` is random")
         if _reads_metadata(node):
@@ -229,7 +229,7 @@ class Folder:
     def _through_symbolic(self, node: fx.Node, args: tuple, kwargs: dict) -> tuple:
         """Let a symbolic size through only as an `expand` size or as `arange(size)` used as an index, and a
         reduced value only into ops that keep it exact (see the module docstring); anything else is not folded."""
-        name = _name(node)
+        name = target_name(node)
         if any(n in self.batch_index for n in node.all_input_nodes):
             return self._batch_index_use(node, name, args, kwargs)
         if any(n in self.reduced for n in node.all_input_nodes):
@@ -417,14 +417,6 @@ def _cone(node: fx.Node) -> set:
         seen.add(n)
         stack.extend(_value_inputs(n))
     return seen
-
-
-def _name(n: fx.Node) -> str:
-    if n.op == "call_method":
-        return n.target
-    if n.target is operator.getitem:
-        return "getitem"
-    return getattr(n.target, "__name__", "")
 
 
 def _reads_metadata(node: fx.Node) -> bool:

@@ -14,8 +14,9 @@ cache length). This module reads that small language symbolically:
     const     a tensor with one value everywhere: what transformers' packed-sequence check makes of
               ramps (diff of a ramp is 1, `!= 1` is False, its cumsum 0), a True scalar
 
-and asks torch's shape environment whether the band is provably all-visible or the top-left causal one
-for every size the graph's guards allow (`statically_known_true` adds no guard). Anything outside the
+and asks torch's shape environment whether the band is provably all-visible, the top-left causal one, or the
+lower-right one (j - i <= S - L with S >= L known: queries after a KV cache, keys `cat`-ed onto it) for every size
+the graph's guards allow (`statically_known_true` adds no guard). Anything outside the
 language, or not provable, returns None and the mask stays a mask.
 
 A ramp may also be indexed by other index tensors (gathered): `positions[batch_idx, q_idx]` is the query
@@ -31,7 +32,7 @@ import torch
 import torch.fx as fx
 
 from .fold import _integer_or_no_dtype
-from .view import meta_value, same_batch
+from .view import meta_value, same_batch, target_name
 
 _COMPARE = {"le": "le", "lt": "lt", "ge": "ge", "gt": "gt", "__le__": "le", "__lt__": "lt", "__ge__": "ge",
             "__gt__": "gt"}
@@ -118,6 +119,10 @@ def _classify(band: Band, L, S) -> Optional[tuple]:
         return ("none", "all positions visible, proven for every size")
     if every_row and any(_known(hi == 0) and all(_known(h >= 0) for h in band.hi) for hi in band.hi):
         return ("causal", "top-left, proven for every size")
+    past = S - L                                                    # the keys before the first query
+    if every_row and _known(S >= L) and any(_known(hi == past) and all(_known(h >= past) for h in band.hi)
+                                            for hi in band.hi):
+        return ("causal lower-right", "queries are the last L of S keys, proven for every size")
     return None
 
 
@@ -185,7 +190,7 @@ class _Reader:
             return meta                                     # a size, or arithmetic on sizes
         if node.op not in ("call_function", "call_method"):
             raise NotARamp
-        name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+        name = target_name(node)
         args = node.args
         if name == "arange":
             return self._arange(node)
@@ -398,7 +403,7 @@ def _factory_of(node: Any, names: tuple) -> bool:
     """A call of one of these factories (its every entry is their one value, whatever its size)."""
     if not isinstance(node, fx.Node) or node.op not in ("call_function", "call_method"):
         return False
-    return (node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")) in names
+    return target_name(node) in names
 
 
 def _expand(ramp: Ramp, sizes: tuple, kwargs: dict) -> Ramp:

@@ -16,7 +16,7 @@ from typing import Any, Optional
 import torch
 import torch.fx as fx
 
-from .view import Op, data_users, dtype, is_inplace, is_symbolic_scalar, meta_value, norm_dim, rank, scalar, shape, view
+from .view import Op, data_users, dtype, is_inplace, is_symbolic_scalar, meta_value, norm_dim, rank, scalar, shape, target_name, view
 
 
 class NoMatch(Exception):
@@ -101,7 +101,7 @@ def _fill_constant(x, st: _State, modules, root) -> Optional[float]:
 
 
 def _describe(node: fx.Node) -> str:
-    target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
+    target = target_name(node) or str(node.target)
     hints = {"tanh": "soft-capping (tanh) ", "cat": "a concatenated logit column (attention sink?) ",
              "clamp": "a clamp ", "abs": "an abs "}
     return f"{hints.get(target, '')}`{target}` ({node.name})"

@@ -236,6 +236,12 @@ _INPLACE_OPERATORS = (operator.iadd, operator.isub, operator.imul, operator.itru
 
 # ---- shapes and scalars -------------------------------------------------------------------------
 
+def target_name(node: fx.Node) -> str:
+    """What a call is called: a method's name, a function's `__name__` ("" when it has none); the passes match
+    ops by name because one op has several targets (torch.add, operator.add, Tensor.add)."""
+    return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+
+
 def meta_value(node: Any) -> Any:
     """The example value FX front ends leave on a node: Dynamo's fake tensor, make_fx's val, or ShapeProp's metadata."""
     if not isinstance(node, fx.Node):

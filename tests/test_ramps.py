@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from patterns import qkv
-from patterns.masks import V5CacheOffsetMask, V5PackedSequenceCheck, V5SdpaMask
+from patterns.masks import V5CacheOffsetMask, V5CachedChunk, V5PackedSequenceCheck, V5SdpaMask
 
 
 def _attend(q, k, v, keep):
@@ -145,6 +145,35 @@ def test_symbolic_masks_proven_only_when_they_are(model, shapes, proven):
         assert not site.causal and site.mask.startswith("none") and "proven" in site.mask, site.mask
     else:
         assert not site.causal and "symbolic shapes" in site.mask, site.mask
+
+
+@pytest.mark.parametrize("downstream", ["eager", "aot_eager"])
+def test_chunk_after_a_cache_is_lower_right_for_every_size(downstream):
+    """Keys cat-ed onto a cache make S - L a size the graph knows is >= 0: the v5 mask over them is proven
+    lower-right causal with symbolic lengths (no mask reaches SDPA), and stays exact at every length, the
+    decode step (L == 1) and an empty-looking past included. V5CacheOffsetMask, whose q and k are unrelated
+    inputs, keeps its mask (test above): there S >= L is not known and rows could be empty. q and the new
+    keys share their length, as projections of one hidden state do."""
+    model, reports = V5CachedChunk(), []
+    compiled = torch.compile(model, backend="sdpa_rewrite", dynamic=True,
+                             options={"downstream": downstream, "report": reports.append, "strict": True})
+    for i, (l, past) in enumerate([(5, 8), (6, 3), (7, 10), (9, 11)]):   # no length equal to another size:
+        b = 2                                      # Dynamo's duck sizing would make them one symbol
+        g = torch.Generator().manual_seed(i)
+        q, k, v = (torch.randn(b, 4, l, 16, generator=g) for _ in range(3))
+        kc, vc = (torch.randn(b, 4, past, 16, generator=g) for _ in range(2))
+        for t in (q, k, v):
+            t.requires_grad_(downstream == "aot_eager")
+        out, ref = compiled(q, k, v, kc, vc), model(q, k, v, kc, vc)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+        if downstream == "aot_eager":
+            grads = torch.autograd.grad(out.sum(), (q, k, v))
+            for got, want in zip(grads, torch.autograd.grad(ref.sum(), (q, k, v))):
+                torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert len(reports) == 1, f"{len(reports)} compiles"
+    (site,) = reports[0].sites
+    assert site.rewritten and not isinstance(site.q[-2], int) and not isinstance(site.k[-2], int), site
+    assert site.causal == "lower-right" and "proven for every size" in site.mask, site.mask
 
 
 def test_nanogpt_growing_length_is_causal_for_every_length():
