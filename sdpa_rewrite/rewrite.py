@@ -65,6 +65,12 @@ def rewrite(gm: fx.GraphModule, example_inputs: Optional[Sequence] = None, *, gr
                 except Exception as e:
                     raise SiteError(f.location, e) from e
             report.sites.append(Site.from_finding(f, graph))
+        checked = sum(isinstance(f, Attention) and (f.empty_rows or f.uniform_rows) for f in findings)
+        if checked and empty_rows == "eager":
+            report.notes.append(
+                f"{checked} of {len(report.rewritten)} rewritten sites check for query rows that see no key "
+                "(`+ empty-row check`), to give eager's answer there; if no query row of your inputs is all "
+                "padding, options={'empty_rows': 'kernel'} drops the check (in decoding it is a few launches per layer)")
         if any(isinstance(f, Attention) for f in findings):
             share_common_nodes(gm.graph, before)
             gm.graph.lint()

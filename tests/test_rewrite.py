@@ -258,6 +258,8 @@ def test_empty_rows_kernel_policy_adds_no_row_fix():
     assert not report.sites[0].mask.endswith("empty-row check")
     default = sdpa_rewrite.rewrite(torch.fx.symbolic_trace(model), example_inputs=(q, k, v, mask))
     assert default.sites[0].mask.endswith("-> additive + empty-row check"), default.sites[0].mask   # the cost is shown
+    (note,) = default.notes                                                  # and how to remove it
+    assert note.startswith("1 of 1 rewritten sites check") and "options={'empty_rows': 'kernel'}" in note, note
     out, ref = gm(q, k, v, mask), model(q, k, v, mask)
     torch.testing.assert_close(out[1], ref[1], rtol=1e-5, atol=1e-5)      # batch 1 has no empty row
     with pytest.raises(ValueError, match="empty_rows"):
