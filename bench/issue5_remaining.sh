@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The issue-5 runs the H100 sessions' device time did not reach (see bench/RESULTS.md), in priority order.
 # One part per device call (each under the 10-minute limit, at most 8 files back under $OUT):
-#     PYTHONPATH=. bash bench/issue5_remaining.sh 1      (then 2 ... 7; part 1 ran 2026-12-01, parts 2-5 2026-12-02)
+#     PYTHONPATH=. bash bench/issue5_remaining.sh 1      (then 2 ... 8; part 1 ran 2026-12-01, parts 2-5 2026-12-02)
 # Each part measures the backend beside its own baseline in the same process, so its ratios hold on whatever
 # GPU runs it (2026-12-01: an H200; the earlier rows are an H100's and are not mixed with these).
 # Part 1's OPT step runs twice: under the machine's transformers (5.17 there) and under transformers 5.24, carried
@@ -46,9 +46,11 @@ case "${1:-1}" in
     # form moving more between two slots of a process than between forms); under 5.17, and GPT-2 under 5.24
     run 300 gen_gpt2_iso bench/models.py gpt2 --generate --isolate 2 --generate-reps 5 --generate-forms inductor_sdpa,backend_inductor
     run 280 gen_t5_iso bench/models.py t5 --generate --isolate 2 --generate-reps 5 --generate-forms inductor_sdpa,backend_inductor ;;
-7)  # OPT the same way; GPT-2 under transformers 5.24 (the decode mask proven all-visible: no check); the backend's
-    # largest Llama batch at S2048
+7)  # OPT the same way; GPT-2 under transformers 5.24 (the decode mask proven all-visible: no check)
     run 330 gen_opt_iso bench/models.py opt --generate --isolate 2 --generate-reps 5 --generate-forms inductor_sdpa,backend_inductor
-    with_524 run 150 gen_gpt2_tf524 bench/models.py gpt2 --generate --generate-reps 5 --generate-forms backend_inductor,inductor_sdpa
-    run 100 maxb_llama_2048 bench/training.py llama --forms '' --max-batch 2048 --max-batch-forms backend_inductor --dynamic-batch ;;
+    with_524 run 150 gen_gpt2_tf524 bench/models.py gpt2 --generate --generate-reps 5 --generate-forms backend_inductor,inductor_sdpa ;;
+8)  # OPT's training step under 5.17 again, 20 steps and a profile (run 1: 5 steps, IQR 19 ms); the backend's
+    # largest Llama batch at S2048
+    run 200 train_opt bench/training.py opt --shape 8x1024 --reps 20 --forms inductor_sdpa,backend_inductor,backend_inductor_kernel_rows --profile-rows 14
+    run 200 maxb_llama_2048 bench/training.py llama --forms '' --max-batch 2048 --max-batch-forms backend_inductor --dynamic-batch ;;
 esac
