@@ -42,6 +42,11 @@ def causal_lower_right_attention(q, k, v, dropout_p: float = 0.0, scale: float =
                                           enable_gqa=enable_gqa)
 
 
+def heads_dim(mask: torch.Tensor) -> torch.Tensor:
+    """A mask of a 3-D site ((S,), (L, S) or (N, L, S)), given the heads dim of the (N, 1, L, E) call."""
+    return torch.atleast_2d(mask).unsqueeze(-3)
+
+
 def emit(gm: fx.GraphModule, att: Attention) -> fx.Node:
     g = gm.graph
     with g.inserting_before(att.output):
@@ -63,14 +68,22 @@ def emit(gm: fx.GraphModule, att: Attention) -> fx.Node:
                   "is_causal": att.causal == "top-left", "scale": att.scale}
         if att.gqa > 1:
             kwargs["enable_gqa"] = True
+        qkv = (q, k, v)
+        one_head = len(att.batch) == 1     # (N, L, E): SDPA's fused kernels take (N, H, L, E) only, else math
+        if one_head:
+            qkv = tuple(b.method("unsqueeze", t, 1) for t in qkv)
+            if mask is not None:
+                kwargs["attn_mask"] = b.call(heads_dim, mask)
         if att.causal == "lower-right":
             del kwargs["attn_mask"], kwargs["is_causal"]
-            out = g.call_function(causal_lower_right_attention, (q, k, v), kwargs)
+            out = g.call_function(causal_lower_right_attention, qkv, kwargs)
         else:
-            out = g.call_function(F.scaled_dot_product_attention, (q, k, v), kwargs)
+            out = g.call_function(F.scaled_dot_product_attention, qkv, kwargs)
         for key in ("nn_module_stack", "stack_trace", "source_fn_stack"):
             if key in att.softmax.meta:
                 out.meta[key] = att.softmax.meta[key]
+        if one_head:
+            out = b.method("squeeze", out, 1)
         if att.uniform_rows:
             out = _uniform_rows(b, att, out, v)
         elif finite_rows is not None:
@@ -308,6 +321,9 @@ _FACTORIES = {torch.full, torch.tensor, torch.scalar_tensor, torch.zeros, torch.
 
 def _detach_metadata(g: fx.Graph, node: fx.Node) -> None:
     """Users that read only a dying node's dtype/device/shape get those as constants, so the node can go."""
+    for user in list(node.users):
+        if user.op == "call_function" and user.target is torch.ops.aten._assert_tensor_metadata.default:
+            g.erase_node(user)                   # export's check of a value that is no longer computed
     value = meta_value(node)
     if not isinstance(value, torch.Tensor) or not all(isinstance(d, int) for d in value.shape):
         return
@@ -319,6 +335,12 @@ def _detach_metadata(g: fx.Graph, node: fx.Node) -> None:
             other = user.args[0]
             user.target = {"type_as": "to", "expand_as": "expand", "view_as": "view", "reshape_as": "reshape"}[user.target]
             user.args = (other, value.dtype) if user.target == "to" else (other, *size)
+            continue
+        if user.op == "call_function" and user.target is torch.ops.aten.type_as.default:
+            user.target, user.args = torch.ops.aten.to.dtype, (user.args[0], value.dtype)
+            continue
+        if user.op == "call_function" and user.target is torch.ops.aten.expand_as.default:
+            user.target, user.args = torch.ops.aten.expand.default, (user.args[0], list(size))
             continue
         if user.op == "call_function" and user.target is getattr:
             const = {"dtype": value.dtype, "device": value.device, "shape": size, "ndim": len(size),

@@ -35,7 +35,8 @@ _RANDOM = ("rand", "randn", "randint", "randperm", "bernoulli", "multinomial", "
 _VIEWS = {"view", "reshape", "expand", "expand_as", "unsqueeze", "squeeze", "transpose", "permute", "t",
           "narrow", "select", "contiguous", "flatten", "unflatten", "as_strided", "view_as", "to", "type",
           "float", "half", "bfloat16", "bool", "int", "long", "__getitem__", "getitem", "swapaxes",
-          "diagonal", "movedim", "split", "chunk", "unbind"}
+          "diagonal", "movedim", "split", "chunk", "unbind",
+          "slice", "alias", "_unsafe_view", "_reshape_alias", "split_with_sizes", "unsafe_split"}   # aten spellings
 _MAX_NUMEL = 1 << 28
 # Ops through which a reduced value (a symbolic `expand` kept at size 1) stays exact: they broadcast.
 _ELEMENTWISE = {"where", "masked_fill", "logical_and", "logical_or", "logical_not", "logical_xor", "and_", "or_",

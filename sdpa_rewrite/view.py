@@ -83,6 +83,35 @@ _FUNCTIONS: dict[Any, tuple[str, str]] = {
     aten.masked_fill.Scalar: ("masked_fill", "input mask value"),
     aten._softmax.default: ("softmax", "input dim half_to_float"),
     aten.clone.default: ("layout", "input"),
+    aten.expand.default: ("expand", "input shape..."),
+    aten.view.default: ("reshape", "input shape..."),
+    aten._unsafe_view.default: ("reshape", "input shape..."),
+    aten.reshape.default: ("reshape", "input shape..."),
+    aten.unsqueeze.default: ("unsqueeze", "input dim"),
+    aten.matmul.default: ("matmul", "input other"),
+    aten.softmax.int: ("softmax", "input dim dtype"),
+    aten.mul.Scalar: ("mul", "input other"),
+    aten.div.Scalar: ("div", "input other"),
+    aten.mul_.Tensor: ("mul", "input other"),
+    aten.div_.Tensor: ("div", "input other"),
+    aten.add_.Tensor: ("add", "input other *alpha"),
+    aten.sub_.Tensor: ("sub", "input other *alpha"),
+    aten.masked_fill_.Scalar: ("masked_fill", "input mask value"),
+    aten.masked_fill.Tensor: ("masked_fill", "input mask value"),
+    aten.where.ScalarOther: ("where", "condition input other"),
+    aten.where.ScalarSelf: ("where", "condition input other"),
+    aten.where.Scalar: ("where", "condition input other"),
+    aten.maximum.default: ("maximum", "input other"),
+    aten.max.other: ("maximum", "input other"),
+    aten.clamp_min.default: ("maximum", "input other"),
+    aten.baddbmm.default: ("baddbmm", "input batch1 batch2 *beta alpha"),
+    aten.einsum.default: ("einsum", "equation operands..."),
+    aten.dropout.default: ("dropout", "input p training"),
+    aten.alias.default: ("layout", "input"),
+    aten.contiguous.default: ("layout", "input"),
+    aten.to.dtype: ("cast", "input dtype"),
+    aten.type_as.default: ("cast", "input other"),
+    aten._to_copy.default: ("cast", "input"),
 }
 
 _METHODS: dict[str, tuple[str, str]] = {
@@ -180,8 +209,12 @@ def view(node: fx.Node, modules: Optional[dict] = None) -> Optional[Op]:
             return None
     if kind == "getattr":   # only `.mT` is an op we read; `.T` and `.mH` are not the key transpose
         return Op("transpose", node, {"input": args["input"], "dim0": -2, "dim1": -1}) if args.get("name") == "mT" else None
+    if kind == "cast" and node.target is aten._to_copy.default and set(node.kwargs) - {"dtype"}:
+        return None                                      # a device or layout change, not only a dtype cast
     if kind == "softmax" and node.target is aten._softmax.default:
         args.pop("half_to_float", None)
+    if kind == "expand" and shape(node) is not None and shape(node) == shape(args.get("input")):
+        return Op("layout", node, {"input": args["input"]})   # make_fx spells every matmul operand expand(x, x.shape)
     return Op(kind, node, args)
 
 
@@ -210,6 +243,12 @@ def reads_only_metadata(user: fx.Node, node: fx.Node) -> bool:
     """`user` reads only `node`'s dtype, device or shape (`x.dtype`, `x.size(-1)`, `m.expand_as(x)`)."""
     if user.op == "call_function" and user.target is getattr:
         return user.args[1] in ("dtype", "device", "shape", "ndim", "is_cuda")
+    if user.op == "call_function" and user.target is aten._assert_tensor_metadata.default:
+        return True                                      # torch.export's check of a dtype and device
+    if user.op == "call_function" and user.target in (aten.sym_size.int, aten.sym_stride.int, aten.sym_numel.default):
+        return True                                      # make_fx's symbolic sizes
+    if user.op == "call_function" and user.target in (aten.type_as.default, aten.expand_as.default):
+        return user.args[0] is not node                  # x.type_as(node), x.expand_as(node): node's dtype, shape
     if user.op == "call_method" and user.target in _META_METHODS:
         first_is_data = user.args and user.args[0] is node and user.target not in ("size", "dim") \
             and not user.target.startswith("new_")
@@ -227,7 +266,13 @@ def is_inplace(node: fx.Node) -> bool:
     as `operator.setitem`; a mask built with it is not the zeros it started as)."""
     return (node.op == "call_method" and (node.target.endswith("_") and not node.target.startswith("_")
                                           or node.target == "__setitem__")) or \
-        (node.op == "call_function" and node.target in _INPLACE_OPERATORS)
+        (node.op == "call_function" and (node.target in _INPLACE_OPERATORS or _mutates(node.target)))
+
+
+def _mutates(target) -> bool:
+    """An aten op (make_fx, export) whose schema writes an argument: `aten.masked_fill_`, `aten.copy_`, out=."""
+    schema = getattr(target, "_schema", None)
+    return bool(schema is not None and schema.is_mutable)
 
 
 _INPLACE_OPERATORS = (operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv, operator.ipow,
@@ -237,9 +282,12 @@ _INPLACE_OPERATORS = (operator.iadd, operator.isub, operator.imul, operator.itru
 # ---- shapes and scalars -------------------------------------------------------------------------
 
 def target_name(node: fx.Node) -> str:
-    """What a call is called: a method's name, a function's `__name__` ("" when it has none); the passes match
-    ops by name because one op has several targets (torch.add, operator.add, Tensor.add)."""
-    return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    """What a call is called: a method's name, a function's `__name__`, an aten op's name without its overload
+    (`aten.masked_fill_.Scalar` is "masked_fill_"), "" when it has none; the passes match ops by name because
+    one op has several targets (torch.add, operator.add, Tensor.add, aten.add.Tensor)."""
+    if isinstance(node.target, str):
+        return node.target
+    return getattr(node.target, "_opname", None) or getattr(node.target, "__name__", "")
 
 
 def meta_value(node: Any) -> Any:

@@ -419,22 +419,6 @@ def test_fake_tensor_example_inputs():
     torch.testing.assert_close(gm(q, k, v, m), _masked_attention(q, k, v, m), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("tracing_mode", ["real", "fake", "symbolic"])
-def test_aten_graphs_from_make_fx_are_a_clean_skip(tracing_mode):
-    """make_fx decomposes matmul into expand/bmm/view: not matched (yet), skipped with a reason, untouched."""
-    from torch.fx.experimental.proxy_tensor import make_fx
-
-    q, k, v = qkv()
-    m = _keep_mask()
-    gm = make_fx(_masked_attention, tracing_mode=tracing_mode)(q, k, v, m)
-    before = gm.code
-    report = sdpa_rewrite.rewrite(gm)
-    assert len(report.sites) == 1 and not report.rewritten and report.sites[0].reason
-    assert gm.code == before
-    gm.graph.lint()
-    torch.testing.assert_close(gm(q, k, v, m), _masked_attention(q, k, v, m))
-
-
 def test_fill_that_overflows_to_minus_inf_is_a_minus_inf_mask():
     """finfo.min * 2 is -inf in fp32: eager's fully masked row is NaN, so the rewrite gives zeros, not mean(V)."""
     from patterns.fuzz_found import OverflowingFill

@@ -1,0 +1,133 @@
+"""aten-level graphs: every inference catalog entry traced by make_fx and by torch.export, rewritten in place
+by sdpa_rewrite.rewrite(), gives eager's numbers and the entry's SDPA calls. These front ends spell the same
+attention with aten ops (make_fx decomposes matmul into expand + bmm + view; export keeps aten.matmul and adds
+its own metadata checks), so a spelling the Python-level matcher knows must not be lost, or changed, here."""
+import warnings
+from dataclasses import replace
+
+import pytest
+import torch
+from torch.fx.experimental.proxy_tensor import make_fx
+
+import sdpa_rewrite
+from patterns import all_entries, qkv
+from support import RecordSDPA, assert_close_outputs, check_calls
+
+ENTRIES = [e for e in all_entries() if not e.training]
+
+# Sites an aten front end leaves eager, with the reason the report gives; the Python front ends match them.
+# make_fx decomposes einsum into unsqueeze + permute + bmm, which the matcher does not read back, and puts
+# XCiT's temperature after a reshape; export upcasts GPT-2's reordered baddbmm out of the matcher's reach.
+MISSES = {
+    "make_fx": {"diffusers/ldm_cross_attention_einsum": "not a ·V matmul",
+                "diffusers/ldm_cross_attention_einsum_masked": "not a ·V matmul",
+                "diffusers/two_successive_scale_factors": "not a ·V matmul",
+                "diffusers/q_and_scores_scale_factors": "not a ·V matmul",
+                "diffusers/guided_diffusion_qkv_attention_legacy": "not a ·V matmul",
+                "diffusers/guided_diffusion_qkv_attention": "not a ·V matmul",
+                "diffusers/xcit_learned_temperature": "tensor-valued scale after a reshape"},
+    "export": {"gpt2/upcast_reordered_baddbmm": "no Q·Kᵀ matmul"},
+}
+# Sites an aten front end rewrites with a weaker, still exact, call than the Python front ends: "scale" — the
+# 1/sqrt(d) stays an op on q or on the scores (SDPA gets another scale: make_fx and export spell the scalar
+# arithmetic their own way); "gqa" — the repeated K/V are passed as they are, without enable_gqa (make_fx
+# regroups them to 3-D for bmm, where the un-repeat is not read). Numbers and every other argument are checked.
+WEAKER = {
+    "make_fx": {"bert/distilbert_mhsa_v4": {"scale"}, "falcon/rotary_multi_query": {"gqa"},
+                "gpt2/attn_full_divisor_where_finfo_plus_mask": {"scale"},
+                "gpt2/attn_full_divisor_where_finfo_only": {"scale"}, "gpt2/cross_attention_full_divisor": {"scale"},
+                "gptj/codegen_mask_then_scale": {"scale"}, "llama/eager_attention_forward_gqa": {"gqa"},
+                "llama/mqa_no_rope": {"gqa"}, "llama/qwen2_sliced_long_mask": {"gqa"},
+                "llama/repeat_interleave_gqa": {"gqa"}, "vit/timm_attention": {"scale"}, "vit/mT_key": {"scale"}},
+    "export": {"gpt2/attn_full_divisor_where_finfo_plus_mask": {"scale"},
+               "gpt2/attn_full_divisor_where_finfo_only": {"scale"}, "gpt2/cross_attention_full_divisor": {"scale"},
+               "llama/repeat_interleave_gqa": {"gqa"}},
+}
+# A near-miss of the Python front ends that an aten front end rewrites, exactly: make_fx bakes GPT-J's 0-d
+# `scale_attn` tensor into the graph as a constant, so the scale that divides the finfo.min fill is known.
+REWRITTEN_NEAR_MISSES = {"make_fx": {"gptj/legacy_where_tensor_fill_then_scale"}, "export": set()}
+
+
+def _trace(front_end: str, model, inputs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if front_end == "make_fx":
+            return make_fx(model)(*inputs)
+        return torch.export.export(model, inputs).module()
+
+
+def _masked_attention(q, k, v, m):
+    s = torch.matmul(q, k.transpose(-2, -1)) / q.size(-1) ** 0.5
+    return torch.softmax(s.masked_fill(~m, float("-inf")), dim=-1) @ v
+
+
+@pytest.mark.parametrize("front_end", ["make_fx", "export"])
+@pytest.mark.parametrize("entry", ENTRIES, ids=[e.name for e in ENTRIES])
+def test_aten_graph_of_catalog_entry(entry, front_end):
+    model = entry.module().eval()
+    inputs = entry.inputs()
+    with torch.no_grad():
+        ref = model(*inputs)
+        gm = _trace(front_end, model, inputs)
+        report = sdpa_rewrite.rewrite(gm)
+        rec = RecordSDPA()
+        with rec:
+            out = gm(*inputs)
+    assert_close_outputs(out, ref)
+    gm.graph.lint()
+    miss = MISSES[front_end].get(entry.name)
+    if entry.near_miss and entry.name not in REWRITTEN_NEAR_MISSES[front_end]:
+        assert not report.rewritten and rec.calls == [], str(report)
+    elif miss is not None:
+        assert not report.rewritten and miss in " | ".join(s.reason for s in report.skipped), str(report)
+    elif not entry.near_miss:
+        assert len(report.rewritten) == len(report.sites) == len(entry.expect), str(report)
+        weaker = WEAKER[front_end].get(entry.name, set())
+        expect = tuple(replace(e, scale=c["scale"] if "scale" in weaker else e.scale,
+                               enable_gqa=c["enable_gqa"] if "gqa" in weaker else e.enable_gqa)
+                       for e, c in zip(entry.expect, rec.calls))
+        check_calls(rec.calls, expect)
+        differs = {name for e, c in zip(entry.expect, rec.calls) for name, d in
+                   (("scale", abs(c["scale"] - e.scale) > 1e-6 * e.scale), ("gqa", c["enable_gqa"] != e.enable_gqa)) if d}
+        assert differs == weaker, (entry.name, differs)      # the list says exactly what differs: keep it true
+
+
+@pytest.mark.parametrize("tracing_mode", ["real", "fake", "symbolic"])
+def test_make_fx_tracing_modes(tracing_mode):
+    """make_fx with real, fake and symbolic tensors: the same site, rewritten, exact (symbolic sizes included)."""
+    q, k, v = qkv()
+    m = (torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(3)) > 0.3) | torch.eye(8, dtype=torch.bool)
+    gm = make_fx(_masked_attention, tracing_mode=tracing_mode)(q, k, v, m)
+    report = sdpa_rewrite.rewrite(gm)
+    assert len(report.sites) == 1 and len(report.rewritten) == 1, str(report)
+    gm.graph.lint()
+    torch.testing.assert_close(gm(q, k, v, m), _masked_attention(q, k, v, m), rtol=1e-5, atol=1e-5)
+    if tracing_mode == "symbolic":
+        q2, k2, v2 = qkv(b=3, l=6, seed=1)
+        m2 = torch.rand(3, 1, 6, 6, generator=torch.Generator().manual_seed(4)) > 0.3
+        torch.testing.assert_close(gm(q2, k2, v2, m2), _masked_attention(q2, k2, v2, m2), rtol=1e-5, atol=1e-5)
+
+
+def test_three_d_site_runs_four_d_for_the_fused_kernels():
+    """A (B·H, L, E) site (bmm spellings, every make_fx matmul) reaches SDPA as (B·H, 1, L, E): the fused
+    kernels take 4-D inputs only, and a 3-D call runs the math kernel. The CPU's flash kernel is chosen."""
+    def attn(q, k, v):
+        b, h, l, e = q.shape
+        s = torch.bmm(q.reshape(b * h, l, e), k.reshape(b * h, l, e).transpose(1, 2)) * 0.25
+        return torch.bmm(torch.softmax(s, -1), v.reshape(b * h, l, e)).view(b, h, l, e)
+
+    q, k, v = qkv()
+    gm = torch.fx.symbolic_trace(attn)
+    sdpa_rewrite.rewrite(gm, example_inputs=(q, k, v))
+    seen = []
+
+    class Spy(torch.fx.Interpreter):
+        def call_function(self, target, args, kwargs):
+            if target is torch.nn.functional.scaled_dot_product_attention:
+                seen.append(int(torch._fused_sdp_choice(*args[:3], **kwargs)))
+                assert all(t.dim() == 4 for t in args[:3]), [t.shape for t in args[:3]]
+            return super().call_function(target, args, kwargs)
+
+    out = Spy(gm).run(q, k, v)
+    assert seen == [1]                                        # SDPBackend.FLASH_ATTENTION on the CPU
+    torch.testing.assert_close(out, attn(q, k, v), rtol=1e-5, atol=1e-5)
