@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn as nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
 import sdpa_rewrite
@@ -131,3 +132,43 @@ def test_three_d_site_runs_four_d_for_the_fused_kernels():
     out = Spy(gm).run(q, k, v)
     assert seen == [1]                                        # SDPBackend.FLASH_ATTENTION on the CPU
     torch.testing.assert_close(out, attn(q, k, v), rtol=1e-5, atol=1e-5)
+
+
+class WrittenMask(nn.Module):
+    """A mask built by writes into a tensor, spelled as aten in-place ops and views by make_fx and export: the
+    fold must run the writes (a mask read as the zeros or ones it started as would be a wrong result)."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+
+    def forward(self, q, k, v):
+        n, m = q.size(-2), k.size(-2)
+        if self.how == "setitem":
+            mask = torch.zeros(n, m)
+            mask[:, 1] = float("-inf")
+        elif self.how == "fill_through_view":
+            mask = torch.zeros(n, m)
+            mask.view(-1)[3:9].fill_(float("-inf"))
+        elif self.how == "and_through_alias":
+            keep = torch.ones(n, m, dtype=torch.bool).tril()
+            alias = keep[:, :]
+            alias &= torch.arange(m) % 2 == 0
+            alias |= torch.eye(n, m, dtype=torch.bool)
+            mask = torch.zeros(n, m).masked_fill(~keep, float("-inf"))
+        else:                                                  # masked_fill_: the causal mask, written in place
+            mask = torch.zeros(n, m)
+            mask.masked_fill_(torch.ones(n, m, dtype=torch.bool).triu(1), float("-inf"))
+        return torch.softmax(q @ k.transpose(-1, -2) * 0.25 + mask, -1) @ v
+
+
+@pytest.mark.parametrize("front_end", ["make_fx", "export"])
+@pytest.mark.parametrize("how, verdict", [("setitem", "constant mask"), ("fill_through_view", "constant mask"),
+                                          ("and_through_alias", "constant mask"), ("masked_fill_", "causal")])
+def test_masks_written_in_place_by_aten_ops(how, verdict, front_end):
+    model = WrittenMask(how)
+    q, k, v = qkv()
+    gm = _trace(front_end, model, (q, k, v))
+    report = sdpa_rewrite.rewrite(gm)
+    assert len(report.rewritten) == 1 and report.sites[0].mask.startswith(verdict), str(report)
+    torch.testing.assert_close(gm(q, k, v), model(q, k, v), rtol=1e-5, atol=1e-5)
