@@ -106,6 +106,7 @@ _FUNCTIONS: dict[Any, tuple[str, str]] = {
     aten.clamp_min.default: ("maximum", "input other"),
     aten.baddbmm.default: ("baddbmm", "input batch1 batch2 *beta alpha"),
     aten.einsum.default: ("einsum", "equation operands..."),
+    aten.repeat_interleave.self_int: ("repeat_interleave", "input repeats dim"),
     aten.dropout.default: ("dropout", "input p training"),
     aten.alias.default: ("layout", "input"),
     aten.contiguous.default: ("layout", "input"),
@@ -370,9 +371,10 @@ def scalar(arg: Any, modules: Optional[dict] = None, root: Any = None) -> Option
             return _SCALAR_FUNCTIONS[arg.target](*values)
         except (ArithmeticError, ValueError, TypeError):
             return None
-    if arg.op == "call_function" and arg.target in (torch.tensor, torch.scalar_tensor, torch.as_tensor):
+    if arg.op == "call_function" and arg.target in (torch.tensor, torch.scalar_tensor, torch.as_tensor,
+                                                    aten.scalar_tensor.default):
         return _as_dtype(scalar(arg.args[0], modules, root) if arg.args else None, value)
-    if arg.op == "call_function" and arg.target is torch.full and len(arg.args) >= 2:
+    if arg.op == "call_function" and arg.target in (torch.full, aten.full.default) and len(arg.args) >= 2:
         size = arg.args[0]
         if isinstance(size, (list, tuple)) and len(size) == 0:
             return _as_dtype(scalar(arg.args[1], modules, root), value)
