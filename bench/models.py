@@ -31,7 +31,11 @@ compiled state or its slot in the process, and the table says how far rounds of 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -154,12 +158,6 @@ def generate(name: str, batch: int, forms: list, *, prompt: int, new: int, devic
 def generate_isolated(name: str, forms: list, rounds: int, argv: list, record: Record) -> list:
     """`generate()` with each form in a fresh process, `rounds` times in turn; same_tokens against the first
     form's first process."""
-    import json
-    import subprocess
-    import tempfile
-
-    import os
-
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))     # `from bench import ...` in the child
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), root])))
     rows, ref = [], None

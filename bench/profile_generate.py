@@ -8,11 +8,11 @@ from __future__ import annotations
 import argparse
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 import sdpa_rewrite  # noqa: F401  (registers the backend)
 from bench import zoo
 from bench.models import compiled, impl
+from bench.timing import kernel_totals, profiled
 
 
 def main() -> None:
@@ -37,16 +37,10 @@ def main() -> None:
             model.generate(ids, **kwargs)
             if device == "cuda":
                 torch.cuda.synchronize()
-            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
-            with profile(activities=activities) as prof:
-                model.generate(ids, **kwargs)
-                if device == "cuda":
-                    torch.cuda.synchronize()
-        events = prof.key_averages()
-        kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+            events = profiled(lambda: model.generate(ids, **kwargs), 1, device)  # noqa: B023  (called here)
+        launches, kernel_ms = kernel_totals(events)
         print(f"== {args.model} {form}: {len(reports)} compiled graphs; per token: "
-              f"{sum(e.count for e in kernels) / args.new:.0f} device kernels, "
-              f"{sum(e.self_device_time_total for e in kernels) / 1e3 / args.new:.3f} ms of kernel time, "
+              f"{launches / args.new:.0f} device kernels, {kernel_ms / args.new:.3f} ms of kernel time, "
               f"{sum(e.self_cpu_time_total for e in events) / 1e3 / args.new:.3f} ms of self CPU time")
         for i, r in enumerate(reports):
             for site in sorted({(s.status, s.q, s.k, s.dtype, s.mask, s.causal, s.kernel) for s in r.sites}, key=str):

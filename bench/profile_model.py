@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 import sdpa_rewrite  # noqa: F401  (registers the backend)
 from bench import zoo
 from bench.models import compiled, impl
+from bench.timing import profiled
 
 
 def main() -> None:
@@ -35,15 +35,10 @@ def main() -> None:
                 model(**inputs)
             if device == "cuda":
                 torch.cuda.synchronize()
-            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
-            with profile(activities=activities) as prof:
-                for _ in range(5):
-                    model(**inputs)
-                if device == "cuda":
-                    torch.cuda.synchronize()
+            events = profiled(lambda: model(**inputs), 5, device)  # noqa: B023  (called here)
         sort = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
         print(f"== {args.model} B{batch} S{seq} {form} (5 calls)")
-        print(prof.key_averages().table(sort_by=sort, row_limit=args.rows, max_name_column_width=70))
+        print(events.table(sort_by=sort, row_limit=args.rows, max_name_column_width=70))
 
 
 if __name__ == "__main__":

@@ -63,6 +63,26 @@ def peak_mib(fn: Callable[[], object]) -> float:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
+def profiled(fn: Callable[[], object], calls: int, device=None):
+    """torch.profiler's per-operator averages over `calls` calls of `fn`, CUDA kernels included on CUDA (the
+    device is synchronised before the profile ends, so every launched kernel is counted)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = _cuda(device)
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        for _ in range(calls):
+            fn()
+        if cuda:
+            torch.cuda.synchronize()
+    return prof.key_averages()
+
+
+def kernel_totals(events) -> tuple:
+    """(launches, self device time in ms) of the device kernels among `profiled`'s events."""
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    return sum(e.count for e in kernels), sum(e.self_device_time_total for e in kernels) / 1e3
+
+
 def versions() -> str:
     """The line every result carries: device and software versions."""
     import transformers

@@ -34,7 +34,7 @@ from tabulate import tabulate
 import sdpa_rewrite  # noqa: F401  (registers the backend)
 from bench import zoo
 from bench.models import compiled, impl, site_counts
-from bench.timing import Record, measure, versions
+from bench.timing import Record, kernel_totals, measure, profiled, versions
 
 FORMS = ["eager", "native_sdpa", "inductor_sdpa", "backend_inductor"]
 
@@ -119,18 +119,11 @@ def step_rows(name: str, batch: int, seq: int, forms: list, *, device: str, tiny
 def print_profile(step, title: str, rows: int, device: str, steps: int = 3) -> None:
     """The top kernels of `steps` training steps by self device time, and the launch count: where two forms' step
     times differ, this says which kernels differ."""
-    from torch.profiler import ProfilerActivity, profile
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
-    with profile(activities=activities) as prof:
-        for _ in range(steps):
-            step()
-        if device == "cuda":
-            torch.cuda.synchronize()
-    events = prof.key_averages()
+    events = profiled(step, steps, device)
+    launches, kernel_ms = kernel_totals(events)
     sort = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
-    kernels = [e for e in events if device == "cuda" and e.device_type == torch.autograd.DeviceType.CUDA]
-    print(f"== profile: {title} ({steps} steps; {sum(e.count for e in kernels)} device kernels, "
-          f"{sum(e.self_device_time_total for e in kernels) / 1e3 / steps:.1f} ms of kernel time per step)")
+    print(f"== profile: {title} ({steps} steps; {launches} device kernels, "
+          f"{kernel_ms / steps:.1f} ms of kernel time per step)")
     print(events.table(sort_by=sort, row_limit=rows, max_name_column_width=90), flush=True)
 
 

@@ -240,14 +240,16 @@ _META_METHODS = {"size", "dim", "type_as", "to", "type", "expand_as", "view_as",
                  "new_ones", "new_full", "new_empty", "new_tensor"}
 
 
+# export's check of a dtype and device, and make_fx's symbolic sizes
+_ATEN_METADATA = {aten._assert_tensor_metadata.default, aten.sym_size.int, aten.sym_stride.int, aten.sym_numel.default}
+
+
 def reads_only_metadata(user: fx.Node, node: fx.Node) -> bool:
     """`user` reads only `node`'s dtype, device or shape (`x.dtype`, `x.size(-1)`, `m.expand_as(x)`)."""
     if user.op == "call_function" and user.target is getattr:
         return user.args[1] in ("dtype", "device", "shape", "ndim", "is_cuda")
-    if user.op == "call_function" and user.target is aten._assert_tensor_metadata.default:
-        return True                                      # torch.export's check of a dtype and device
-    if user.op == "call_function" and user.target in (aten.sym_size.int, aten.sym_stride.int, aten.sym_numel.default):
-        return True                                      # make_fx's symbolic sizes
+    if user.op == "call_function" and user.target in _ATEN_METADATA:
+        return True
     if user.op == "call_function" and user.target in (aten.type_as.default, aten.expand_as.default):
         return user.args[0] is not node                  # x.type_as(node), x.expand_as(node): node's dtype, shape
     if user.op == "call_method" and user.target in _META_METHODS:
@@ -263,8 +265,9 @@ def data_users(node: fx.Node) -> list:
 
 
 def is_inplace(node: fx.Node) -> bool:
-    """Writes into its first argument: `x.masked_fill_(...)`, `x += y`, and `x[i] = v` (Dynamo records that
-    as `operator.setitem`; a mask built with it is not the zeros it started as)."""
+    """Writes into its first argument: `x.masked_fill_(...)`, `x += y`, `x[i] = v` (Dynamo records that as
+    `operator.setitem`; a mask built with it is not the zeros it started as), and an aten op whose schema
+    mutates an argument (make_fx and export: `aten.masked_fill_`, `aten.index_put_`, `aten.copy_`)."""
     return (node.op == "call_method" and (node.target.endswith("_") and not node.target.startswith("_")
                                           or node.target == "__setitem__")) or \
         (node.op == "call_function" and (node.target in _INPLACE_OPERATORS or _mutates(node.target)))

@@ -168,3 +168,14 @@ class LayerDropNet(nn.Module):
                 continue
             x = layer(x, seen)
         return x
+
+
+def masked_attention(q, k, v, m):
+    """Attention with a bool keep-mask `m` (False: masked with -inf), as a plain function any tracer can take."""
+    s = torch.matmul(q, k.transpose(-2, -1)) / math.sqrt(q.size(-1))
+    return torch.softmax(s.masked_fill(~m, float("-inf")), dim=-1) @ v
+
+
+def keep_mask():
+    """A (2, 1, 8, 8) random keep-mask with the diagonal kept, so no row is fully masked."""
+    return (torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(3)) > 0.3) | torch.eye(8, dtype=torch.bool)

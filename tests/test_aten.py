@@ -12,7 +12,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 import sdpa_rewrite
 from patterns import all_entries, qkv
-from support import RecordSDPA, assert_close_outputs, check_calls
+from support import RecordSDPA, assert_close_outputs, check_calls, keep_mask, masked_attention
 
 ENTRIES = [e for e in all_entries() if not e.training]
 
@@ -54,11 +54,6 @@ def _trace(front_end: str, model, inputs):
         return torch.export.export(model, inputs).module()
 
 
-def _masked_attention(q, k, v, m):
-    s = torch.matmul(q, k.transpose(-2, -1)) / q.size(-1) ** 0.5
-    return torch.softmax(s.masked_fill(~m, float("-inf")), dim=-1) @ v
-
-
 @pytest.mark.parametrize("front_end", ["make_fx", "export"])
 @pytest.mark.parametrize("entry", ENTRIES, ids=[e.name for e in ENTRIES])
 def test_aten_graph_of_catalog_entry(entry, front_end):
@@ -94,16 +89,16 @@ def test_aten_graph_of_catalog_entry(entry, front_end):
 def test_make_fx_tracing_modes(tracing_mode):
     """make_fx with real, fake and symbolic tensors: the same site, rewritten, exact (symbolic sizes included)."""
     q, k, v = qkv()
-    m = (torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(3)) > 0.3) | torch.eye(8, dtype=torch.bool)
-    gm = make_fx(_masked_attention, tracing_mode=tracing_mode)(q, k, v, m)
+    m = keep_mask()
+    gm = make_fx(masked_attention, tracing_mode=tracing_mode)(q, k, v, m)
     report = sdpa_rewrite.rewrite(gm)
     assert len(report.sites) == 1 and len(report.rewritten) == 1, str(report)
     gm.graph.lint()
-    torch.testing.assert_close(gm(q, k, v, m), _masked_attention(q, k, v, m), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gm(q, k, v, m), masked_attention(q, k, v, m), rtol=1e-5, atol=1e-5)
     if tracing_mode == "symbolic":
         q2, k2, v2 = qkv(b=3, l=6, seed=1)
         m2 = torch.rand(3, 1, 6, 6, generator=torch.Generator().manual_seed(4)) > 0.3
-        torch.testing.assert_close(gm(q2, k2, v2, m2), _masked_attention(q2, k2, v2, m2), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(gm(q2, k2, v2, m2), masked_attention(q2, k2, v2, m2), rtol=1e-5, atol=1e-5)
 
 
 def test_three_d_site_runs_four_d_for_the_fused_kernels():

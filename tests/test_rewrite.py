@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import sdpa_rewrite
-from support import RecordSDPA
+from support import RecordSDPA, keep_mask, masked_attention
 from patterns.masks import V5PackedSequenceCheck
 
 REWRITE_MODULE = importlib.import_module("sdpa_rewrite.rewrite")
@@ -392,31 +392,22 @@ def test_symbolic_batch_folds_only_through_expand(model, folds):
         assert not site.causal and "symbolic shapes" in site.mask, site.mask
 
 
-def _masked_attention(q, k, v, m):
-    s = torch.matmul(q, k.transpose(-2, -1)) / math.sqrt(q.size(-1))
-    return torch.softmax(s.masked_fill(~m, float("-inf")), dim=-1) @ v
-
-
 class MaskedAttention(nn.Module):
     def forward(self, q, k, v, m):
-        return _masked_attention(q, k, v, m)
-
-
-def _keep_mask():
-    return (torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(3)) > 0.3) | torch.eye(8, dtype=torch.bool)
+        return masked_attention(q, k, v, m)
 
 
 def test_fake_tensor_example_inputs():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     q, k, v = qkv()
-    m = _keep_mask()
+    m = keep_mask()
     gm = torch.fx.symbolic_trace(MaskedAttention())
     with FakeTensorMode() as mode:
         fakes = tuple(mode.from_tensor(x) for x in (q, k, v, m))
     report = sdpa_rewrite.rewrite(gm, example_inputs=fakes)
     assert len(report.rewritten) == 1
-    torch.testing.assert_close(gm(q, k, v, m), _masked_attention(q, k, v, m), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gm(q, k, v, m), masked_attention(q, k, v, m), rtol=1e-5, atol=1e-5)
 
 
 def test_fill_that_overflows_to_minus_inf_is_a_minus_inf_mask():
