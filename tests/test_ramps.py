@@ -150,13 +150,21 @@ def test_symbolic_masks_proven_only_when_they_are(model, shapes, proven):
 @pytest.mark.parametrize("downstream", ["eager", "aot_eager"])
 def test_chunk_after_a_cache_is_lower_right_for_every_size(downstream):
     """Keys cat-ed onto a cache make S - L a size the graph knows is >= 0: the v5 mask over them is proven
-    lower-right causal with symbolic lengths (no mask reaches SDPA), and stays exact at every length, the
-    decode step (L == 1) and an empty-looking past included. V5CacheOffsetMask, whose q and k are unrelated
+    lower-right causal with symbolic lengths (the helper gets q, k, v, the scale and no mask), and stays exact
+    at lengths and cache sizes the one compile never saw. V5CacheOffsetMask, whose q and k are unrelated
     inputs, keeps its mask (test above): there S >= L is not known and rows could be empty. q and the new
     keys share their length, as projections of one hidden state do."""
-    model, reports = V5CachedChunk(), []
+    from torch._dynamo.backends.registry import lookup_backend
+    from sdpa_rewrite.emit import causal_lower_right_attention
+
+    model, reports, graphs = V5CachedChunk(), [], []
+
+    def keep_graph(gm, example_inputs):
+        graphs.append(gm)
+        return lookup_backend(downstream)(gm, example_inputs)
+
     compiled = torch.compile(model, backend="sdpa_rewrite", dynamic=True,
-                             options={"downstream": downstream, "report": reports.append, "strict": True})
+                             options={"downstream": keep_graph, "report": reports.append, "strict": True})
     for i, (l, past) in enumerate([(5, 8), (6, 3), (7, 10), (9, 11)]):   # no length equal to another size:
         b = 2                                      # Dynamo's duck sizing would make them one symbol
         g = torch.Generator().manual_seed(i)
@@ -174,6 +182,11 @@ def test_chunk_after_a_cache_is_lower_right_for_every_size(downstream):
     (site,) = reports[0].sites
     assert site.rewritten and not isinstance(site.q[-2], int) and not isinstance(site.k[-2], int), site
     assert site.causal == "lower-right" and "proven for every size" in site.mask, site.mask
+    (call,) = [n for n in graphs[0].graph.nodes if n.op == "call_function" and n.target is causal_lower_right_attention]
+    # dynamic=True lifts the module-global float SCALE into a graph input: it is folded into q, so scale=1.0
+    assert "folded into q" in site.scale_source, site.scale_source
+    assert len(call.args) == 3 and call.kwargs == {"dropout_p": 0.0, "scale": 1.0}, (call.args, call.kwargs)
+    assert not [n for n in graphs[0].graph.nodes if n.target is torch.nn.functional.scaled_dot_product_attention]
 
 
 def test_nanogpt_growing_length_is_causal_for_every_length():
