@@ -51,6 +51,12 @@ case "${1:-1}" in
     with_524 run 150 gen_gpt2_tf524 bench/models.py gpt2 --generate --generate-reps 5 --generate-forms backend_inductor,inductor_sdpa ;;
 8)  # OPT's training step under 5.17 again, 20 steps and a profile (run 1: 5 steps, IQR 19 ms); the backend's
     # largest Llama batch at S2048
-    run 200 train_opt bench/training.py opt --shape 8x1024 --reps 20 --forms inductor_sdpa,backend_inductor,backend_inductor_kernel_rows --profile-rows 14
-    run 200 maxb_llama_2048 bench/training.py llama --forms '' --max-batch 2048 --max-batch-forms backend_inductor --dynamic-batch ;;
+    run 250 train_opt bench/training.py opt --shape 8x1024 --reps 20 --forms inductor_sdpa,backend_inductor,backend_inductor_kernel_rows --profile-rows 14
+    run 320 maxb_llama_2048 bench/training.py llama --forms '' --max-batch 2048 --max-batch-forms backend_inductor --dynamic-batch ;;
+9)  # where OPT's 5.17 training step spends the backend's extra 392 MiB (run 1 of 2026-12-02: 13423 MiB against
+    # 13031 native and 13039 with empty_rows="kernel"); OPT generate() with each form in its own process
+    timeout 200 python bench/step_memory.py opt --shape 8x1024 \
+        --forms inductor_sdpa,backend_inductor,backend_inductor_kernel_rows > "$OUT/step_memory_opt.log" 2>&1
+    grep -vE "Warning|warn" "$OUT/step_memory_opt.log" | cut -c1-200 | tail -45
+    run 330 gen_opt_iso bench/models.py opt --generate --isolate 2 --generate-reps 5 --generate-forms inductor_sdpa,backend_inductor ;;
 esac

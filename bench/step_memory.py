@@ -1,0 +1,89 @@
+"""Where a training step's memory goes, per form: what the forward leaves alive for the backward, the forward's
+and the backward's own peaks, and the live blocks after the forward grouped by the line that allocated them
+(CUDA only). Written to explain a peak-memory difference between two forms of bench/training.py.
+
+    PYTHONPATH=. python bench/step_memory.py opt --shape 8x1024 --forms inductor_sdpa,backend_inductor [--top 12]
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import gc
+import linecache
+
+import torch
+
+from bench import zoo
+from bench.training import Trainer
+from bench.timing import versions
+
+
+def _mib(n: int) -> float:
+    return round(n / 2**20, 1)
+
+
+def step_memory(trainer: Trainer, args: dict, top: int) -> dict:
+    for _ in range(2):                                  # compile, optimizer state, allocator warm
+        trainer.step(args)
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    torch.cuda.memory._record_memory_history(max_entries=200_000, stacks="python")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = trainer.forward(**args, use_cache=False).loss
+    torch.cuda.synchronize()
+    saved = torch.cuda.memory_allocated() - base
+    forward_peak = torch.cuda.max_memory_allocated() - base
+    snapshot = torch.cuda.memory._snapshot()
+    torch.cuda.memory._record_memory_history(enabled=None)
+    torch.cuda.reset_peak_memory_stats()
+    loss.backward()
+    torch.cuda.synchronize()
+    backward_peak = torch.cuda.max_memory_allocated() - base
+    trainer.opt.zero_grad(set_to_none=True)
+    del loss
+    print(f"-- {trainer.form}: live after forward by allocating line (blocks >= 1 MiB)")
+    groups = collections.Counter()
+    for segment in snapshot["segments"]:
+        for block in segment["blocks"]:
+            if block["state"] == "active_allocated" and block["size"] >= 2**20:
+                groups[(_where(block.get("frames", [])), block["size"])] += 1
+    for (where, size), count in sorted(groups.items(), key=lambda kv: -kv[0][1] * kv[1])[:top]:
+        print(f"   {count:3d} x {_mib(size):8.1f} MiB  {where}")
+    return {"form": trainer.form, "saved_mib": _mib(saved), "forward_peak_mib": _mib(forward_peak),
+            "backward_peak_mib": _mib(backward_peak), "live_blocks_mib": _mib(sum(s * c for (_, s), c in groups.items()))}
+
+
+def _where(frames: list) -> str:
+    """The innermost frame in generated Inductor code or in transformers, with its source line."""
+    for f in frames:
+        name = f.get("filename", "")
+        if "torchinductor" in name or "transformers" in name or "sdpa_rewrite" in name:
+            code = linecache.getline(name, f.get("line", 0)).strip()
+            return f"{name.rsplit('/', 1)[-1]}:{f.get('line')} {code[:110]}"
+    return frames[0]["filename"].rsplit("/", 1)[-1] + f":{frames[0].get('line')}" if frames else "?"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model", choices=sorted(zoo.MODELS))
+    ap.add_argument("--shape", default="8x1024")
+    ap.add_argument("--forms", default="inductor_sdpa,backend_inductor")
+    ap.add_argument("--top", type=int, default=12)
+    args = ap.parse_args()
+    batch, seq = map(int, args.shape.split("x"))
+    print(versions())
+    rows = []
+    for form in args.forms.split(","):
+        trainer = Trainer(args.model, form, device="cuda", tiny=False)
+        rows.append(step_memory(trainer, zoo.inputs(args.model, batch, seq, device="cuda", labels=True), args.top))
+        del trainer
+        gc.collect()
+        torch.cuda.empty_cache()
+    for r in rows:
+        print(r)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
