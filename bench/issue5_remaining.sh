@@ -59,4 +59,9 @@ case "${1:-1}" in
         --forms inductor_sdpa,backend_inductor,backend_inductor_kernel_rows > "$OUT/step_memory_opt.log" 2>&1
     grep -vE "Warning|warn" "$OUT/step_memory_opt.log" | cut -c1-200 | tail -45
     run 330 gen_opt_iso bench/models.py opt --generate --isolate 2 --generate-reps 5 --generate-forms inductor_sdpa,backend_inductor ;;
+10) # GPT-2's decode under transformers 5.24, where the decode mask is proven all-visible (no empty-row check):
+    # kernels per token against Inductor on native sdpa (part 5 did this under 5.17: 206 against 185)
+    with_524 timeout 220 python bench/profile_generate.py gpt2 --forms backend_inductor,inductor_sdpa --rows 8 \
+        > "$OUT/prof_gen_gpt2_tf524.log" 2>&1
+    grep -E "^==|^-- graph" "$OUT/prof_gen_gpt2_tf524.log" | cut -c1-220 | tail -12 ;;
 esac
