@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The issue-5 runs the H100 sessions' device time did not reach (see bench/RESULTS.md), in priority order.
 # One part per device call (each under the 10-minute limit, at most 8 files back under $OUT):
-#     PYTHONPATH=. bash bench/issue5_remaining.sh 1      (then 2 ... 8; part 1 ran 2026-12-01, parts 2-5 2026-12-02)
+#     PYTHONPATH=. bash bench/issue5_remaining.sh 1      (then 2 ... 10; part 1 ran 2026-12-01, parts 2-6 and 8-10
+#     2026-12-02; part 7 did not run: its OPT half is in part 9, and part 10's profile replaced its GPT-2 half)
 # Each part measures the backend beside its own baseline in the same process, so its ratios hold on whatever
 # GPU runs it (2026-12-01: an H200; the earlier rows are an H100's and are not mixed with these).
 # Part 1's OPT step runs twice: under the machine's transformers (5.17 there) and under transformers 5.24, carried

@@ -82,3 +82,18 @@ def test_dynamic_batch_trainer_compiles_once_and_keeps_is_causal():
     sites = with_sites[0].sites
     assert not isinstance(sites[0].q[0], int), sites[0].q            # the batch is symbolic
     assert len(sites) == 2 and all(s.rewritten and s.causal == "top-left" for s in sites), str(with_sites[0])
+
+
+def test_step_memory_names_the_allocating_line(tmp_path):
+    """bench/step_memory.py groups live CUDA blocks by the innermost frame in generated Inductor code (or the
+    model, or the rewrite), quoted with its source line: the line names the buffer that costs the memory."""
+    from bench.step_memory import _where
+
+    generated = tmp_path / "torchinductor_u" / "cxa47.py"
+    generated.parent.mkdir()
+    generated.write_text("def call(args):\n    buf0 = empty_strided_cuda((8, 1024), (1024, 1))\n")
+    frames = [{"filename": "/torch/_ops.py", "line": 10}, {"filename": str(generated), "line": 2},
+              {"filename": "/site-packages/transformers/models/opt/modeling_opt.py", "line": 5}]
+    assert _where(frames) == "cxa47.py:2 buf0 = empty_strided_cuda((8, 1024), (1024, 1))"
+    assert _where(frames[:1]) == "_ops.py:10"
+    assert _where([]) == "?"
