@@ -88,7 +88,7 @@ def emit(gm: fx.GraphModule, att: Attention) -> fx.Node:
             out = _uniform_rows(b, att, out, v)
         elif finite_rows is not None:
             out = b.call(torch.where, finite_rows, out, 0.0)       # rows of -inf alone: zeros (eager: NaN)
-        elif att.empty_rows and mask is not None:
+        elif att.empty_rows and mask is not None and not _float_mask(att):
             out = b.call(torch.where, b.method("any", mask, -1, True), out, 0.0)   # bool keep-mask: no key, zeros
         if att.out_permute is not None:
             out = b.method("permute", out, *att.out_permute)
@@ -291,16 +291,21 @@ def _absorbed_rows(b: _Builder, att: Attention, q: fx.Node, mask: fx.Node):
       0 / -inf mask;
     - otherwise (BERT's -1e4): eager's weights are softmax(s + m); the row is shifted by its maximum, which
       changes nothing but the rounding.
-    Returns the query, the mask, and which rows hold a finite value (rows of -inf alone get zeros)."""
+    Returns the query, the mask, and which rows hold a finite value (rows of -inf alone get zeros), or None for
+    a mask that bounds.py proves never -inf: then no select on the output, which in training would keep a
+    second copy of the attention output for the backward."""
     info = torch.finfo(att.compute_dtype)
     swamping = -min(2 / info.eps, info.max / 4)      # 2**(mantissa bits + 1); scaled by log2(e), still finite
     top = b.method("amax", mask, -1, True)
-    finite = b.call(operator.gt, top, -math.inf)
-    hidden = b.call(torch.logical_and, b.call(operator.le, top, -MASKING), finite)
+    finite = None if att.mask_finite else b.call(operator.gt, top, -math.inf)
+    hidden = b.call(operator.le, top, -MASKING)
+    if finite is not None:
+        hidden = b.call(torch.logical_and, hidden, finite)
     mask = b.call(operator.sub, mask, b.call(torch.where, hidden, top, 0.0))         # -inf stays -inf
-    mask = b.call(torch.where, finite, mask, 0.0)      # -inf alone: attend evenly, zeroed after (finite gradients)
-    swamped = b.call(torch.logical_or, b.call(torch.logical_and, hidden, b.call(operator.le, top, swamping)),
-                     b.call(torch.logical_not, finite))
+    swamped = b.call(torch.logical_and, hidden, b.call(operator.le, top, swamping))
+    if finite is not None:
+        mask = b.call(torch.where, finite, mask, 0.0)  # -inf alone: attend evenly, zeroed after (finite gradients)
+        swamped = b.call(torch.logical_or, swamped, b.call(torch.logical_not, finite))
     below_top = b.call(torch.logical_and, swamped, b.call(operator.lt, mask, 0.0))
     mask = b.call(torch.masked_fill, mask, below_top, -math.inf)
     q = b.call(torch.where, swamped, 0.0, q)

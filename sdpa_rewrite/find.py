@@ -15,6 +15,7 @@ from typing import Any, Optional, Union
 import torch
 import torch.fx as fx
 
+from .bounds import never_minus_inf
 from .fold import Folder
 from .masks import MASKING, Verdict, judge, mask_nodes
 from .scores import NoMatch, Operand, Scores, _regroups_batch, read_scores, read_value_einsum, scale_note
@@ -79,6 +80,7 @@ class Attention:
     causal: str = ""              # "top-left": is_causal=True; "lower-right": causal_lower_right(L, S)
     folded: frozenset = frozenset()    # folded mask nodes, erased once unused
     clamp: Optional[float] = None      # the additive mask is clamped to this (max(S, finfo.min) in eager)
+    mask_finite: bool = False          # the float mask provably holds no -inf (bounds.py): no row is -inf alone
 
 
 @dataclass(frozen=True)
@@ -264,7 +266,8 @@ def _assemble(gm, node, top, sc: Scores, pv, p_node, drop, down, modules, folder
         and verdict.empty_rows is not False and verdict.kind != "bias",
         out_permute=out_permute, batch=batch, gqa=gqa, compute_dtype=cdt, out_dtype=out_dtype,
         qk_shape=tuple(sc.qk_shape), top_shape=top_shape, q_shape=qs, k_shape=ks, v_shape=vs, mask_kind=_mask_kind(sc, keep, absorbing, uniform),
-        consumed=(node,) + down + sc.consumed, verdict=verdict, causal=causal, folded=folded, clamp=sc.clamp)
+        consumed=(node,) + down + sc.consumed, verdict=verdict, causal=causal, folded=folded, clamp=sc.clamp,
+        mask_finite=not keep and (sc.clamp is not None or _finite_mask(sc.terms, absorbing, cdt, modules, gm)))
 
 
 
@@ -368,6 +371,14 @@ def _classify_fills(sc: Scores, drop: Optional[Dropout], cdt: Optional[torch.dty
     # finite fill: masked logits all equal -> eager gives uniform weights on a fully masked row; SDPA gets a
     # bool mask and those rows are patched to mean(V)
     return ((f.cond, f.masked_when, f.at),), (), True
+
+
+def _finite_mask(terms: tuple, absorbing: tuple, cdt, modules, gm) -> bool:
+    """The additive mask Σ terms + absorbing fills never holds -inf (a tensor factor after a term: unknown)."""
+    if cdt is None or not (terms or absorbing) or any(t.factors for t in terms):
+        return False
+    parts = [(t.coeff, t.node) for t in terms] + [(value, cond) for cond, _, value, _ in absorbing]  # v·[cond]
+    return never_minus_inf(parts, cdt, modules, gm)
 
 
 def _finite_in(value: float, dt: Optional[torch.dtype]) -> bool:

@@ -70,8 +70,8 @@ def rewrite(gm: fx.GraphModule, example_inputs: Optional[Sequence] = None, *, gr
             report.notes.append(
                 f"{checked} of {len(report.rewritten)} rewritten sites check for query rows that see no key "
                 "(`+ empty-row check`), to give eager's answer there; if no query row of your inputs is all "
-                "padding, options={'empty_rows': 'kernel'} drops the check (it costs a few launches per layer, and in training one more copy of "
-                "each such attention output kept for the backward)")
+                "padding, options={'empty_rows': 'kernel'} drops the check (it costs a few launches per layer, and where the mask may hold -inf, one "
+                "more copy of each attention output kept for the backward in training)")
         if any(isinstance(f, Attention) for f in findings):
             share_common_nodes(gm.graph, before)
             gm.graph.lint()
