@@ -1,6 +1,7 @@
 """Shape and spelling corner cases the engine must read by algebra, not by name: a positive softmax dim,
 q used as its own key (self-similarity, e.g. Reformer's shared-QK attention: reformer/modeling_reformer.py,
-LSHSelfAttention), torch.softmax with an fp32 upcast and `.to(dtype)` back, and two sites in one module."""
+LSHSelfAttention), torch.softmax with an fp32 upcast and `.to(dtype)` back, two sites in one module, and unbatched
+(L, E) attention."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -25,6 +26,23 @@ class SharedQK(nn.Module):
         return w @ v
 
 
+class OneSequence(nn.Module):
+    """Unbatched (L, E) attention with `k.T`: one graph's node attention, or a loop over sequences and heads.
+    SDPA gets it as (1, 1, L, E), the only layout its fused kernels take."""
+
+    def forward(self, q, k, v):
+        q, k, v = q[0, 0], k[0, 0], v[0, 0]
+        return torch.softmax(q @ k.T / q.size(-1) ** 0.5, dim=-1) @ v
+
+
+class OneSequencePadded(nn.Module):
+    """The same with a key padding mask (S,) filled with -inf: a bool keep-mask broadcast over the queries."""
+
+    def forward(self, q, k, v, keep):
+        s = (q[0, 0] @ k[0, 0].transpose(0, 1)) * 0.25
+        return torch.softmax(s.masked_fill(~keep, float("-inf")), dim=-1) @ v[0, 0]
+
+
 class TwoSites(nn.Module):
     """Self-attention then cross-attention on another memory, in one forward."""
 
@@ -36,6 +54,10 @@ class TwoSites(nn.Module):
 
 
 ENTRIES = [
+    Entry("shapes/one_sequence_2d", "variant: unbatched (L, E) q, k, v, q @ k.T / sqrt(E) (graph-node attention)",
+          OneSequence, lambda: qkv(seed=64), (Expect(scale=0.25),)),
+    Entry("shapes/one_sequence_2d_key_padding", "variant: unbatched (L, E), masked_fill(~keep, -inf) with keep (S,)",
+          OneSequencePadded, lambda: qkv(seed=65) + (torch.arange(8) < 6,), (Expect(scale=0.25, mask="bool"),)),
     Entry("shapes/positive_softmax_dim", "variant: softmax(s, 3) on (B,H,L,S), k.transpose(2, 3)",
           PositiveDim, lambda: qkv(seed=61), (Expect(scale=0.25),)),
     Entry("shapes/q_as_key", "reformer/modeling_reformer.py style shared QK: q @ qᵀ, fp32 softmax cast back",

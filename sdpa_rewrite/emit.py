@@ -43,7 +43,8 @@ def causal_lower_right_attention(q, k, v, dropout_p: float = 0.0, scale: float =
 
 
 def heads_dim(mask: torch.Tensor) -> torch.Tensor:
-    """A mask of a 3-D site ((S,), (L, S) or (N, L, S)), given the heads dim of the (N, 1, L, E) call."""
+    """A mask of a 3-D or 2-D site ((S,), (L, S) or (N, L, S)), given the heads dim of the (N, 1, L, E) or
+    (1, 1, L, E) call (SDPA's mask needs at least 2 dims)."""
     return torch.atleast_2d(mask).unsqueeze(-3)
 
 
@@ -69,11 +70,13 @@ def emit(gm: fx.GraphModule, att: Attention) -> fx.Node:
         if att.gqa > 1:
             kwargs["enable_gqa"] = True
         qkv = (q, k, v)
-        one_head = len(att.batch) == 1     # (N, L, E): SDPA's fused kernels take (N, H, L, E) only, else math
-        if one_head:
+        lead = max(0, 2 - len(att.batch))  # SDPA's fused kernels take (N, H, L, E) only, else math
+        if lead == 1:                      # (N, L, E) -> (N, 1, L, E)
             qkv = tuple(b.method("unsqueeze", t, 1) for t in qkv)
-            if mask is not None:
-                kwargs["attn_mask"] = b.call(heads_dim, mask)
+        elif lead == 2:                    # (L, E) -> (1, 1, L, E)
+            qkv = tuple(b.method("unsqueeze", b.method("unsqueeze", t, 0), 0) for t in qkv)
+        if lead and mask is not None:
+            kwargs["attn_mask"] = b.call(heads_dim, mask)
         if att.causal == "lower-right":
             del kwargs["attn_mask"], kwargs["is_causal"]
             out = g.call_function(causal_lower_right_attention, qkv, kwargs)
@@ -82,8 +85,8 @@ def emit(gm: fx.GraphModule, att: Attention) -> fx.Node:
         for key in ("nn_module_stack", "stack_trace", "source_fn_stack"):
             if key in att.softmax.meta:
                 out.meta[key] = att.softmax.meta[key]
-        if one_head:
-            out = b.method("squeeze", out, 1)
+        for _ in range(lead):
+            out = b.method("squeeze", out, 0 if lead == 2 else 1)
         if att.uniform_rows:
             out = _uniform_rows(b, att, out, v)
         elif finite_rows is not None:

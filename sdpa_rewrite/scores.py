@@ -384,8 +384,8 @@ def _read_qk(op: Op, st, consumed, modules, root, depth):
         left, right = op["input"], op["other"]
     if rank(left) is None or rank(right) is None:
         raise NoMatch("the graph has no shapes for Q and K", depth)
-    if rank(left) < 3 or rank(right) < 3:
-        raise NoMatch("Q·Kᵀ on 2-D tensors (no batch dim)", depth)
+    if rank(left) < 2 or rank(right) < 2:
+        raise NoMatch("Q·Kᵀ on 1-D tensors (a vector product, not attention)", depth)
     q, qf, qnotes, qc = _peel(left, "q", modules, root)
     kt, kf, knotes, kc = _peel(right, "k", modules, root)
     k = Operand(kt.node, transpose=not kt.transpose)   # kᵀ as stored -> k in (..., S, E)

@@ -37,6 +37,8 @@ _FUNCTIONS: dict[Any, tuple[str, str]] = {
     torch.matmul: ("matmul", "input other"),
     operator.matmul: ("matmul", "input other"),
     torch.bmm: ("matmul", "input other"),
+    torch.mm: ("matmul", "input other"),
+    torch.t: ("t", "input"),
     torch.baddbmm: ("baddbmm", "input batch1 batch2 *beta alpha"),
     torch.einsum: ("einsum", "equation operands..."),
     torch.transpose: ("transpose", "input dim0 dim1"),
@@ -73,6 +75,8 @@ _FUNCTIONS: dict[Any, tuple[str, str]] = {
     operator.getitem: ("getitem", "input index"),
     getattr: ("getattr", "input name"),
     aten.bmm.default: ("matmul", "input other"),
+    aten.mm.default: ("matmul", "input other"),
+    aten.t.default: ("t", "input"),
     aten.transpose.int: ("transpose", "input dim0 dim1"),
     aten.permute.default: ("permute", "input dims"),
     aten.mul.Tensor: ("mul", "input other"),
@@ -118,6 +122,8 @@ _FUNCTIONS: dict[Any, tuple[str, str]] = {
 _METHODS: dict[str, tuple[str, str]] = {
     "matmul": ("matmul", "input other"),
     "bmm": ("matmul", "input other"),
+    "mm": ("matmul", "input other"),
+    "t": ("t", "input"),
     "baddbmm": ("baddbmm", "input batch1 batch2 *beta alpha"),
     "transpose": ("transpose", "input dim0 dim1"),
     "swapaxes": ("transpose", "input dim0 dim1"),
@@ -208,8 +214,11 @@ def view(node: fx.Node, modules: Optional[dict] = None) -> Optional[Op]:
     if kind == "cast" and node.op == "call_method" and node.target in ("to", "type"):
         if not _is_dtype_cast(node):
             return None
-    if kind == "getattr":   # only `.mT` is an op we read; `.T` and `.mH` are not the key transpose
-        return Op("transpose", node, {"input": args["input"], "dim0": -2, "dim1": -1}) if args.get("name") == "mT" else None
+    if kind in ("getattr", "t"):   # `.mT`, and `.T` / `.t()` of a matrix, are the key transpose (`.T` of more
+        name = args.get("name", "T")                           # dims reverses them all, `.t()` of a vector is a no-op)
+        if name == "mT" or name == "T" and rank(args["input"]) == 2:
+            return Op("transpose", node, {"input": args["input"], "dim0": -2, "dim1": -1})
+        return None
     if kind == "cast" and node.target is aten._to_copy.default and set(node.kwargs) - {"dtype"}:
         return None                                      # a device or layout change, not only a dtype cast
     if kind == "softmax" and node.target is aten._softmax.default:

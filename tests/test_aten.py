@@ -101,14 +101,22 @@ def test_make_fx_tracing_modes(tracing_mode):
         torch.testing.assert_close(gm(q2, k2, v2, m2), masked_attention(q2, k2, v2, m2), rtol=1e-5, atol=1e-5)
 
 
-def test_three_d_site_runs_four_d_for_the_fused_kernels():
-    """A (B·H, L, E) site (bmm spellings, every make_fx matmul) reaches SDPA as (B·H, 1, L, E): the fused
-    kernels take 4-D inputs only, and a 3-D call runs the math kernel. The CPU's flash kernel is chosen."""
-    def attn(q, k, v):
-        b, h, l, e = q.shape
-        s = torch.bmm(q.reshape(b * h, l, e), k.reshape(b * h, l, e).transpose(1, 2)) * 0.25
-        return torch.bmm(torch.softmax(s, -1), v.reshape(b * h, l, e)).view(b, h, l, e)
+def _bmm_attention(q, k, v):
+    b, h, l, e = q.shape
+    s = torch.bmm(q.reshape(b * h, l, e), k.reshape(b * h, l, e).transpose(1, 2)) * 0.25
+    return torch.bmm(torch.softmax(s, -1), v.reshape(b * h, l, e)).view(b, h, l, e)
 
+
+def _one_sequence_attention(q, k, v):
+    keep = torch.ones(8, 8, dtype=torch.bool).tril()
+    return torch.softmax((q[0, 0] @ k[0, 0].transpose(-2, -1) * 0.25).masked_fill(~keep, -1e9), -1) @ v[0, 0]
+
+
+@pytest.mark.parametrize("attn", [_bmm_attention, _one_sequence_attention], ids=["3-D", "2-D"])
+def test_three_d_site_runs_four_d_for_the_fused_kernels(attn):
+    """A (B·H, L, E) site (bmm spellings, every make_fx matmul) reaches SDPA as (B·H, 1, L, E), and an (L, E)
+    site (one sequence, one head) as (1, 1, L, E): the fused kernels take 4-D inputs only, and a 3-D or 2-D call
+    runs the math kernel. The CPU's flash kernel is chosen."""
     q, k, v = qkv()
     gm = torch.fx.symbolic_trace(attn)
     sdpa_rewrite.rewrite(gm, example_inputs=(q, k, v))
