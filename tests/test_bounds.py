@@ -42,9 +42,11 @@ def test_bounds_of_masks_built_from_constants(build, lo, hi):
 
 
 def test_inputs_and_unknown_ops_are_unbounded():
-    gm = _traced(lambda m, i: (m * 2, i.float(), torch.exp(m)), (torch.zeros(2, 8), torch.ones(2, 8, dtype=torch.long)))
+    gm = _traced(lambda m, i: (m * 2, (1.0 - i.float()) * MIN32, torch.exp(m), i.bool().float()),
+                 (torch.zeros(2, 8), torch.ones(2, 8, dtype=torch.long)))
     outs = [n for n in gm.graph.nodes if n.op == "output"][0].args[0]
-    assert [value_bounds(n) for n in outs] == [None, None, None]     # a float input, an integer input, exp
+    # a float input; BERT's (1 - m)·finfo.min from an integer m (m = -1 gives -inf); exp; an integer made boolean
+    assert [value_bounds(n) for n in outs] == [None, None, None, (0.0, 1.0)]
 
 
 def test_a_sum_that_overflows_in_a_narrow_dtype_can_be_minus_inf():
