@@ -1,8 +1,11 @@
 """Where a training step's memory goes, per form: what the forward leaves alive for the backward, the forward's
 and the backward's own peaks, and the live blocks after the forward grouped by the line that allocated them
-(CUDA only). Written to explain a peak-memory difference between two forms of bench/training.py.
+(CUDA). Written to explain a peak-memory difference between two forms of bench/training.py.
 
     PYTHONPATH=. python bench/step_memory.py opt --shape 8x1024 --forms inductor_sdpa,backend_inductor [--top 12]
+
+`--saved` (any device; `--tiny` and `--padding N` for a CPU check) instead sums the unique storages the forward
+saves for the backward, as autograd's saved-tensor hooks see them.
 """
 from __future__ import annotations
 
@@ -54,6 +57,24 @@ def step_memory(trainer: Trainer, args: dict, top: int) -> dict:
             "backward_peak_mib": _mib(backward_peak), "live_blocks_mib": _mib(sum(s * c for (_, s), c in groups.items()))}
 
 
+def saved_mib(trainer: Trainer, args: dict) -> dict:
+    """The unique storages one forward saves for the backward (after a warm-up step), in MiB."""
+    trainer.step(args)
+    storages = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        storages[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autocast(trainer.device, dtype=torch.bfloat16):
+            loss = trainer.forward(**args, use_cache=False).loss
+    loss.backward()
+    trainer.opt.zero_grad(set_to_none=True)
+    return {"form": trainer.form, "saved_mib": round(sum(storages.values()) / 2**20, 3), "storages": len(storages)}
+
+
 def _where(frames: list) -> str:
     """The innermost frame in generated Inductor code or in transformers, with its source line."""
     for f in frames:
@@ -70,16 +91,25 @@ def main() -> int:
     ap.add_argument("--shape", default="8x1024")
     ap.add_argument("--forms", default="inductor_sdpa,backend_inductor")
     ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--saved", action="store_true", help="only the storages saved for the backward (any device)")
+    ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--padding", type=int, default=0, help="left padding of batch row 1 (an attention_mask input)")
     args = ap.parse_args()
     batch, seq = map(int, args.shape.split("x"))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     print(versions())
     rows = []
     for form in args.forms.split(","):
-        trainer = Trainer(args.model, form, device="cuda", tiny=False)
-        rows.append(step_memory(trainer, zoo.inputs(args.model, batch, seq, device="cuda", labels=True), args.top))
+        trainer = Trainer(args.model, form, device=device, tiny=args.tiny)
+        inputs = zoo.inputs(args.model, batch, seq, device=device, labels=True)
+        if args.padding:
+            inputs["attention_mask"] = torch.ones(batch, seq, dtype=torch.long, device=device)
+            inputs["attention_mask"][1, :args.padding] = 0
+        rows.append(saved_mib(trainer, inputs) if args.saved or device != "cuda" else step_memory(trainer, inputs, args.top))
         del trainer
         gc.collect()
-        torch.cuda.empty_cache()
+        if device == "cuda":
+            torch.cuda.empty_cache()
     for r in rows:
         print(r)
     return 0

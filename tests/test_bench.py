@@ -97,3 +97,23 @@ def test_step_memory_names_the_allocating_line(tmp_path):
     assert _where(frames) == "cxa47.py:2 buf0 = empty_strided_cuda((8, 1024), (1024, 1))"
     assert _where(frames[:1]) == "_ops.py:10"
     assert _where([]) == "?"
+
+
+def test_saved_for_backward_drops_one_attention_output_per_layer_for_a_finite_mask(monkeypatch):
+    """bench/step_memory.py --saved on the CPU: with a padding mask built in the graph from finite constants
+    (transformers 5.x), the backend saves one attention output per layer less for the backward than when the
+    mask is treated as possibly -inf (the output select of rows of -inf alone: a second copy kept for the
+    out-projection's weight gradient)."""
+    import sys
+
+    from bench.step_memory import saved_mib
+
+    batch, seq = 2, 32
+    args = training.zoo.inputs("llama", batch, seq, device="cpu", labels=True)
+    args["attention_mask"] = torch.ones(batch, seq, dtype=torch.long)
+    args["attention_mask"][1, :10] = 0
+    proven = saved_mib(training.Trainer("llama", "backend_eager", device="cpu", tiny=True), args)
+    monkeypatch.setattr(sys.modules["sdpa_rewrite.find"], "_finite_mask", lambda *a: False)
+    unproven = saved_mib(training.Trainer("llama", "backend_eager", device="cpu", tiny=True), args)
+    layers, width = 2, 64                                             # tiny Llama; bf16 under autocast
+    assert unproven["saved_mib"] - proven["saved_mib"] == pytest.approx(layers * batch * seq * width * 2 / 2**20, abs=1e-3)
