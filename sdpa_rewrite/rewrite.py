@@ -65,13 +65,16 @@ def rewrite(gm: fx.GraphModule, example_inputs: Optional[Sequence] = None, *, gr
                 except Exception as e:
                     raise SiteError(f.location, e) from e
             report.sites.append(Site.from_finding(f, graph))
-        checked = sum(isinstance(f, Attention) and (f.empty_rows or f.uniform_rows) for f in findings)
+        checked = [f for f in findings if isinstance(f, Attention) and (f.empty_rows or f.uniform_rows)]
         if checked and empty_rows == "eager":
+            selecting = sum(f.uniform_rows or not f.mask_finite for f in checked)
             report.notes.append(
-                f"{checked} of {len(report.rewritten)} rewritten sites check for query rows that see no key "
-                "(`+ empty-row check`), to give eager's answer there; if no query row of your inputs is all "
-                "padding, options={'empty_rows': 'kernel'} drops the check (it costs a few launches per layer, and where the mask may hold -inf, one "
-                "more copy of each attention output kept for the backward in training)")
+                f"{len(checked)} of {len(report.rewritten)} rewritten sites check for query rows that see no key "
+                "(`+ empty-row check`), to give eager's answer there: a few launches per layer. "
+                f"{selecting} of them also select on the attention output (a mask that may hold -inf, a boolean "
+                "or a finite-fill one), which in training keeps a second copy of each such output for the "
+                "backward. If no query row of your inputs is all padding, options={'empty_rows': 'kernel'} "
+                "drops the check")
         if any(isinstance(f, Attention) for f in findings):
             share_common_nodes(gm.graph, before)
             gm.graph.lint()
