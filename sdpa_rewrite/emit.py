@@ -63,7 +63,9 @@ def emit(gm: fx.GraphModule, att: Attention) -> fx.Node:
             v = b.method("to", v, att.compute_dtype)
         mask = _mask(b, att)
         finite_rows = None
-        if att.empty_rows and not att.uniform_rows and _float_mask(att):
+        if att.uniform_rows:
+            q, mask = _uniform_rows(b, att, q, mask)
+        elif att.empty_rows and _float_mask(att):
             q, mask, finite_rows = _absorbed_rows(b, att, q, mask)
         kwargs = {"attn_mask": mask, "dropout_p": _dropout_p(b, att),
                   "is_causal": att.causal == "top-left", "scale": att.scale}
@@ -87,11 +89,9 @@ def emit(gm: fx.GraphModule, att: Attention) -> fx.Node:
                 out.meta[key] = att.softmax.meta[key]
         for _ in range(lead):
             out = b.method("squeeze", out, 0 if lead == 2 else 1)
-        if att.uniform_rows:
-            out = _uniform_rows(b, att, out, v)
-        elif finite_rows is not None:
+        if finite_rows is not None:
             out = b.call(torch.where, finite_rows, out, 0.0)       # rows of -inf alone: zeros (eager: NaN)
-        elif att.empty_rows and mask is not None and not _float_mask(att):
+        elif att.empty_rows and not att.uniform_rows and mask is not None and not _float_mask(att):
             out = b.call(torch.where, b.method("any", mask, -1, True), out, 0.0)   # bool keep-mask: no key, zeros
         if att.out_permute is not None:
             out = b.method("permute", out, *att.out_permute)
@@ -269,19 +269,15 @@ def _dropout_p(b: _Builder, att: Attention):
     return d.p if d.training else 0.0
 
 
-def _uniform_rows(b: _Builder, att: Attention, out: fx.Node, v: fx.Node) -> fx.Node:
-    """Eager gives a fully masked row (finite fill) uniform weights: its output is the mean of V."""
-    keep = _keep(b, att)
-    any_visible = b.method("any", keep, -1, True)
-    return b.call(torch.where, any_visible, out, _mean_v(b, att, v))
-
-
-def _mean_v(b: _Builder, att: Attention, v: fx.Node) -> fx.Node:
-    """Uniform weights' output: the mean of V over keys, one row per query head."""
-    mean_v = b.method("mean", v, -2, True)
-    if att.gqa > 1:
-        mean_v = b.method("repeat_interleave", mean_v, att.gqa, -3)
-    return mean_v
+def _uniform_rows(b: _Builder, att: Attention, q: fx.Node, mask: fx.Node):
+    """Eager gives a fully masked row (finite fill) uniform weights, mean(V): the fill replaced every score there,
+    and any term added before it. The kernel gets that row with no mask value (every key visible, or 0) and a
+    zero query, so equal scores: the same weights, with no select on the output (which in training would keep
+    a second copy of it for the backward) and no fully masked row reaching the kernel."""
+    float_mask = _float_mask(att)
+    any_visible = b.method("any", _keep(b, att) if float_mask else mask, -1, True)
+    mask = b.call(torch.where, any_visible, mask, 0.0 if float_mask else True)   # no key visible -> every key
+    return b.call(torch.where, any_visible, q, 0.0), mask                          # ... seen by q = 0
 
 
 def _absorbed_rows(b: _Builder, att: Attention, q: fx.Node, mask: fx.Node):

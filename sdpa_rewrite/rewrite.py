@@ -67,14 +67,13 @@ def rewrite(gm: fx.GraphModule, example_inputs: Optional[Sequence] = None, *, gr
             report.sites.append(Site.from_finding(f, graph))
         checked = [f for f in findings if isinstance(f, Attention) and (f.empty_rows or f.uniform_rows)]
         if checked and empty_rows == "eager":
-            selecting = sum(f.uniform_rows or not f.mask_finite for f in checked)
+            selecting = sum(not f.uniform_rows and not f.mask_finite for f in checked)   # emit's zeros for -inf rows
             report.notes.append(
                 f"{len(checked)} of {len(report.rewritten)} rewritten sites check for query rows that see no key "
                 "(`+ empty-row check`), to give eager's answer there: a few launches per layer. "
-                f"{selecting} of them also select on the attention output (a mask that may hold -inf, a boolean "
-                "or a finite-fill one), which in training keeps a second copy of each such output for the "
-                "backward. If no query row of your inputs is all padding, options={'empty_rows': 'kernel'} "
-                "drops the check")
+                f"{selecting} of them also select on the attention output (their mask may hold -inf), which in "
+                "training keeps a second copy of each such output for the backward. If no query row of your "
+                "inputs is all padding, options={'empty_rows': 'kernel'} drops the check")
         if any(isinstance(f, Attention) for f in findings):
             share_common_nodes(gm.graph, before)
             gm.graph.lint()

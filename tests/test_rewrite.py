@@ -113,18 +113,27 @@ def _rows(l=8, s=8):
 
 @pytest.mark.parametrize("fill", [-1e4, -1e9, torch.finfo(torch.float32).min], ids=["-1e4", "-1e9", "finfo.min"])
 def test_finite_fill_keeps_uniform_rows(fill):
-    inputs = qkv() + (_rows(),)
+    """A fully masked row under a finite fill gets eager's uniform weights, mean(V), with its gradients: the
+    kernel sees that row with every key visible and a zero query, and nothing selects on SDPA's output (in
+    training a select there keeps a second copy of the output for the backward)."""
+    q, k, v = (x.requires_grad_() for x in qkv())
+    inputs = (q, k, v, _rows())
     model = Filled(fill)
     gm = torch.fx.symbolic_trace(model)
     report = sdpa_rewrite.rewrite(gm, example_inputs=inputs)
     assert len(report.rewritten) == 1
+    (sdpa,) = [n for n in gm.graph.nodes if n.target is F.scaled_dot_product_attention]
+    assert [u.op for u in sdpa.users] == ["output"]
     rec = RecordSDPA()
     with rec:
         out = gm(*inputs)
     assert len(rec.calls) == 1
     ref = model(*inputs)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(out[0, :, 2], inputs[2][0].mean(-2), rtol=1e-5, atol=1e-5)  # uniform weights
+    torch.testing.assert_close(out[0, :, 2], v[0].mean(-2), rtol=1e-5, atol=1e-5)  # uniform weights
+    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    for a, b in zip(torch.autograd.grad((out * w).sum(), (q, k, v)), torch.autograd.grad((ref * w).sum(), (q, k, v))):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_minus_inf_fill_gives_zeros_where_eager_gives_nan():
