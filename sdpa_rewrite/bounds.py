@@ -13,7 +13,6 @@ graph input, a buffer, an op outside the vocabulary — is unbounded. Reads the 
 from __future__ import annotations
 
 import math
-import operator
 from typing import Optional
 
 import torch
@@ -39,10 +38,7 @@ def never_minus_inf(terms: list, dt: torch.dtype, modules: Optional[dict] = None
     held = {dt} | {dtype(node) for _, node in terms}
     total: Optional[Interval] = (0.0, 0.0)
     for coeff, node in terms:
-        b = value_bounds(node, modules, root)
-        if b is None or total is None:
-            return False
-        total = _add(total, _scale(b, coeff))
+        total = _add(total, _scale(value_bounds(node, modules, root), coeff))
         for d in held:
             total = _round(total, d)
     return total is not None and total[0] > -math.inf and total[1] < math.inf
@@ -85,18 +81,14 @@ def _bounds(node: fx.Node, modules, root, depth) -> Optional[Interval]:
     if op.kind == "masked_fill":                    # masked_fill(x, c, v) ∈ hull(x, v)
         return _hull(of(op["input"]), of(op["value"]))
     if op.kind in ("add", "sub"):
-        a, b = of(op["input"]), of(op["other"])
         alpha = scalar(op["alpha"]) if op["alpha"] is not None else 1
-        if a is None or b is None or alpha is None:
+        if alpha is None:
             return None
-        b = _scale(b, alpha if op.kind == "add" else -alpha)   # x - α·y = x + (-α)·y
-        return _add(a, b)
+        return _add(of(op["input"]), _scale(of(op["other"]), alpha if op.kind == "add" else -alpha))  # x - α·y
     if op.kind == "mul":
-        a, b = of(op["input"]), of(op["other"])
-        return None if a is None or b is None else _mul(a, b)
-    if op.kind == "maximum":                        # max(x, y) ∈ [max(lo), max(hi)]
-        a, b = of(op["input"]), of(op["other"])
-        return None if a is None or b is None else (max(a[0], b[0]), max(a[1], b[1]))
+        return _mul(of(op["input"]), of(op["other"]))
+    if op.kind == "maximum":
+        return _max(of(op["input"]), of(op["other"]))
     return None
 
 
@@ -105,26 +97,32 @@ def _point(c) -> Optional[Interval]:
     return None if math.isnan(c) else (c, c)
 
 
+# Interval arithmetic; an unknown operand (None), or a NaN endpoint (-inf + inf, 0 · inf), gives None.
+
 def _hull(a: Optional[Interval], b: Optional[Interval]) -> Optional[Interval]:
     return None if a is None or b is None else (min(a[0], b[0]), max(a[1], b[1]))
 
 
-def _add(a: Interval, b: Interval) -> Optional[Interval]:
-    lo, hi = a[0] + b[0], a[1] + b[1]                # -inf + inf is NaN: unknown
+def _max(a: Optional[Interval], b: Optional[Interval]) -> Optional[Interval]:   # max(x, y) ∈ [max(lo), max(hi)]
+    return None if a is None or b is None else (max(a[0], b[0]), max(a[1], b[1]))
+
+
+def _add(a: Optional[Interval], b: Optional[Interval]) -> Optional[Interval]:
+    if a is None or b is None:
+        return None
+    lo, hi = a[0] + b[0], a[1] + b[1]
     return None if math.isnan(lo) or math.isnan(hi) else (lo, hi)
 
 
-def _scale(a: Interval, c: float) -> Optional[Interval]:
+def _scale(a: Optional[Interval], c: float) -> Optional[Interval]:
     return _mul(a, (float(c), float(c)))
 
 
-def _mul(a: Optional[Interval], b: Interval) -> Optional[Interval]:
-    if a is None:
+def _mul(a: Optional[Interval], b: Optional[Interval]) -> Optional[Interval]:
+    if a is None or b is None:
         return None
-    products = [operator.mul(x, y) for x in a for y in b]
-    if any(math.isnan(p) for p in products):        # 0 · inf
-        return None
-    return (min(products), max(products))
+    products = [x * y for x in a for y in b]
+    return None if any(math.isnan(p) for p in products) else (min(products), max(products))
 
 
 def _round(a: Optional[Interval], dt: Optional[torch.dtype]) -> Optional[Interval]:

@@ -57,6 +57,12 @@ def test_a_sum_that_overflows_in_a_narrow_dtype_can_be_minus_inf():
     assert not never_minus_inf([(1.0, term), (1.0, term)], torch.float32)   # -1.2e5 overflows fp16 before the cast
 
 
+def test_a_zero_times_minus_inf_term_is_unknown():
+    """0 · [-inf, 0] has a NaN endpoint: unknown, so not proven finite (this once raised a TypeError)."""
+    term = _out(_traced(lambda keep: torch.where(keep, 0.0, float("-inf")), (torch.ones(2, 8, dtype=torch.bool),)))
+    assert not never_minus_inf([(0.0, term)], torch.float32)
+
+
 class PaddedAttention(nn.Module):
     """A padding mask built in the graph from the input keep-mask, added to the scores."""
 
