@@ -62,11 +62,14 @@ def emit(gm: fx.GraphModule, att: Attention) -> fx.Node:
         if dtype(att.v.node) != att.compute_dtype:
             v = b.method("to", v, att.compute_dtype)
         mask = _mask(b, att)
-        finite_rows = None
+        seen_rows = None                   # query rows to keep; the others see no key and get zeros (eager: NaN)
         if att.uniform_rows:
             q, mask = _uniform_rows(b, att, q, mask)
         elif att.empty_rows and _float_mask(att):
-            q, mask, finite_rows = _absorbed_rows(b, att, q, mask)
+            q, mask, seen_rows = _absorbed_rows(b, att, q, mask)
+        elif att.empty_rows:
+            seen_rows = b.method("any", mask, -1, True)                # bool keep-mask: a row with a key
+        assert (seen_rows is not None) == att.zeroes_rows
         kwargs = {"attn_mask": mask, "dropout_p": _dropout_p(b, att),
                   "is_causal": att.causal == "top-left", "scale": att.scale}
         if att.gqa > 1:
@@ -89,10 +92,8 @@ def emit(gm: fx.GraphModule, att: Attention) -> fx.Node:
                 out.meta[key] = att.softmax.meta[key]
         for _ in range(lead):
             out = b.method("squeeze", out, 0 if lead == 2 else 1)
-        if finite_rows is not None:
-            out = b.call(torch.where, finite_rows, out, 0.0)       # rows of -inf alone: zeros (eager: NaN)
-        elif att.empty_rows and not att.uniform_rows and mask is not None and not _float_mask(att):
-            out = b.call(torch.where, b.method("any", mask, -1, True), out, 0.0)   # bool keep-mask: no key, zeros
+        if seen_rows is not None:
+            out = b.call(torch.where, seen_rows, out, 0.0)
         if att.out_permute is not None:
             out = b.method("permute", out, *att.out_permute)
         if att.out_dtype != att.compute_dtype:

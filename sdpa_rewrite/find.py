@@ -82,6 +82,12 @@ class Attention:
     clamp: Optional[float] = None      # the additive mask is clamped to this (max(S, finfo.min) in eager)
     mask_finite: bool = False          # the float mask provably holds no -inf (bounds.py): no row is -inf alone
 
+    @property
+    def zeroes_rows(self) -> bool:
+        """Rows that see no key get zeros by a select on SDPA's output (emit): the mask may hold -inf there. In
+        training that select keeps a second copy of the output for the backward."""
+        return self.empty_rows and not self.uniform_rows and not self.mask_finite
+
 
 @dataclass(frozen=True)
 class Miss:

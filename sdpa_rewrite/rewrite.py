@@ -67,7 +67,7 @@ def rewrite(gm: fx.GraphModule, example_inputs: Optional[Sequence] = None, *, gr
             report.sites.append(Site.from_finding(f, graph))
         checked = [f for f in findings if isinstance(f, Attention) and (f.empty_rows or f.uniform_rows)]
         if checked and empty_rows == "eager":
-            selecting = sum(not f.uniform_rows and not f.mask_finite for f in checked)   # emit's zeros for -inf rows
+            selecting = sum(f.zeroes_rows for f in checked)
             report.notes.append(
                 f"{len(checked)} of {len(report.rewritten)} rewritten sites check for query rows that see no key "
                 "(`+ empty-row check`), to give eager's answer there: a few launches per layer. "

@@ -214,8 +214,10 @@ def view(node: fx.Node, modules: Optional[dict] = None) -> Optional[Op]:
     if kind == "cast" and node.op == "call_method" and node.target in ("to", "type"):
         if not _is_dtype_cast(node):
             return None
-    if kind in ("getattr", "t"):   # `.mT`, and `.T` / `.t()` of a matrix, are the key transpose (`.T` of more
-        name = args.get("name", "T")                           # dims reverses them all, `.t()` of a vector is a no-op)
+    if kind == "t":          # `.t()` is `.T` of a matrix (of a vector, a no-op)
+        kind, args = "getattr", {"input": args["input"], "name": "T"}
+    if kind == "getattr":    # `.mT`, and `.T` of a matrix, are the key transpose; `.T` of more dims reverses them all
+        name = args.get("name")
         if name == "mT" or name == "T" and rank(args["input"]) == 2:
             return Op("transpose", node, {"input": args["input"], "dim0": -2, "dim1": -1})
         return None
