@@ -5,7 +5,9 @@ import pytest
 import torch
 import torch.nn as nn
 
+from patterns import Expect
 from sdpa_rewrite.bounds import never_minus_inf, value_bounds
+from support import check_calls, compile_and_record, sdpa_calls_of
 
 MIN32 = torch.finfo(torch.float32).min
 
@@ -89,20 +91,13 @@ def test_output_select_only_where_the_mask_can_be_minus_inf(fill, selects_output
     keep[0, 5:] = False
     keep[1] = False
     model = PaddedAttention(fill)
-    reports, graphs = [], []
-
-    def downstream(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-
-    torch._dynamo.reset()
-    compiled = torch.compile(model, backend="sdpa_rewrite", fullgraph=True,
-                             options={"downstream": downstream, "report": reports.append})
-    out, ref = compiled(q, k, v, keep), model(q, k, v, keep)
+    out, reports, graphs = compile_and_record(model, (q, k, v, keep))
+    ref = model(q, k, v, keep)
     assert len(reports[0].rewritten) == 1 and reports[0].sites[0].mask.endswith("+ empty-row check")
+    check_calls(sdpa_calls_of(graphs), (Expect(scale=0.25, mask="float"),))
     (note,) = reports[0].notes                                     # the report says which cost the site pays
     assert f"{int(selects_output)} of them also select on the attention output" in note, note
-    sdpa = [n for n in graphs[0].graph.nodes if n.target is torch.nn.functional.scaled_dot_product_attention]
+    sdpa = [n for n in graphs[0][0].graph.nodes if n.target is torch.nn.functional.scaled_dot_product_attention]
     users = {u.target for u in sdpa[0].users}
     assert (torch.where in users) == selects_output, users
     tol = 2e-3 if fill == -1e4 else 1e-5      # s - 1e4 rounds the scores to ~1e-3 in fp32, in eager and kernel alike
