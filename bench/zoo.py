@@ -4,6 +4,8 @@
     opt     OPT-350M-sized        24 layers, d1024, 16 heads, ffn 4096, post-LN, queries scaled before Q·Kᵀ
     t5      T5-base-sized         12 + 12 layers, d768, 12 heads, d_kv 64, unscaled scores + position bias
     llama   Llama-1B-sized        16 layers, d2048, 32 heads / 8 kv heads (GQA), ffn 8192, vocab 128256
+    llama8  Llama-style           8 layers, d2048, 16 heads / 4 kv heads (GQA), ffn 5632, vocab 32000
+                                  (the DESIGN notes' reference rows)
 
 `tiny=True` shrinks every model to 2 layers and width 64 so a script can be checked on a CPU first.
 """
@@ -54,11 +56,20 @@ def _llama(impl, tiny):
                                     bos_token_id=1, eos_token_id=2, pad_token_id=0, attn_implementation=impl)
 
 
+def _llama8(impl, tiny):
+    if tiny:
+        return _llama(impl, tiny)
+    return transformers.LlamaConfig(num_hidden_layers=8, hidden_size=2048, intermediate_size=5632, num_attention_heads=16,
+                                    num_key_value_heads=4, vocab_size=32000, max_position_embeddings=8192,
+                                    bos_token_id=1, eos_token_id=2, pad_token_id=0, attn_implementation=impl)
+
+
 MODELS = {
     "gpt2": Entry("GPT-2 124M", _gpt2, False, ((1, 1024), (8, 1024))),
     "opt": Entry("OPT-350M-sized", _opt, False, ((1, 1024), (8, 1024))),
     "t5": Entry("T5-base-sized", _t5, True, ((1, 512), (8, 512))),
     "llama": Entry("Llama-1B-sized, GQA 32/8", _llama, False, ((1, 2048), (4, 2048))),
+    "llama8": Entry("Llama-style 8 layers, GQA 16/4", _llama8, False, ((4, 2048),)),
 }
 
 

@@ -5,16 +5,20 @@ leaves the graph untouched, warns once, and compiles it anyway; `strict=True` ra
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from typing import Any, Callable, Optional
 
 import torch.fx as fx
 
-from .rewrite import rewrite
+from .dispatch import VerdictDispatch
+from .rewrite import rewrite, snapshot
+from .runtime import probes
 
-OPTIONS = ("downstream", "report", "strict", "fold_buffers", "empty_rows")
+OPTIONS = ("downstream", "report", "strict", "fold_buffers", "empty_rows", "runtime_verdicts")
 _warned: set = set()
+RUNTIME = "; verdict taken at run time"
 
 
 def sdpa_rewrite_backend(gm: fx.GraphModule, example_inputs: list, options: Optional[dict] = None,
@@ -25,7 +29,9 @@ def sdpa_rewrite_backend(gm: fx.GraphModule, example_inputs: list, options: Opti
     report: True prints each graph's table, a callable receives each Report (default: env
     SDPA_REWRITE_REPORT=1); strict: raise on an internal error instead of compiling the graph untouched;
     fold_buffers: read mask buffers at compile time to prove them causal (default True; pass False if
-    the model rewrites a mask buffer between calls); empty_rows: "eager" (default) or "kernel" — see rewrite().
+    the model rewrites a mask buffer between calls); empty_rows: "eager" (default) or "kernel" — see rewrite();
+    runtime_verdicts: a mask that arrives as a graph input is classified at run time and a causal or empty one
+    reaches SDPA's fast paths (default True; off under CUDA graphs, see dispatch.py).
     Any other option is an Inductor config patch when downstream is Inductor.
     """
     options = dict(options or {})
@@ -34,12 +40,19 @@ def sdpa_rewrite_backend(gm: fx.GraphModule, example_inputs: list, options: Opti
     strict = options.pop("strict", False)
     fold_buffers = options.pop("fold_buffers", True)
     empty_rows = options.pop("empty_rows", "eager")
+    runtime_verdicts = options.pop("runtime_verdicts", True) and not _cuda_graphs(downstream, mode, options)
     if empty_rows not in ("eager", "kernel"):
         raise ValueError(f"sdpa_rewrite: empty_rows must be 'eager' or 'kernel', not {empty_rows!r}")
     if options and downstream != "inductor":
         raise ValueError(f"sdpa_rewrite: unknown options {sorted(options)}; known: {OPTIONS}")
+    rewrite_options = {"fold_buffers": fold_buffers, "empty_rows": empty_rows}
+    pristine = snapshot(gm.graph) if runtime_verdicts else None
+    found = []
     try:
-        report = rewrite(gm, example_inputs, fold_buffers=fold_buffers, empty_rows=empty_rows)
+        report = rewrite(gm, example_inputs, **rewrite_options)
+        if pristine is not None and any(s.mask.startswith("input mask") for s in report.rewritten):
+            found = probes(fx.GraphModule(gm, snapshot(pristine)), example_inputs, fold_buffers)
+            _say_runtime_verdicts(report, found)
     except Exception as e:
         if strict:
             raise
@@ -48,14 +61,45 @@ def sdpa_rewrite_backend(gm: fx.GraphModule, example_inputs: list, options: Opti
             _warned.add(key)
             warnings.warn(f"sdpa_rewrite left a graph untouched after an internal error ({key}); "
                           "it is compiled as it was. Pass options={'strict': True} to raise.", stacklevel=2)
-        report = None
+        report, found = None, []
     if report is not None and report.sites:
         _warn_at_recompile_limit(report)
     if callable(show) and report is not None:
         show(report)                       # report=callable: hand each graph's Report to the caller
     elif show and report is not None:
         print(report)
-    return compile_downstream(downstream, gm, example_inputs, mode=mode, config=options)
+    compiled = compile_downstream(downstream, gm, example_inputs, mode=mode, config=options)
+    if not found:
+        return compiled
+    return VerdictDispatch(gm, pristine, found, compiled,
+                           lambda g, inputs: compile_downstream(downstream, g, inputs, mode=mode, config=options),
+                           rewrite_options, rewritten=len(report.rewritten), strict=strict)
+
+
+def _cuda_graphs(downstream, mode, options: dict) -> bool:
+    """CUDA graphs replay without running Python, and a capture may not sync: no run-time verdicts there."""
+    if downstream == "cudagraphs":
+        return True
+    if downstream != "inductor":
+        return False
+    if mode in ("reduce-overhead", "max-autotune"):
+        return True
+    if "triton.cudagraphs" in options:
+        return bool(options["triton.cudagraphs"])
+    from torch._inductor import config
+
+    return bool(config.triton.cudagraphs)
+
+
+def _say_runtime_verdicts(report, found: list) -> None:
+    """Mark the sites whose mask verdict is taken at run time, and say what that costs."""
+    sites = {loc for p in found for loc in p.sites}
+    report.sites[:] = [dataclasses.replace(s, mask=s.mask.replace(")", RUNTIME + ")", 1), runtime_verdict=True)
+                       if s.location in sites else s for s in report.sites]
+    report.notes.append(
+        f"{len(sites)} sites read a mask that is a graph input ({', '.join(sorted({p.input_name for p in found}))}): "
+        "its verdict is taken at run time, once per distinct mask tensor (one host sync), and a causal or "
+        "all-visible mask reaches SDPA as is_causal or no mask. options={'runtime_verdicts': False} turns it off")
 
 
 def _warn_at_recompile_limit(report) -> None:

@@ -82,6 +82,8 @@ class Folder:
         self.reduced: set = set()         # nodes whose value keeps a symbolically expanded dim at its input size
         self.batch_index: set = set()     # `arange(symbolic size)` and its reshapes, kept as a single 0
         self.verdicts: dict = {}          # masks.judge's cache
+        self.assumed: dict = {}           # masks.runtime_key -> Verdict: what a graph-input mask was at run time
+        self.input_masks: dict = {}       # masks.runtime_key -> (Scores, top shape, reader, Verdict) of input masks
         self.order = {n: i for i, n in enumerate(gm.graph.nodes)}
         self.inplace = [n for n in gm.graph.nodes if is_inplace(n) and n.args]
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]

@@ -26,10 +26,11 @@ def cuda_kernel(att) -> str:
     if sizes is None:
         return ""
     drop = att.dropout is not None and att.dropout.may_drop and att.dropout.p_hint
-    key = (device, sizes, att.gqa, att.compute_dtype, att.mask_kind, att.causal, drop)
+    dt = dtype_at_call(att, device)
+    key = (device, sizes, att.gqa, dt, att.mask_kind, att.causal, drop)
     if key not in _ASKED:                   # every layer of a model asks the same question: ask torch once
         try:
-            _ASKED[key] = _ask(att, device, sizes)
+            _ASKED[key] = _ask(att, device, sizes, dt)
         except Exception as e:
             _ASKED[key] = f"unknown ({type(e).__name__})"
     return _ASKED[key]
@@ -51,11 +52,34 @@ def _hints(sizes: tuple):
 _ASKED: dict = {}
 
 
-def _ask(att, device, sizes: tuple) -> str:
+def dtype_at_call(att, device: torch.device) -> torch.dtype:
+    """The dtype SDPA runs in: autocast, when on for the device (in the graph, else around the compile), casts an
+    fp32 call to its lower precision, as it does the matmuls of eager attention (Llama's RoPE leaves q in fp32)."""
+    if att.compute_dtype != torch.float32:
+        return att.compute_dtype
+    state = None
+    for node in att.output.graph.nodes:        # autocast regions Dynamo kept in the graph, up to the site
+        if node is att.output:
+            break
+        if node.op == "call_function" and node.target is torch.amp.autocast_mode._enter_autocast:
+            state = (state, node, node.args)
+        elif node.op == "call_function" and node.target is torch.amp.autocast_mode._exit_autocast and state:
+            state = state[0]
+    while state is not None and state[2][0] != device.type:
+        state = state[0]
+    if state is not None:
+        args = state[2]
+        enabled = args[2] if len(args) > 2 else True
+        low = args[1] if len(args) > 1 and args[1] is not None else torch.get_autocast_dtype(device.type)
+    else:
+        enabled, low = torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type)
+    return low if enabled else att.compute_dtype
+
+
+def _ask(att, device, sizes: tuple, dt: torch.dtype) -> str:
     L, S, E, Ev, *last = sizes
     heads = last[0] if len(att.batch) >= 2 else 1
     kv_heads = heads // att.gqa
-    dt = att.compute_dtype
     q = torch.empty(1, heads, L, E, device=device, dtype=dt)
     k = torch.empty(1, kv_heads, S, E, device=device, dtype=dt)
     v = torch.empty(1, kv_heads, S, Ev, device=device, dtype=dt)

@@ -57,6 +57,9 @@ def judge(sc: Scores, top_shape: tuple, folder: Optional[Folder], reader: fx.Nod
         return None
     if folder is None:
         return Verdict("mask", "not folded: no graph values")
+    assumed = folder.assumed.get(runtime_key(sc, top_shape))
+    if assumed is not None:                      # a variant compiled for the verdict this mask had at run time
+        return assumed
     key = (tuple((t.node, t.coeff, _h(t.factors), _h(t.at)) for t in sc.terms),
            tuple((f.cond, f.masked_when, f.value, f.terms_after, _h(f.at)) for f in sc.fills), _h(top_shape),
            reader if folder.inplace else None)    # where the mask is read matters only if something writes it
@@ -65,6 +68,8 @@ def judge(sc: Scores, top_shape: tuple, folder: Optional[Folder], reader: fx.Nod
             folder.verdicts[key] = _judge(sc, top_shape, folder, reader, nodes)
         except Exception as e:                   # keeping the mask is always exact: never fail a site here
             folder.verdicts[key] = Verdict("mask", f"not classified ({type(e).__name__}: {e})")
+        if folder.verdicts[key].kind == "input mask":         # runtime.py may take its verdict at run time
+            folder.input_masks.setdefault(runtime_key(sc, top_shape), (sc, top_shape, reader, folder.verdicts[key]))
     return folder.verdicts[key]
 
 
@@ -127,11 +132,50 @@ def _same(visible: torch.Tensor, pattern: torch.Tensor) -> bool:
     return bool((visible == pattern.to(visible.device)).all())
 
 
+def runtime_key(sc: Scores, top_shape: tuple) -> tuple:
+    """Names a site's mask across copies of one graph (node names survive a copy; nodes do not)."""
+    return tuple(n.name for n in mask_nodes(sc)), _h(top_shape)
+
+
+def runtime_kind(sc: Scores, top_shape: tuple, values: dict) -> str:
+    """The verdict of mask values known only at run time: none, causal, causal lower-right, or mask. The same
+    tests as `classify`, computed on the values' device and read back with one host sync."""
+    L, S = top_shape[-2:]
+    pattern = _visible_pattern(sc, top_shape, values)
+    if pattern is None:
+        return "mask"
+    visible, is_mask = pattern
+    visible = torch.broadcast_to(visible, tuple(visible.shape[:-2]) + (L, S)) if visible.dim() >= 2 else \
+        torch.broadcast_to(visible, (L, S))
+    delta = torch.arange(L, device=visible.device)[:, None] - torch.arange(S, device=visible.device)[None, :]
+    flags = torch.stack([is_mask, visible.all(), (visible == (delta >= 0)).all(),
+                         (visible == (delta + (S - L) >= 0)).all()]).tolist()
+    if not flags[0]:
+        return "mask"
+    if flags[1]:
+        return "none"
+    if flags[2]:
+        return "causal"
+    return "causal lower-right" if L < S and flags[3] else "mask"
+
+
 def _visible(sc: Scores, top_shape: tuple, values: dict) -> Optional[torch.Tensor]:
     """True where eager's softmax can give weight; None when the values are not a 0 / masked pattern."""
+    pattern = _visible_pattern(sc, top_shape, values)
+    if pattern is None or not bool(pattern[1]):
+        return None
+    return pattern[0]
+
+
+def _visible_pattern(sc: Scores, top_shape: tuple, values: dict) -> Optional[tuple]:
+    """(visible, is_mask): True where eager's softmax can give weight, and a 0-d tensor saying whether every
+    additive value is 0 or masking (read without a host sync); None when a fill is not a masking one."""
     additive = None
     for term in sc.terms:
-        x = _laid_out(values[term.node].to(torch.float64) * term.coeff, term.at, top_shape)
+        x = values[term.node]
+        if len(sc.terms) > 1 or term.coeff != 1 or term.factors or not x.is_floating_point():
+            x = x.to(torch.float64) * term.coeff       # exact sums; one plain term compares exactly as it is
+        x = _laid_out(x, term.at, top_shape)
         for kind, t in term.factors:
             t = values.get(t, t)
             t = t.to(torch.float64) if isinstance(t, torch.Tensor) else float(t)
@@ -145,11 +189,10 @@ def _visible(sc: Scores, top_shape: tuple, values: dict) -> Optional[torch.Tenso
         m = cond if f.masked_when else ~cond
         masked = m if masked is None else masked | m
     if additive is not None:
-        if not bool(((additive == 0) | (additive <= -MASKING)).all()):
-            return None
+        is_mask = ((additive == 0) | (additive <= -MASKING)).all()
         visible = additive == 0
-        return visible if masked is None else visible & ~masked
-    return ~masked
+        return (visible if masked is None else visible & ~masked), is_mask
+    return ~masked, torch.ones((), dtype=torch.bool, device=masked.device)
 
 
 class _SymbolicRegroup(Exception):

@@ -28,6 +28,7 @@ class Site:
     gqa_groups: int = 1
     kernel: str = ""              # the kernel SDPA picks on CUDA (kernel.py); "" off CUDA
     graph: int = 0
+    runtime_verdict: bool = False  # a graph-input mask whose verdict is taken at run time (dispatch.py)
 
     @property
     def rewritten(self) -> bool:

@@ -23,7 +23,7 @@ _NEVER_SHARED = {F.scaled_dot_product_attention, causal_lower_right_attention, d
 
 
 def rewrite(gm: fx.GraphModule, example_inputs: Optional[Sequence] = None, *, graph: int = 0,
-            fold_buffers: bool = True, empty_rows: str = "eager") -> Report:
+            fold_buffers: bool = True, empty_rows: str = "eager", assumed: Optional[dict] = None) -> Report:
     """Rewrite every eager attention site of `gm` to SDPA in place (lint + recompile); return the report.
 
     Graphs from Dynamo carry their shapes; for a `symbolic_trace` graph pass `example_inputs` (real or
@@ -33,6 +33,7 @@ def rewrite(gm: fx.GraphModule, example_inputs: Optional[Sequence] = None, *, gr
     `empty_rows`: "eager" (default) gives query rows that see no key eager's answer on every kernel;
     "kernel" leaves them as the SDPA kernel computes them (as transformers' own sdpa path does): faster
     on padded batches, and those rows (padding queries) then differ from eager.
+    `assumed`: verdicts of graph-input masks taken at run time (dispatch.py), by masks.runtime_key.
     """
     if empty_rows not in ("eager", "kernel"):
         raise ValueError(f"empty_rows must be 'eager' or 'kernel', not {empty_rows!r}")
@@ -49,7 +50,9 @@ def rewrite(gm: fx.GraphModule, example_inputs: Optional[Sequence] = None, *, gr
             report.notes.append(note)
     saved = snapshot(gm.graph)
     try:
-        findings = find(gm, Folder(gm, example_inputs, fold_buffers=fold_buffers))
+        folder = Folder(gm, example_inputs, fold_buffers=fold_buffers)
+        folder.assumed.update(assumed or {})
+        findings = find(gm, folder)
         before = set(gm.graph.nodes)
         replaced: dict = {}
         for f in findings:

@@ -90,8 +90,13 @@ def test_every_attention_site_rewritten(build, gqa, padded):
     assert len(sites) == 2 and all(s.rewritten for s in sites), "\n".join(map(str, reports))
     assert all((s.gqa_groups == 2) == gqa for s in sites)
     assert_close_outputs(out[mask.bool()], ref[mask.bool()])
-    calls = sdpa_calls_of(graphs)
+    calls = sdpa_calls_of(graphs[:1])                  # the graph compiled for any mask: the mask kept
     assert len(calls) == 2 and all(c["enable_gqa"] == gqa and c["mask"] == "float" for c in calls)
+    assert all(s.runtime_verdict for s in sites)
+    # what ran: an all-ones attention_mask is found causal at run time and a variant calls is_causal
+    ran = sdpa_calls_of(graphs[1:])
+    want = [] if padded else [{"mask": "none", "is_causal": True}] * 2
+    assert [{"mask": c["mask"], "is_causal": c["is_causal"]} for c in ran] == want, ran
 
 
 def test_explain_gpt2():

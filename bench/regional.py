@@ -1,0 +1,215 @@
+"""Regional compilation: each transformer layer compiled on its own (as TorchTitan, torchtune and accelerate's
+`compile_regions` do, and as FSDP2 wraps blocks), so the model's mask reaches every layer's graph as an input.
+Forward and training step of each form, side by side in one process:
+
+    inductor_sdpa            attn_implementation="sdpa", every layer `layer.compile()` (Inductor)
+    backend_inductor         attn_implementation="eager", every layer compiled with backend="sdpa_rewrite"
+    backend_inductor_masks   the same with options={"runtime_verdicts": False}: the input mask kept as a mask
+                             (the backend before run-time verdicts)
+
+    PYTHONPATH=. python bench/regional.py llama8 gpt2 [--shape 4x2048] [--train-shape 4x1024] [--padded left]
+                                          [--fsdp2] [--forms ...] [--json out.json] [--tiny]
+
+`--fsdp2` wraps each layer (and then the model) with `fully_shard` in a one-process group before compiling each
+layer, as an FSDP2 training script does (nccl on CUDA, gloo on the CPU). Forward rows: bf16 weights on CUDA (fp32 on
+the CPU), under no_grad; training rows: fp32 weights, bf16 autocast on CUDA, fused AdamW, `use_cache=False`. Times are
+medians of CUDA events (bench/timing.py); `attn_ms` is the self device time of the attention kernels in one
+profiled forward; `verdicts` counts the run-time mask classifications of one timed forward (host syncs).
+`torch._dynamo.config.recompile_limit` is raised so that no layer falls back to running uncompiled.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import re
+import sys
+import time
+
+import torch
+from tabulate import tabulate
+
+import sdpa_rewrite  # noqa: F401  (registers the backend)
+import sdpa_rewrite.runtime as runtime
+from bench import zoo
+from bench.models import padding_mask, site_counts
+from bench.timing import Record, measure, profiled, versions
+
+FORMS = ["inductor_sdpa", "backend_inductor", "backend_inductor_masks"]
+ATTENTION = re.compile(r"attention|fmha|flash|cudnn|sdpa|softmax", re.I)
+
+
+def layers(model):
+    return model.model.layers if hasattr(model, "model") else model.transformer.h
+
+
+def regional(model, form: str, reports: list, fsdp2: bool):
+    """Compile each layer alone, as the form says (and shard it first with --fsdp2)."""
+    if fsdp2:
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in layers(model):
+            fully_shard(layer)
+        fully_shard(model)
+    for layer in layers(model):
+        if form.startswith("backend"):
+            options = {"report": reports.append}
+            if form == "backend_inductor_masks":
+                options["runtime_verdicts"] = False
+            layer.compile(backend="sdpa_rewrite", options=options)
+        else:
+            layer.compile()
+    return model
+
+
+def build(name: str, form: str, device: str, dtype, tiny: bool, fsdp2: bool, reports: list):
+    torch._dynamo.reset()
+    model = zoo.build(name, "sdpa" if form.endswith("sdpa") else "eager", device=device, dtype=dtype, tiny=tiny)
+    return regional(model, form, reports, fsdp2)
+
+
+def inputs(name: str, batch: int, seq: int, device: str, padded: str, labels: bool = False) -> dict:
+    args = zoo.inputs(name, batch, seq, device=device, labels=labels)
+    if padded == "left":
+        args["attention_mask"] = padding_mask(batch, seq, device)
+    elif padded == "right":
+        args["attention_mask"] = padding_mask(batch, seq, device).flip(-1)
+    return args
+
+
+class Verdicts:
+    """Counts run-time mask classifications (each is one host sync)."""
+
+    def __init__(self):
+        self.count, self._kind = 0, runtime.runtime_kind
+        runtime.runtime_kind = self._counted
+
+    def _counted(self, *a):
+        self.count += 1
+        return self._kind(*a)
+
+
+def attention_ms(fn, device: str) -> float | None:
+    if device != "cuda":
+        return None
+    events = profiled(fn, 1, device)
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA and ATTENTION.search(e.key)]
+    return round(sum(e.self_device_time_total for e in kernels) / 1e3, 3)
+
+
+def forward_rows(name, batch, seq, forms, *, device, tiny, padded, fsdp2, reps, record, verdicts) -> list:
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    args = inputs(name, batch, seq, device, padded)
+    rows, ref = [], None
+    for form in forms:
+        reports = []
+        model = build(name, form, device, dtype, tiny, fsdp2, reports)
+        with torch.no_grad():
+            start = time.perf_counter()
+            logits = model(**args).logits.float()
+            compile_s = time.perf_counter() - start
+            ref = logits if ref is None else ref
+            err = ((logits - ref).abs().max() / ref.abs().max()).item()
+            del logits
+            t = measure(lambda: model(**args).logits, reps=reps, device=device)  # noqa: B023
+            before = verdicts.count
+            model(**args)
+            syncs = verdicts.count - before
+            attn = attention_ms(lambda: model(**args), device)  # noqa: B023
+        done, found, _ = site_counts(reports)
+        rows.append(record.add("forward", {
+            "model": name, "shape": f"B{batch} S{seq}" + (f" {padded}-padded" if padded else ""), "form": form,
+            "fsdp2": fsdp2, "ms": round(t.ms, 2), "iqr_ms": round(t.spread_ms, 2),
+            "peak_mib": None if t.peak_mib != t.peak_mib else round(t.peak_mib), "attn_ms": attn,
+            "verdicts": syncs, "compile_s": round(compile_s, 1), "sites": f"{done}/{found}" if reports else "",
+            "rel_err": float(f"{err:.2e}"), "err_vs": forms[0]}))
+        del model
+        _free(device)
+    return rows
+
+
+def train_rows(name, batch, seq, forms, *, device, tiny, padded, fsdp2, reps, record) -> list:
+    args = inputs(name, batch, seq, device, padded, labels=True)
+    rows = []
+    for form in forms:
+        reports = []
+        model = build(name, form, device, torch.float32, tiny, fsdp2, reports).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
+
+        def step():
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+                loss = model(**args, use_cache=False).loss  # noqa: B023
+            loss.backward()
+            opt.step()  # noqa: B023
+            opt.zero_grad(set_to_none=True)  # noqa: B023
+            return loss.detach()
+
+        start = time.perf_counter()
+        loss = step().float().item()
+        compile_s = time.perf_counter() - start
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        t = measure(step, warmup=2, reps=reps, device=device)
+        peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
+        done, found, _ = site_counts(reports)
+        rows.append(record.add("steps", {
+            "model": name, "shape": f"B{batch} S{seq}" + (f" {padded}-padded" if padded else ""), "form": form,
+            "fsdp2": fsdp2, "step_ms": round(t.ms, 1), "iqr_ms": round(t.spread_ms, 1),
+            "peak_mib": round(peak) if peak else None, "first_step_s": round(compile_s, 1),
+            "sites": f"{done}/{found}" if reports else "", "first_loss": round(loss, 3)}))
+        del model, opt
+        _free(device)
+    return rows
+
+
+def _free(device: str) -> None:
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _process_group(device: str) -> None:
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29511")
+    torch.distributed.init_process_group("nccl" if device == "cuda" else "gloo", rank=0, world_size=1)
+    if device == "cuda":
+        torch.cuda.set_device(0)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("models", nargs="+", choices=sorted(zoo.MODELS))
+    ap.add_argument("--forms", default=",".join(FORMS))
+    ap.add_argument("--shape", default="4x2048", help="BxS of the forward rows ('' for none)")
+    ap.add_argument("--train-shape", default="4x1024", help="BxS of the training rows ('' for none)")
+    ap.add_argument("--padded", choices=["left", "right"], help="an attention_mask with padding")
+    ap.add_argument("--fsdp2", action="store_true", help="fully_shard each layer (one-process group) before compiling")
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--tiny", action="store_true", help="2-layer models: check the script, not the speed")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch._dynamo.config.recompile_limit = 256
+    torch._dynamo.config.accumulated_recompile_limit = 4096
+    if args.fsdp2:
+        _process_group(device)
+    forms, record, verdicts = args.forms.split(","), Record(args.json), Verdicts()
+    fwd, steps = [], []
+    for name in args.models:
+        if args.shape:
+            b, s = map(int, args.shape.split("x"))
+            fwd += forward_rows(name, b, s, forms, device=device, tiny=args.tiny, padded=args.padded,
+                                fsdp2=args.fsdp2, reps=args.reps, record=record, verdicts=verdicts)
+        if args.train_shape:
+            b, s = map(int, args.train_shape.split("x"))
+            steps += train_rows(name, b, s, forms, device=device, tiny=args.tiny, padded=args.padded,
+                                fsdp2=args.fsdp2, reps=max(5, args.reps // 2), record=record)
+    print(versions())
+    for rows in (fwd, steps):
+        if rows:
+            print(tabulate(rows, headers="keys", tablefmt="github"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
