@@ -34,6 +34,7 @@ import sdpa_rewrite.runtime as runtime
 from bench import zoo
 from bench.models import padding_mask, site_counts
 from bench.timing import Record, measure, profiled, versions
+from bench.training import print_profile
 
 FORMS = ["inductor_sdpa", "backend_inductor", "backend_inductor_masks"]
 ATTENTION = re.compile(r"attention|fmha|flash|cudnn|sdpa|softmax", re.I)
@@ -97,7 +98,8 @@ def attention_ms(fn, device: str) -> float | None:
     return round(sum(e.self_device_time_total for e in kernels) / 1e3, 3)
 
 
-def forward_rows(name, batch, seq, forms, *, device, tiny, padded, fsdp2, reps, record, verdicts) -> list:
+def forward_rows(name, batch, seq, forms, *, device, tiny, padded, fsdp2, reps, record, verdicts,
+                 profile_rows: int = 0) -> list:
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     args = inputs(name, batch, seq, device, padded)
     rows, ref = [], None
@@ -116,6 +118,9 @@ def forward_rows(name, batch, seq, forms, *, device, tiny, padded, fsdp2, reps, 
             model(**args)
             syncs = verdicts.count - before
             attn = attention_ms(lambda: model(**args), device)  # noqa: B023
+            if profile_rows:
+                print_profile(lambda: model(**args), f"{name} forward {form}", profile_rows, device, steps=1)  # noqa: B023
+                host_profile(lambda: model(**args), f"{name} forward {form}", profile_rows, device)  # noqa: B023
         done, found, _ = site_counts(reports)
         rows.append(record.add("forward", {
             "model": name, "shape": f"B{batch} S{seq}" + (f" {padded}-padded" if padded else ""), "form": form,
@@ -162,6 +167,23 @@ def train_rows(name, batch, seq, forms, *, device, tiny, padded, fsdp2, reps, re
     return rows
 
 
+def host_profile(fn, title: str, rows: int, device: str, calls: int = 10) -> None:
+    """Where the host's time goes in `calls` forwards (cProfile, cumulative): regional compile is often
+    host-bound, and what runs between the compiled layers (the model's own mask building) shows here."""
+    import cProfile
+    import pstats
+
+    profile = cProfile.Profile()
+    profile.enable()
+    for _ in range(calls):
+        fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    profile.disable()
+    print(f"== host profile: {title} ({calls} forwards)")
+    pstats.Stats(profile).sort_stats("cumulative").print_stats(rows)
+
+
 def _free(device: str) -> None:
     gc.collect()
     if device == "cuda":
@@ -185,6 +207,7 @@ def main() -> int:
     ap.add_argument("--padded", choices=["left", "right"], help="an attention_mask with padding")
     ap.add_argument("--fsdp2", action="store_true", help="fully_shard each layer (one-process group) before compiling")
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--profile-rows", type=int, default=0, help="print each form's top kernels of one forward")
     ap.add_argument("--tiny", action="store_true", help="2-layer models: check the script, not the speed")
     ap.add_argument("--json")
     args = ap.parse_args()
@@ -199,7 +222,8 @@ def main() -> int:
         if args.shape:
             b, s = map(int, args.shape.split("x"))
             fwd += forward_rows(name, b, s, forms, device=device, tiny=args.tiny, padded=args.padded,
-                                fsdp2=args.fsdp2, reps=args.reps, record=record, verdicts=verdicts)
+                                fsdp2=args.fsdp2, reps=args.reps, record=record, verdicts=verdicts,
+                                profile_rows=args.profile_rows)
         if args.train_shape:
             b, s = map(int, args.train_shape.split("x"))
             steps += train_rows(name, b, s, forms, device=device, tiny=args.tiny, padded=args.padded,

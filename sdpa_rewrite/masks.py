@@ -137,60 +137,57 @@ def runtime_key(sc: Scores, top_shape: tuple) -> tuple:
     return tuple(n.name for n in mask_nodes(sc)), _h(top_shape)
 
 
-def runtime_kind(sc: Scores, top_shape: tuple, values: dict) -> str:
-    """The verdict of mask values known only at run time: none, causal, causal lower-right, or mask. The same
-    tests as `classify`, computed on the values' device and read back with one host sync."""
-    L, S = top_shape[-2:]
-    pattern = _visible_pattern(sc, top_shape, values)
-    if pattern is None:
-        return "mask"
-    visible, is_mask = pattern
-    visible = torch.broadcast_to(visible, tuple(visible.shape[:-2]) + (L, S)) if visible.dim() >= 2 else \
-        torch.broadcast_to(visible, (L, S))
-    delta = torch.arange(L, device=visible.device)[:, None] - torch.arange(S, device=visible.device)[None, :]
-    flags = torch.stack([is_mask, visible.all(), (visible == (delta >= 0)).all(),
-                         (visible == (delta + (S - L) >= 0)).all()]).tolist()
-    if not flags[0]:
-        return "mask"
-    if flags[1]:
-        return "none"
-    if flags[2]:
-        return "causal"
-    return "causal lower-right" if L < S and flags[3] else "mask"
+@dataclass(frozen=True)
+class MaskForm:
+    """A site's mask with its tensors numbered instead of named by graph nodes: how to combine them, and nothing
+    of the graph (runtime.py evaluates it on run-time values, and compiles it)."""
+    terms: tuple     # (slot, coeff, factors ((kind, slot or None, number), ...), at)
+    fills: tuple     # (slot, masked_when, value, terms_after, at)
+
+
+def mask_form(sc: Scores) -> tuple:
+    """(MaskForm, the nodes its slots number)."""
+    nodes = list(dict.fromkeys(mask_nodes(sc)))
+    slot = {n: i for i, n in enumerate(nodes)}
+    terms = tuple((slot[t.node], t.coeff, tuple((kind, slot.get(f) if isinstance(f, fx.Node) else None,
+                                                 None if isinstance(f, fx.Node) else f) for kind, f in t.factors),
+                   _h(t.at)) for t in sc.terms)
+    fills = tuple((slot[f.cond], f.masked_when, f.value, f.terms_after, _h(f.at)) for f in sc.fills)
+    return MaskForm(terms, fills), nodes
 
 
 def _visible(sc: Scores, top_shape: tuple, values: dict) -> Optional[torch.Tensor]:
     """True where eager's softmax can give weight; None when the values are not a 0 / masked pattern."""
-    pattern = _visible_pattern(sc, top_shape, values)
+    form, nodes = mask_form(sc)
+    pattern = visible_pattern(form, top_shape, [values[n] for n in nodes])
     if pattern is None or not bool(pattern[1]):
         return None
     return pattern[0]
 
 
-def _visible_pattern(sc: Scores, top_shape: tuple, values: dict) -> Optional[tuple]:
+def visible_pattern(form: MaskForm, top_shape: tuple, vals: list) -> Optional[tuple]:
     """(visible, is_mask): True where eager's softmax can give weight, and a 0-d tensor saying whether every
     additive value is 0 or masking (read without a host sync); None when a fill is not a masking one."""
     additive = None
-    for term in sc.terms:
-        x = values[term.node]
-        if len(sc.terms) > 1 or term.coeff != 1 or term.factors or not x.is_floating_point():
-            x = x.to(torch.float64) * term.coeff       # exact sums; one plain term compares exactly as it is
-        x = _laid_out(x, term.at, top_shape)
-        for kind, t in term.factors:
-            t = values.get(t, t)
-            t = t.to(torch.float64) if isinstance(t, torch.Tensor) else float(t)
+    for slot, coeff, factors, at in form.terms:
+        x = vals[slot]
+        if len(form.terms) > 1 or coeff != 1 or factors or not x.is_floating_point():
+            x = x.to(torch.float64) * coeff            # exact sums; one plain term compares exactly as it is
+        x = _laid_out(x, at, top_shape)
+        for kind, t_slot, number in factors:
+            t = vals[t_slot].to(torch.float64) if t_slot is not None else float(number)
             x = x * t if kind == "mul" else x / t
         additive = x if additive is None else additive + x
     masked = None
-    for f in sc.fills:
-        if not (f.value <= -MASKING) or f.terms_after:
+    for slot, masked_when, value, terms_after, at in form.fills:
+        if not (value <= -MASKING) or terms_after:
             return None
-        cond = _laid_out(values[f.cond].to(torch.bool), f.at, top_shape)
-        m = cond if f.masked_when else ~cond
+        cond = _laid_out(vals[slot].to(torch.bool), at, top_shape)
+        m = cond if masked_when else ~cond
         masked = m if masked is None else masked | m
     if additive is not None:
-        is_mask = ((additive == 0) | (additive <= -MASKING)).all()
         visible = additive == 0
+        is_mask = (visible | (additive <= -MASKING)).all()
         return (visible if masked is None else visible & ~masked), is_mask
     return ~masked, torch.ones((), dtype=torch.bool, device=masked.device)
 

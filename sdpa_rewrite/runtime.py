@@ -14,6 +14,8 @@ classified, nor is anything while a CUDA graph is being captured: they keep the 
 """
 from __future__ import annotations
 
+import functools
+import warnings
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -24,8 +26,8 @@ import torch.fx as fx
 
 from .find import Attention, find
 from .fold import _RANDOM, Folder
-from .masks import mask_nodes, runtime_kind
-from .view import is_inplace, meta_value, target_name
+from .masks import MaskForm, mask_form, visible_pattern
+from .view import hashable, is_inplace, meta_value, same_batch, target_name
 
 DROPPING = ("none", "causal", "causal lower-right")   # the verdicts a variant is compiled for
 _CACHE_SIZE = 16
@@ -35,10 +37,9 @@ _verdicts: "OrderedDict[tuple, tuple]" = OrderedDict()  # key -> (weak refs to t
 @dataclass(frozen=True)
 class MaskProbe:
     key: tuple                   # masks.runtime_key: names the mask in every copy of the graph
-    program: fx.GraphModule      # the graph's inputs it reads -> the mask node values
+    program: fx.GraphModule      # the graph's inputs it reads -> the mask's tensors, in the form's slot order
     positions: tuple             # which graph inputs the program reads
-    roots: tuple                 # the mask nodes, in the program's output order
-    scores: object               # the site's Scores (terms, fills, layout) for masks.runtime_kind
+    form: MaskForm               # how those tensors make the mask
     top_shape: tuple
     sites: tuple                 # locations of the sites that read this mask
     input_name: str
@@ -48,19 +49,81 @@ class MaskProbe:
         inputs = [args[i] for i in self.positions]
         if _capturing() or any(isinstance(x, torch.Tensor) and x.is_inference() for x in inputs):
             return "mask"
-        key = (self.program.code, self.key[1], tuple(_identity(x) for x in inputs))
+        key = (self.program.code, self.form, self.top_shape, tuple(_identity(x) for x in inputs))
         hit = _verdicts.get(key)
         if hit is not None and all(ref() is x for ref, x in zip(hit[0], inputs) if ref is not None):
             _verdicts.move_to_end(key)
             return hit[1]
-        with torch.no_grad():
-            values = self.program(*inputs)
-            verdict = runtime_kind(self.scores, self.top_shape, dict(zip(self.roots, values)))
+        try:
+            with torch.no_grad():
+                values = self.program(*inputs)
+                verdict = runtime_kind(self.form, self.top_shape, values)
+        except Exception as e:           # keeping the mask is always exact: a failed check never fails the model
+            _warn_once(f"sdpa_rewrite: a run-time mask check failed ({type(e).__name__}: {e}); the mask is kept")
+            verdict = "mask"
         refs = tuple(weakref.ref(x) if isinstance(x, torch.Tensor) else None for x in inputs)
         _verdicts[key] = (refs, verdict)
         while len(_verdicts) > _CACHE_SIZE:
             _verdicts.popitem(last=False)
         return verdict
+
+
+def runtime_kind(form: MaskForm, top_shape: tuple, values: Sequence) -> str:
+    """none, causal, causal lower-right or mask: `masks.classify`'s tests for these three patterns, computed on the
+    values' device (compiled for a large mask) and read back with one host sync."""
+    if not values or not all(isinstance(v, torch.Tensor) for v in values):
+        return "mask"
+    large = max(v.numel() for v in values) >= _COMPILE_FROM
+    flags = _flags_function(form, top_shape, large)(*values).tolist()
+    L, S = top_shape[-2:]
+    if not flags[0]:
+        return "mask"
+    if flags[1]:
+        return "none"
+    if flags[2]:
+        return "causal"
+    return "causal lower-right" if L < S and flags[3] else "mask"
+
+
+def pattern_flags(form: MaskForm, top_shape: tuple, *values) -> torch.Tensor:
+    """[is a 0 / masking pattern, all visible, top-left causal, lower-right causal] as one bool tensor, no sync."""
+    L, S = top_shape[-2:]
+    pattern = visible_pattern(form, top_shape, values)
+    if pattern is None:
+        return torch.zeros(4, dtype=torch.bool, device=values[0].device)
+    visible, is_mask = pattern
+    visible = torch.broadcast_to(visible, tuple(visible.shape[:-2]) + (L, S)) if visible.dim() >= 2 else \
+        torch.broadcast_to(visible, (L, S))
+    delta = torch.arange(L, device=visible.device)[:, None] - torch.arange(S, device=visible.device)[None, :]
+    return torch.stack([is_mask, visible.all(), (visible == (delta >= 0)).all(),
+                        (visible == (delta + (S - L) >= 0)).all()])
+
+
+_compiled: dict = {}
+_COMPILE_FROM = 2 ** 20        # mask elements: from here a dozen eager passes cost more than a compiled call (CPU:
+                               # 47 against 1.1 ms at 2048²); below, eager costs less than compiling
+
+
+def _flags_function(form: MaskForm, top_shape: tuple, compiled: bool):
+    """`pattern_flags` for this form; for a large mask compiled (Inductor fuses its dozen passes over the mask into a
+    few reductions), once per form and shape, shared by every graph that reads such a mask. Eager for small masks,
+    and where compiling fails."""
+    eager = functools.partial(pattern_flags, form, top_shape)
+    if not compiled:
+        return eager
+    key = (form, top_shape)
+    if key not in _compiled:
+        fn = torch.compile(eager, dynamic=False)
+
+        def guarded(*values):
+            try:
+                return fn(*values)
+            except Exception:            # the compiled check is only a speed-up: the eager one is the same test
+                _compiled[key] = eager
+                return eager(*values)
+
+        _compiled[key] = guarded
+    return _compiled[key]
 
 
 def probes(gm: fx.GraphModule, example_inputs: Optional[Sequence] = None, fold_buffers: bool = True) -> list:
@@ -76,14 +139,18 @@ def probes(gm: fx.GraphModule, example_inputs: Optional[Sequence] = None, fold_b
             continue                     # symbolic lengths; a decode step pays no sync (its mask is cheap)
         if any(f.factors_after for f in sc.fills):
             continue
-        roots = tuple(dict.fromkeys(mask_nodes(sc)))
+        form, roots = mask_form(sc)
+        top_shape = hashable(top_shape)    # a symbolic batch by name: only L and S are read, unless a term regroups
+        if not all(isinstance(d, int) for d in top_shape) and \
+                not all(same_batch(at, top_shape) for at in [t[3] for t in form.terms] + [f[4] for f in form.fills]):
+            continue
         if any(not isinstance(r, fx.Node) or folder.mutated(r, reader) for r in roots):
             continue
         cone = _cone(roots)
         if cone is None:
             continue
         program, positions = _program(gm, roots, cone)
-        found.append(MaskProbe(key, program, positions, roots, sc, top_shape, sites, folder.input_read(roots[0])))
+        found.append(MaskProbe(key, program, positions, form, top_shape, sites, folder.input_read(roots[0])))
     return found
 
 
@@ -119,6 +186,15 @@ def _program(gm: fx.GraphModule, roots: tuple, cone: list) -> tuple:
             env[n] = g.node_copy(n, lambda a: env[a])
     g.output(tuple(env[r] for r in roots))
     return fx.GraphModule(torch.nn.Module(), g), tuple(positions)
+
+
+_warned: set = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, stacklevel=3)
 
 
 def _identity(x) -> tuple:

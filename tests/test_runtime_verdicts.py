@@ -319,3 +319,17 @@ def test_regional_generate_same_tokens(side):
     ref = model.generate(ids, **kwargs)
     compile_layers(model, [])
     assert torch.equal(model.generate(ids, **kwargs), ref)
+
+
+def test_compiled_check_gives_the_eager_flags():
+    """On CUDA the check runs compiled (one fused pass instead of a dozen); it must say what the eager one says."""
+    from sdpa_rewrite.masks import MaskForm
+
+    form = MaskForm(terms=((0, 1.0, (), None),), fills=())
+    shape = (2, 1, 8, 8)
+    compiled = runtime._flags_function(form, shape, compiled=True)
+    hole = causal()
+    hole[5, 2] = MIN
+    for mask in (causal(), torch.zeros(8, 8), hole, causal().clamp_min(-5.0), causal(8, 8).fill_(float("nan"))):
+        mask = mask.expand(2, 1, 8, 8)
+        assert torch.equal(compiled(mask), runtime.pattern_flags(form, shape, mask)), mask
