@@ -126,7 +126,7 @@ def forward_rows(name, batch, seq, forms, *, device, tiny, padded, fsdp2, reps, 
             "model": name, "shape": f"B{batch} S{seq}" + (f" {padded}-padded" if padded else ""), "form": form,
             "fsdp2": fsdp2, "ms": round(t.ms, 2), "iqr_ms": round(t.spread_ms, 2),
             "peak_mib": None if t.peak_mib != t.peak_mib else round(t.peak_mib), "attn_ms": attn,
-            "verdicts": syncs, "compile_s": round(compile_s, 1), "sites": f"{done}/{found}" if reports else "",
+            "verdicts": syncs, "compile_s": round(compile_s, 1), "sites": f"{done}/{found}" if reports else "", "kernel": kernels(reports),
             "rel_err": float(f"{err:.2e}"), "err_vs": forms[0]}))
         del model
         _free(device)
@@ -161,7 +161,7 @@ def train_rows(name, batch, seq, forms, *, device, tiny, padded, fsdp2, reps, re
             "model": name, "shape": f"B{batch} S{seq}" + (f" {padded}-padded" if padded else ""), "form": form,
             "fsdp2": fsdp2, "step_ms": round(t.ms, 1), "iqr_ms": round(t.spread_ms, 1),
             "peak_mib": round(peak) if peak else None, "first_step_s": round(compile_s, 1),
-            "sites": f"{done}/{found}" if reports else "", "first_loss": round(loss, 3)}))
+            "sites": f"{done}/{found}" if reports else "", "kernel": kernels(reports), "first_loss": round(loss, 3)}))
         del model, opt
         _free(device)
     return rows
@@ -182,6 +182,43 @@ def host_profile(fn, title: str, rows: int, device: str, calls: int = 10) -> Non
     profile.disable()
     print(f"== host profile: {title} ({calls} forwards)")
     pstats.Stats(profile).sort_stats("cumulative").print_stats(rows)
+
+
+def mask_cost(name: str, batch: int, seq: int, device: str, tiny: bool, record: Record, reps: int = 10) -> None:
+    """What the model's own mask building costs between the compiled layers, eager model against sdpa model
+    (transformers' `create_causal_mask`, timed with the device synchronised around it)."""
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    args = zoo.inputs(name, batch, seq, device=device)
+    for impl in ("eager", "sdpa"):
+        model = zoo.build(name, impl, device=device, dtype=dtype, tiny=tiny)
+        module = sys.modules[type(model.base_model).__module__]
+        build, times = module.create_causal_mask, []
+
+        def timed(*a, **k):
+            sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+            sync()
+            start = time.perf_counter()
+            out = build(*a, **k)  # noqa: B023
+            sync()
+            times.append((time.perf_counter() - start) * 1e3)  # noqa: B023
+            return out
+
+        module.create_causal_mask = timed
+        try:
+            with torch.no_grad():
+                for _ in range(reps):
+                    model(**args)
+        finally:
+            module.create_causal_mask = build
+        record.add("mask_cost", {"model": name, "shape": f"B{batch} S{seq}", "impl": impl,
+                                 "mask_ms": round(sorted(times)[len(times) // 2], 3)})
+        del model
+        _free(device)
+
+
+def kernels(reports: list) -> str:
+    """The report's CUDA kernel column, as the rewrite predicted it (under autocast: in autocast's dtype)."""
+    return ", ".join(sorted({s.kernel for r in reports for s in r.sites if s.kernel}))
 
 
 def _free(device: str) -> None:
@@ -209,6 +246,7 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--profile-rows", type=int, default=0, help="print each form's top kernels of one forward")
     ap.add_argument("--tiny", action="store_true", help="2-layer models: check the script, not the speed")
+    ap.add_argument("--mask-cost", action="store_true", help="time the model's own causal-mask building, eager vs sdpa")
     ap.add_argument("--json")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -224,6 +262,9 @@ def main() -> int:
             fwd += forward_rows(name, b, s, forms, device=device, tiny=args.tiny, padded=args.padded,
                                 fsdp2=args.fsdp2, reps=args.reps, record=record, verdicts=verdicts,
                                 profile_rows=args.profile_rows)
+        if args.mask_cost and args.shape:
+            b, s = map(int, args.shape.split("x"))
+            mask_cost(name, b, s, device, args.tiny, record)
         if args.train_shape:
             b, s = map(int, args.train_shape.split("x"))
             steps += train_rows(name, b, s, forms, device=device, tiny=args.tiny, padded=args.padded,

@@ -46,7 +46,7 @@ class BertSelfAttentionV4(nn.Module):
     def forward(self, hidden_states, attention_mask):
         # BertModel.get_extended_attention_mask (transformers <= 4.2x)
         extended_attention_mask = attention_mask[:, None, None, :]
-        extended_attention_mask = extended_attention_mask.to(dtype=torch.float32)
+        extended_attention_mask = extended_attention_mask.to(dtype=next(self.parameters()).dtype)  # self.dtype
         extended_attention_mask = (1.0 - extended_attention_mask) * -10000.0
 
         query_layer = self.transpose_for_scores(self.query(hidden_states))
@@ -56,8 +56,8 @@ class BertSelfAttentionV4(nn.Module):
         attention_scores = torch.matmul(query_layer, key_layer.transpose(-1, -2))
         if self.position_embedding_type == "relative_key":
             query_length, key_length = query_layer.shape[2], key_layer.shape[2]
-            position_ids_l = torch.arange(query_length, dtype=torch.long).view(-1, 1)
-            position_ids_r = torch.arange(key_length, dtype=torch.long).view(1, -1)
+            position_ids_l = torch.arange(query_length, dtype=torch.long, device=hidden_states.device).view(-1, 1)
+            position_ids_r = torch.arange(key_length, dtype=torch.long, device=hidden_states.device).view(1, -1)
             distance = position_ids_l - position_ids_r
             positional_embedding = self.distance_embedding(distance + self.max_position_embeddings - 1)
             positional_embedding = positional_embedding.to(dtype=query_layer.dtype)

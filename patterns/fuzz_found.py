@@ -89,7 +89,7 @@ class ArithmeticMaskOneKey(nn.Module):
     def forward(self, q, k, v):
         bsz, h, l, e = q.shape
         s = torch.bmm(q.reshape(bsz * h, l, e), k.reshape(bsz * h, -1, e).transpose(1, 2)).view(bsz, h, l, -1) * 0.5
-        b = torch.ones((s.size(-2), s.size(-1))).tril()
+        b = torch.ones((s.size(-2), s.size(-1)), device=s.device, dtype=s.dtype).tril()
         return F.softmax(s * b + -1e4 * (1 - b), dim=-1) @ v
 
 

@@ -76,7 +76,7 @@ class V5SdpaMask(nn.Module):
         kv_arange = torch.arange(kv_len, device=q.device)
         causal = kv_arange[None, :] <= cache_position[:, None]
         mask = causal[None, None, :, :].expand(batch, -1, -1, -1)
-        mask = torch.where(mask, torch.tensor(0.0, device=q.device), torch.finfo(torch.float32).min)
+        mask = torch.where(mask, torch.tensor(0.0, device=q.device), torch.finfo(torch.float32).min).to(q.dtype)
         attn_weights = torch.matmul(q, k.transpose(2, 3)) * SCALE
         attn_weights = attn_weights + mask
         return torch.matmul(F.softmax(attn_weights, dim=-1), v)
@@ -99,7 +99,7 @@ class V5PackedSequenceCheck(nn.Module):
         mask = qi.new_ones((), dtype=torch.bool)
         mask = mask & (position_ids[b, ki] <= position_ids[b, qi])
         mask = mask & (packed[b, qi] == packed[b, ki])
-        mask = torch.where(mask.expand(batch, -1, q_len, q_len), torch.tensor(0.0, device=q.device), torch.finfo(torch.float32).min)
+        mask = torch.where(mask.expand(batch, -1, q_len, q_len), torch.tensor(0.0, device=q.device), torch.finfo(torch.float32).min).to(q.dtype)
         attn_weights = torch.matmul(q, k.transpose(2, 3)) * SCALE + mask
         return torch.matmul(F.softmax(attn_weights, dim=-1), v)
 
@@ -122,7 +122,7 @@ class MakeCausalMask43(nn.Module):
         mask = torch.full((tgt_len, tgt_len), NEG, device=q.device)
         mask_cond = torch.arange(mask.size(-1), device=q.device)
         mask.masked_fill_(mask_cond < (mask_cond + 1).view(mask.size(-1), 1), 0)
-        mask = mask.to(torch.float32)
+        mask = mask.to(q.dtype)
         causal_mask = mask[None, None, :, :].expand(bsz, 1, tgt_len, tgt_len)
         attn_weights = torch.matmul(q, k.transpose(2, 3)) * SCALE + causal_mask
         return torch.matmul(F.softmax(attn_weights, dim=-1), v)
@@ -133,7 +133,7 @@ class SquareSubsequentMask(nn.Module):
 
     def forward(self, q, k, v):
         T = q.size(-2)
-        mask = torch.triu(torch.full((T, T), float("-inf"), device=q.device), diagonal=1)
+        mask = torch.triu(torch.full((T, T), float("-inf"), device=q.device), diagonal=1).to(q.dtype)
         return attend(scores(q, k) + mask, v)
 
 
@@ -182,7 +182,7 @@ class V5CacheOffsetMask(nn.Module):
         cache_position = torch.arange(past, past + q_len, device=q.device)
         kv_arange = torch.arange(kv_len, device=q.device)
         causal = kv_arange[None, None, None, :] <= cache_position[None, None, :, None]
-        mask = torch.where(causal.expand(batch, -1, -1, -1), torch.tensor(0.0, device=q.device), torch.finfo(torch.float32).min)
+        mask = torch.where(causal.expand(batch, -1, -1, -1), torch.tensor(0.0, device=q.device), torch.finfo(torch.float32).min).to(q.dtype)
         attn_weights = torch.matmul(q, k.transpose(2, 3)) * SCALE + mask
         return torch.matmul(F.softmax(attn_weights, dim=-1), v)
 
@@ -254,7 +254,7 @@ class ConstantAlibi(nn.Module):
     def forward(self, q, k, v):
         q_pos = torch.arange(q.size(-2), device=q.device, dtype=torch.float32)[:, None]
         k_pos = torch.arange(k.size(-2), device=q.device, dtype=torch.float32)[None, :]
-        alibi = self.slopes * (k_pos - q_pos)[None, None]
+        alibi = (self.slopes * (k_pos - q_pos)[None, None]).to(q.dtype)   # bloom: build_alibi_tensor(..., dtype)
         return attend(scores(q, k) + alibi, v)
 
 

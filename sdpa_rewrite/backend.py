@@ -16,7 +16,7 @@ from .dispatch import VerdictDispatch
 from .rewrite import rewrite, snapshot
 from .runtime import probes
 
-OPTIONS = ("downstream", "report", "strict", "fold_buffers", "empty_rows", "runtime_verdicts")
+OPTIONS = ("downstream", "report", "strict", "fold_buffers", "empty_rows", "runtime_verdicts", "mode")
 _warned: set = set()
 RUNTIME = "; verdict taken at run time"
 
@@ -32,10 +32,15 @@ def sdpa_rewrite_backend(gm: fx.GraphModule, example_inputs: list, options: Opti
     the model rewrites a mask buffer between calls); empty_rows: "eager" (default) or "kernel" — see rewrite();
     runtime_verdicts: a mask that arrives as a graph input is classified at run time and a causal or empty one
     reaches SDPA's fast paths (default True; off under CUDA graphs, see dispatch.py).
+    mode: Inductor's mode ("reduce-overhead", "max-autotune", ...), as an option: torch.compile takes either
+    `mode=` or `options=`, not both, so this is how a report and CUDA graphs go together.
     Any other option is an Inductor config patch when downstream is Inductor.
     """
     options = dict(options or {})
     downstream = options.pop("downstream", "inductor")
+    mode = options.pop("mode", None) or mode
+    if mode is not None and downstream != "inductor":
+        raise ValueError(f"sdpa_rewrite: mode={mode!r} is an Inductor mode; downstream is {downstream!r}")
     show = options.pop("report", os.environ.get("SDPA_REWRITE_REPORT", "0") not in ("", "0"))
     strict = options.pop("strict", False)
     fold_buffers = options.pop("fold_buffers", True)
@@ -82,13 +87,10 @@ def _cuda_graphs(downstream, mode, options: dict) -> bool:
         return True
     if downstream != "inductor":
         return False
-    if mode in ("reduce-overhead", "max-autotune"):
-        return True
-    if "triton.cudagraphs" in options:
-        return bool(options["triton.cudagraphs"])
-    from torch._inductor import config
+    from torch._inductor import config, list_mode_options
 
-    return bool(config.triton.cudagraphs)
+    patches = {**(list_mode_options(mode) if mode else {}), **options}
+    return bool(patches.get("triton.cudagraphs", config.triton.cudagraphs))
 
 
 def _say_runtime_verdicts(report, found: list) -> None:

@@ -20,7 +20,7 @@ from .fold import Folder
 from .masks import MASKING, Verdict, judge, mask_nodes
 from .scores import NoMatch, Operand, Scores, _regroups_batch, read_scores, read_value_einsum, scale_note
 from .scores import _single as single_use
-from .view import data_users, dtype, is_symbolic_scalar, meta_value, norm_dim, rank, scalar, shape, view
+from .view import data_users, dtype, is_symbolic_scalar, meta_value, norm_dim, rank, scalar, shape, target_name, view
 
 # A finite fill this large swallows any score it is added to (ulp/2 > 1e6 in fp32), so
 # `where(R, f, s)` and `s + where(R, f, 0)` give the same logits: the additive form is exact.
@@ -133,7 +133,19 @@ def find(gm: fx.GraphModule, folder: Optional[Folder] = None) -> list:
                 findings.append(Miss(location(node, gm), node, miss.reason))
             except Exception as e:
                 raise SiteError(location(node, gm), e) from e
+        elif op is None and _unread_softmax(node):
+            findings.append(Miss(location(node, gm), node,
+                                 f"`{target_name(node)}` is a softmax spelling the matcher does not read"))
     return findings
+
+
+def _unread_softmax(node: fx.Node) -> bool:
+    """A call named like a softmax that the vocabulary does not know (aten._masked_softmax, a library's own):
+    a row in the report rather than a site nobody sees. Log-softmax (losses) and backward ops are not attention."""
+    if node.op not in ("call_function", "call_method"):
+        return False
+    name = target_name(node).lower()
+    return name.endswith("softmax") and "log_softmax" not in name and "backward" not in name
 
 
 def _match(gm, sm, modules, folder=None) -> Attention:

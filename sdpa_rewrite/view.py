@@ -94,6 +94,7 @@ _FUNCTIONS: dict[Any, tuple[str, str]] = {
     aten.unsqueeze.default: ("unsqueeze", "input dim"),
     aten.matmul.default: ("matmul", "input other"),
     aten.softmax.int: ("softmax", "input dim dtype"),
+    aten._safe_softmax.default: ("softmax", "input dim dtype"),  # softmax with 0 on rows of -inf alone, as SDPA
     aten.mul.Scalar: ("mul", "input other"),
     aten.div.Scalar: ("div", "input other"),
     aten.mul_.Tensor: ("mul", "input other"),

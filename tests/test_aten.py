@@ -172,3 +172,28 @@ def test_masks_written_in_place_by_aten_ops(how, verdict, front_end):
     report = sdpa_rewrite.rewrite(gm)
     assert len(report.rewritten) == 1 and report.sites[0].mask.startswith(verdict), str(report)
     torch.testing.assert_close(gm(q, k, v), model(q, k, v), rtol=1e-5, atol=1e-5)
+
+
+def test_safe_softmax_is_a_softmax_and_unknown_softmaxes_are_reported():
+    """aten._safe_softmax (SDPA's own math decomposition) gives 0 on rows of -inf alone, as the rewrite does: it is
+    read as a softmax. A softmax the vocabulary does not know (aten._masked_softmax) is a skipped row with its name."""
+
+    def safe(q, k, v, keep):
+        s = (q @ k.transpose(-1, -2) * 0.25).masked_fill(~keep, float("-inf"))
+        return torch.ops.aten._safe_softmax.default(s, -1) @ v
+
+    def masked(q, k, v, keep):
+        return torch.ops.aten._masked_softmax(q @ k.transpose(-1, -2), ~keep, -1, 0) @ v
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 8, 16, generator=g) for _ in range(3))
+    keep = torch.rand(2, 1, 8, 8, generator=g) > 0.3
+    keep[0, 0, 2] = False                                 # a row with no visible key: 0 in both
+    gm = make_fx(safe)(q, k, v, keep)
+    want = safe(q, k, v, keep)
+    report = sdpa_rewrite.rewrite(gm)
+    assert len(report.rewritten) == 1, report
+    torch.testing.assert_close(gm(q, k, v, keep), want, rtol=0, atol=1e-5)
+    report = sdpa_rewrite.rewrite(make_fx(masked)(q, k, v, keep.expand(2, 4, 8, 8)))
+    (site,) = report.sites
+    assert site.status == "skipped" and "_masked_softmax" in site.reason, report

@@ -228,3 +228,20 @@ def test_mask_written_in_place_is_folded_with_the_write(model):
     torch.testing.assert_close(out, model(q, k, v), rtol=1e-5, atol=1e-5)
     (site,) = reports[0].sites
     assert site.rewritten and not site.mask.startswith(("none", "causal")), site.mask
+
+
+def test_mode_as_an_option_with_a_report():
+    """torch.compile refuses `mode=` beside `options=`: the mode travels as an option, with the report, and CUDA
+    graphs (reduce-overhead) turn the run-time mask check off (a capture may not sync)."""
+    from sdpa_rewrite.backend import _cuda_graphs
+
+    reports = []
+    model = torch.nn.Linear(4, 4)
+    out = torch.compile(model, backend="sdpa_rewrite",
+                        options={"mode": "max-autotune-no-cudagraphs", "report": reports.append})(torch.ones(2, 4))
+    assert torch.allclose(out, model(torch.ones(2, 4))) and len(reports) == 1
+    assert _cuda_graphs("inductor", "reduce-overhead", {}) and not _cuda_graphs("inductor", None, {})
+    assert not _cuda_graphs("inductor", "reduce-overhead", {"triton.cudagraphs": False})
+    with pytest.raises(Exception, match="Inductor mode"):
+        torch.compile(model, backend="sdpa_rewrite", options={"mode": "reduce-overhead", "downstream": "eager"})(
+            torch.ones(2, 4))
