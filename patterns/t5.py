@@ -53,8 +53,9 @@ class T5AttentionV4(nn.Module):
                 self.relative_attention_bias.weight.normal_(0.0, 1.0)
 
     def compute_bias(self, query_length, key_length):
-        context_position = torch.arange(query_length, dtype=torch.long)[:, None]
-        memory_position = torch.arange(key_length, dtype=torch.long)[None, :]
+        device = self.relative_attention_bias.weight.device            # T5Attention.compute_bias(device=...)
+        context_position = torch.arange(query_length, dtype=torch.long, device=device)[:, None]
+        memory_position = torch.arange(key_length, dtype=torch.long, device=device)[None, :]
         relative_position = memory_position - context_position
         bucket = relative_position_bucket(relative_position, bidirectional=True, num_buckets=self.num_buckets,
                                           max_distance=self.max_distance)
@@ -112,8 +113,9 @@ class T5AttentionV5(nn.Module):
             self.relative_attention_bias.weight.normal_(0.0, 1.0)
 
     def compute_bias(self, query_length, key_length):
-        context_position = torch.arange(query_length, dtype=torch.long)[:, None]
-        memory_position = torch.arange(key_length, dtype=torch.long)[None, :]
+        device = self.relative_attention_bias.weight.device            # T5Attention.compute_bias(device=...)
+        context_position = torch.arange(query_length, dtype=torch.long, device=device)[:, None]
+        memory_position = torch.arange(key_length, dtype=torch.long, device=device)[None, :]
         bucket = relative_position_bucket(memory_position - context_position, True, self.num_buckets,
                                           self.max_distance)
         return self.relative_attention_bias(bucket).permute([2, 0, 1]).unsqueeze(0)

@@ -136,14 +136,17 @@ def _parse(node, st: _State, consumed: tuple, modules, root, depth: int) -> Scor
 
 def _parse_clamp(op: Op, st, consumed, modules, root, depth):
     """`max(S, finfo.min)` (xglm): finite scores are unchanged; a -inf in the mask becomes finfo.min. Read only
-    as the last step before the softmax, where it is exactly a clamp of the mask."""
+    as the last step before the softmax, where it is exactly a clamp of the mask. The floor counts as it rounds
+    into the scores' dtype: a wider dtype's finfo.min is -inf in fp16 / bf16, and max(S, -inf) = S."""
     dt = dtype(op.node)
     floor = _fill_constant(op["other"], st, modules, root) if op["other"] is not None else None
-    if dt is None or not dt.is_floating_point or floor is None or floor != torch.finfo(dt).min:
+    if dt is not None and dt.is_floating_point and floor is not None:
+        floor = torch.tensor(float(floor), dtype=torch.float64).to(dt).item()
+    if dt is None or not dt.is_floating_point or floor is None or floor not in (torch.finfo(dt).min, -math.inf):
         raise NoMatch(f"{_describe(op.node)} lies between Q·Kᵀ and the softmax", depth)
     if st.post != 1.0 or st.post_t or st.terms or st.fills or st.clamp is not None:
         raise NoMatch(f"a clamp of the scores (`{op.node.name}`) followed by other operations", depth)
-    st2 = replace(st, clamp=floor)
+    st2 = replace(st, clamp=floor if floor > -math.inf else None)          # max(S, -inf) -> S
     return _parse(_single(op["input"], op.node, depth), st2, consumed, modules, root, depth + 1)
 
 

@@ -36,3 +36,23 @@ def test_greedy_generate_same_tokens_decode_step_rewritten(build, padded):
         assert symbolic and all(s.mask.startswith("none") for s in decode), [(s.k, s.mask) for s in decode]
     else:
         assert all(s.mask.startswith("input mask") for s in decode), [s.mask for s in decode]
+
+
+def test_transformers_auto_compile_of_generate_takes_the_backend():
+    """transformers compiles the decode step itself when the cache is static: `CompileConfig(backend="sdpa_rewrite")`.
+    Its default `mode="reduce-overhead"` beside `options=` is refused by torch.compile, so the mode travels as an
+    option (`mode=None, options={"mode": ...}`). Same tokens as eager, every decode site rewritten."""
+    from transformers import CompileConfig
+
+    model = llama()
+    ids = torch.randint(3, 128, (2, 6), generator=torch.Generator().manual_seed(0))
+    kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=0, cache_implementation="static")
+    ref = model.generate(ids, **kwargs)
+    reports = []
+    config = CompileConfig(backend="sdpa_rewrite", mode=None, fullgraph=False,
+                           options={"mode": "default", "downstream": "inductor", "report": reports.append})
+    config._compile_all_devices = True            # transformers auto-compiles on accelerators only; the CPU for the test
+    model.generation_config.compile_config = config
+    assert torch.equal(model.generate(ids, **kwargs), ref)
+    sites = [s for r in reports for s in r.sites]
+    assert sites and all(s.rewritten for s in sites) and all(s.q[-2] == 1 for s in sites), sites

@@ -474,6 +474,24 @@ def test_clamp_to_finfo_min_turns_minus_inf_rows_uniform():
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dt", [torch.bfloat16, torch.float16])
+def test_a_wider_finfo_min_clamp_is_the_identity_in_low_precision(dt):
+    """max(s, finfo(float32).min) on bf16/fp16 scores: the floor rounds to -inf there, and max(s, -inf) = s. The site
+    is rewritten with no clamp, and -inf rows give zeros (eager: NaN), as for any -inf mask."""
+    from patterns.fuzz_found import ClampedScores
+
+    q, k, v = (x.to(dt) for x in qkv())
+    mask = torch.zeros(2, 1, 8, 8, dtype=dt).masked_fill(_rows(), float("-inf"))
+    model = ClampedScores()
+    gm = torch.fx.symbolic_trace(model)
+    report = sdpa_rewrite.rewrite(gm, example_inputs=(q, k, v, mask))
+    assert len(report.rewritten) == 1, report
+    out, ref = gm(q, k, v, mask), model(q, k, v, mask)
+    rows = _rows()[..., 0].expand(2, 4, 8)
+    assert torch.isnan(ref[rows]).all() and (out[rows] == 0).all()
+    torch.testing.assert_close(out[~rows], ref[~rows], rtol=0, atol=2e-2)
+
+
 def test_a_real_clamp_is_not_read_as_one():
     """max(s, -5.0) changes the scores: it stays eager, with the op named."""
     class Clamp(nn.Module):

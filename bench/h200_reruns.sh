@@ -1,12 +1,10 @@
 #!/usr/bin/env bash
-# The issue-5 runs the H100 sessions' device time did not reach (see bench/RESULTS.md), in priority order.
-# One part per device call (each under the 10-minute limit, at most 8 files back under $OUT):
-#     PYTHONPATH=. bash bench/issue5_remaining.sh 1      (then 2 ... 10; part 1 ran 2026-12-01, parts 2-6 and 8-10
-#     2026-12-02; part 7 did not run: its OPT half is in part 9, and part 10's profile replaced its GPT-2 half)
-# Each part measures the backend beside its own baseline in the same process, so its ratios hold on whatever
-# GPU runs it (2026-12-01: an H200; the earlier rows are an H100's and are not mixed with these).
-# Part 1's OPT step runs twice: under the machine's transformers (5.17 there) and under transformers 5.24, carried
-# as a wheel in .whl/ (`pip download --no-deps transformers==5.24.0 -d .whl`; name .whl in the call's carry).
+# The H200 measurements of generate(), training steps, the largest batch, and their profiles, grouped so that each
+# part fits one device call (under 10 minutes, at most 8 files back under $OUT):
+#     PYTHONPATH=. bash bench/h200_reruns.sh N      (N = 1 ... 10; bench/RESULTS.md says which rows each part made)
+# Each part measures the backend beside its own baseline in the same process, so its ratios hold on whatever GPU
+# runs it. Parts that say `with_524` run under transformers 5.24, carried as a wheel in .whl/
+# (`pip download --no-deps transformers==5.24.0 -d .whl`; name .whl in the call's carry).
 # Every script saves its rows as they come, so a part cut by a timeout keeps what it measured.
 set -u
 export PYTHONPATH=. PYTHONUNBUFFERED=1
