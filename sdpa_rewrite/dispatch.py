@@ -29,11 +29,9 @@ class VerdictDispatch:
         self.general, self.compile_variant = general, compile_variant
         self.rewrite_options, self.strict = rewrite_options, strict
         self.variants: dict = {}
-        self.calls: dict = {}            # verdicts -> how many calls ran with them (tests, explain)
 
     def __call__(self, *args):
         verdicts = tuple(p.kind(args) for p in self.probes)
-        self.calls[verdicts] = self.calls.get(verdicts, 0) + 1
         if all(v == "mask" for v in verdicts):
             return self.general(*args)
         fn = self.variants.get(verdicts)

@@ -4,13 +4,15 @@ A layer compiled on its own (regional compile, FSDP2 blocks, a graph break in th
 causal mask the model built outside it as an input, so the fold (fold.py) cannot prove it causal. For each
 such mask, `probes()` copies the few nodes that compute it from the graph's inputs into a small program;
 `MaskProbe.kind(args)` runs it on the real inputs and classifies the pattern on the device
-(masks.runtime_kind: none / causal / causal lower-right / mask) with one host sync.
+(`runtime_kind`: none / causal / causal lower-right / mask) with one host sync.
 
 Verdicts are cached per input tensor, so every layer that reads one mask pays one classification per
 forward. A cached verdict is reused only for the very same tensor object (a weak reference: a new tensor
 at a freed address is a new key) at the same version counter (an in-place write is a new key), shape,
-strides, dtype and device. Tensors without a version counter (made under `torch.inference_mode`) are never
-classified, nor is anything while a CUDA graph is being captured: they keep the mask, which is always exact.
+strides, dtype and device. A write through `.data` bypasses the version counter and is not seen (code that
+rewrites its mask that way passes runtime_verdicts=False). Tensors without a version counter (made under
+`torch.inference_mode`) are never classified, nor is anything while a CUDA graph is being captured: they keep
+the mask, which is always exact.
 """
 from __future__ import annotations
 
@@ -29,7 +31,6 @@ from .fold import _RANDOM, Folder
 from .masks import MaskForm, mask_form, visible_pattern
 from .view import hashable, is_inplace, meta_value, same_batch, target_name
 
-DROPPING = ("none", "causal", "causal lower-right")   # the verdicts a variant is compiled for
 _CACHE_SIZE = 16
 _verdicts: "OrderedDict[tuple, tuple]" = OrderedDict()  # key -> (weak refs to the tensors read, verdict)
 
