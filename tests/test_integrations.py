@@ -1,12 +1,12 @@
-"""Where users already are: transformers' Trainer (through accelerate) with the backend."""
+"""Where users already are: transformers' Trainer (through accelerate), PEFT and diffusers with the backend."""
 import tempfile
 
 import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-pytest.importorskip("accelerate")
 
+from support import assert_close_outputs, compile_and_record  # noqa: E402
 from test_transformers import llama  # noqa: E402
 
 
@@ -26,6 +26,7 @@ def trainer_losses(compile_model: bool, reports: list) -> list:
 
 
 def test_trainer_with_the_model_compiled_by_the_backend():
+    pytest.importorskip("accelerate")
     """accelerate checks `torch_compile_backend` against its own list of backend names and refuses "sdpa_rewrite";
     compiling the model in place (`model.compile(backend="sdpa_rewrite")`) before handing it to the Trainer is the
     route that works. Three optimizer steps: every site rewritten, the same losses as without the backend."""
@@ -37,3 +38,39 @@ def test_trainer_with_the_model_compiled_by_the_backend():
     assert len(got) == len(ref) == 3
     for a, b in zip(got, ref):
         assert abs(a - b) <= 1e-5 * abs(b), (got, ref)
+
+
+def test_peft_lora_wrapped_model():
+    """LoRA adapters on q_proj / v_proj change the projections, not the attention: every site rewritten."""
+    peft = pytest.importorskip("peft")
+    torch.manual_seed(0)
+    model = peft.get_peft_model(llama(), peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+    ids = torch.randint(3, 128, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits
+        out, reports, _ = compile_and_record(model, (), {"input_ids": ids})
+    sites = [s for r in reports for s in r.sites]
+    assert len(sites) == 2 and all(s.rewritten and s.causal == "top-left" for s in sites), "\n".join(map(str, reports))
+    assert_close_outputs(out.logits, ref)
+
+
+def test_diffusers_unet_with_its_eager_attention_processor():
+    """diffusers' eager `AttnProcessor` (baddbmm with beta 0 over an empty input, softmax, bmm) in a UNet's self- and
+    cross-attention: every site rewritten, the same sample."""
+    diffusers = pytest.importorskip("diffusers")
+    from diffusers.models.attention_processor import AttnProcessor
+
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8).eval()
+    unet.set_attn_processor(AttnProcessor())
+    g = torch.Generator().manual_seed(0)
+    x, t, context = torch.randn(1, 4, 8, 8, generator=g), torch.tensor([10]), torch.randn(1, 6, 32, generator=g)
+    with torch.no_grad():
+        ref = unet(x, t, context).sample
+        out, reports, _ = compile_and_record(unet, (x, t, context))
+    sites = [s for r in reports for s in r.sites]
+    assert len(sites) == 8 and all(s.rewritten for s in sites), "\n".join(map(str, reports))
+    assert_close_outputs(out.sample, ref)
