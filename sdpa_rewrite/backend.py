@@ -5,7 +5,6 @@ leaves the graph untouched, warns once, and compiles it anyway; `strict=True` ra
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import warnings
 from typing import Any, Callable, Optional
@@ -14,11 +13,10 @@ import torch.fx as fx
 
 from .dispatch import VerdictDispatch
 from .rewrite import rewrite, snapshot
-from .runtime import probes
+from .runtime import probes_for
 
 OPTIONS = ("downstream", "report", "strict", "fold_buffers", "empty_rows", "runtime_verdicts", "mode")
 _warned: set = set()
-RUNTIME = "; verdict taken at run time"
 
 
 def sdpa_rewrite_backend(gm: fx.GraphModule, example_inputs: list, options: Optional[dict] = None,
@@ -55,9 +53,8 @@ def sdpa_rewrite_backend(gm: fx.GraphModule, example_inputs: list, options: Opti
     found = []
     try:
         report = rewrite(gm, example_inputs, **rewrite_options)
-        if pristine is not None and any(s.mask.startswith("input mask") for s in report.rewritten):
-            found = probes(fx.GraphModule(gm, snapshot(pristine)), example_inputs, fold_buffers)
-            _say_runtime_verdicts(report, found)
+        if pristine is not None:
+            found = probes_for(report, gm, pristine, example_inputs, fold_buffers)
     except Exception as e:
         if strict:
             raise
@@ -93,15 +90,6 @@ def _cuda_graphs(downstream, mode, options: dict) -> bool:
     return bool(patches.get("triton.cudagraphs", config.triton.cudagraphs))
 
 
-def _say_runtime_verdicts(report, found: list) -> None:
-    """Mark the sites whose mask verdict is taken at run time, and say what that costs."""
-    sites = {loc for p in found for loc in p.sites}
-    report.sites[:] = [dataclasses.replace(s, mask=s.mask.replace(")", RUNTIME + ")", 1), runtime_verdict=True)
-                       if s.location in sites else s for s in report.sites]
-    report.notes.append(
-        f"{len(sites)} sites read a mask that is a graph input ({', '.join(sorted({p.input_name for p in found}))}): "
-        "its verdict is taken at run time, once per distinct mask tensor (one host sync), and a causal or "
-        "all-visible mask reaches SDPA as is_causal or no mask. options={'runtime_verdicts': False} turns it off")
 
 
 def _warn_at_recompile_limit(report) -> None:

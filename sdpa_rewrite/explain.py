@@ -17,6 +17,7 @@ import torch.fx as fx
 
 from .report import Report
 from .rewrite import rewrite, snapshot
+from .runtime import probes_for
 
 
 def explain(model, *args, **kwargs) -> Report:
@@ -29,7 +30,9 @@ def explain(model, *args, **kwargs) -> Report:
     report = Report()
     for i, gm in enumerate(out.graphs):
         copy = fx.GraphModule(gm, snapshot(gm.graph))
-        report.extend(rewrite(copy, graph=i))
+        part = rewrite(copy, graph=i)
+        probes_for(part, gm, gm.graph)                 # marks the sites whose verdict is taken at run time
+        report.extend(part)
     reasons = [str(getattr(br, "reason", br)) for br in out.break_reasons]
     if not reasons:       # some breaks (data-dependent branching, a skipped frame) reach only Dynamo's counters
         new = _break_counts(counters) - breaks_before

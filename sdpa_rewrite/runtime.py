@@ -16,6 +16,7 @@ the mask, which is always exact.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import warnings
 import weakref
@@ -29,6 +30,7 @@ import torch.fx as fx
 from .find import Attention, find
 from .fold import _RANDOM, Folder
 from .masks import MaskForm, mask_form, visible_pattern
+from .rewrite import snapshot
 from .view import hashable, is_inplace, meta_value, same_batch, target_name
 
 _CACHE_SIZE = 16
@@ -125,6 +127,25 @@ def _flags_function(form: MaskForm, top_shape: tuple, compiled: bool):
 
         _compiled[key] = guarded
     return _compiled[key]
+
+
+def probes_for(report, owner: fx.GraphModule, graph: fx.Graph, example_inputs: Optional[Sequence] = None,
+               fold_buffers: bool = True) -> list:
+    """The probes of `graph` (unrewritten; `owner` holds its submodules) whose rewrite gave `report`, with the
+    report's sites marked and a note saying what the run-time verdict costs. Nothing is searched without input masks."""
+    if not any(s.mask.startswith("input mask") for s in report.rewritten):
+        return []
+    found = probes(fx.GraphModule(owner, snapshot(graph)), example_inputs, fold_buffers)
+    sites = {loc for p in found for loc in p.sites}
+    if not sites:
+        return found
+    report.sites[:] = [dataclasses.replace(s, mask=s.mask.replace(")", "; verdict taken at run time)", 1),
+                                           runtime_verdict=True) if s.location in sites else s for s in report.sites]
+    report.notes.append(
+        f"{len(sites)} sites read a mask that is a graph input ({', '.join(sorted({p.input_name for p in found}))}): "
+        "its verdict is taken at run time, once per distinct mask tensor (one host sync), and a causal or "
+        "all-visible mask reaches SDPA as is_causal or no mask. options={'runtime_verdicts': False} turns it off")
+    return found
 
 
 def probes(gm: fx.GraphModule, example_inputs: Optional[Sequence] = None, fold_buffers: bool = True) -> list:

@@ -341,3 +341,14 @@ def test_compiled_check_gives_the_eager_flags():
     for mask in (causal(), torch.zeros(8, 8), hole, causal().clamp_min(-5.0), causal(8, 8).fill_(float("nan"))):
         mask = mask.expand(2, 1, 8, 8)
         assert torch.equal(compiled(mask), runtime.pattern_flags(form, shape, mask)), mask
+
+
+def test_explain_marks_the_masks_whose_verdict_is_taken_at_run_time():
+    """explain() says what the backend would do: an attention_mask of ones is input data, classified at run time."""
+    import sdpa_rewrite
+
+    model = llama()
+    ids, mask = padded_inputs("unpadded")
+    report = sdpa_rewrite.explain(model, ids, attention_mask=mask)
+    assert len(report.rewritten) == 2 and all(s.runtime_verdict for s in report.sites), report
+    assert any("verdict is taken at run time" in n for n in report.notes), report.notes
