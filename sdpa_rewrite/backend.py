@@ -1,7 +1,9 @@
 """The torch.compile entry: rewrite the Dynamo graph, then hand it to the downstream compiler.
 
 The rewrite runs before AOTAutograd, so training differentiates through SDPA. An internal error
-leaves the graph untouched, warns once, and compiles it anyway; `strict=True` raises instead.
+leaves the graph untouched, warns once, and compiles it anyway; `strict=True` raises instead. A graph whose
+masks arrive as inputs is returned wrapped in a `dispatch.VerdictDispatch`, which runs the variant compiled
+for what those masks are at run time.
 """
 from __future__ import annotations
 
