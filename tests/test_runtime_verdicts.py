@@ -53,8 +53,8 @@ def compiled(blocks, graphs=None, **options):
             graphs.append(gm)
         return gm.forward
 
-    return [torch.compile(b, backend="sdpa_rewrite", options={"downstream": downstream, "strict": True, **options})
-            for b in blocks]
+    options = {"downstream": downstream, "strict": True, **options}
+    return [torch.compile(b, backend="sdpa_rewrite", options=options) for b in blocks]
 
 
 def run(blocks, x, mask):
@@ -352,3 +352,25 @@ def test_explain_marks_the_masks_whose_verdict_is_taken_at_run_time():
     report = sdpa_rewrite.explain(model, ids, attention_mask=mask)
     assert len(report.rewritten) == 2 and all(s.runtime_verdict for s in report.sites), report
     assert any("verdict is taken at run time" in n for n in report.notes), report.notes
+
+
+class AnyBatchBlock(Block):
+    def forward(self, x, mask):
+        B, L = x.shape[:2]
+        q, k, v = self.qkv(x).view(B, L, 3, 2, 8).permute(2, 0, 3, 1, 4)
+        w = (q @ k.transpose(-1, -2) / math.sqrt(8) + mask).softmax(-1)
+        return x + (w @ v).transpose(1, 2).reshape(B, L, 16)
+
+
+def test_a_symbolic_batch_gets_a_variant_per_size(classified):
+    """Dynamo makes the batch symbolic after a second size; a variant is compiled with the sizes of the call that
+    first needs it (aot_eager traces them in), so each new size gets its own variant rather than another's (which
+    fails on the next size without this)."""
+    torch.manual_seed(0)
+    blocks = torch.nn.ModuleList(AnyBatchBlock() for _ in range(2))
+    fast = compiled(blocks, downstream="aot_eager")
+    for batch in (2, 3, 4, 3):
+        x, mask = torch.randn(batch, 8, 16), causal()[None, None].expand(batch, 1, 8, 8)
+        with torch.no_grad():
+            assert_close_outputs(run(fast, x, mask), run(blocks, x, mask))
+    assert classified == ["causal"] * 4                 # one verdict per forward, each run on a causal variant
