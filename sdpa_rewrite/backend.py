@@ -92,8 +92,6 @@ def _cuda_graphs(downstream, mode, options: dict) -> bool:
     return bool(patches.get("triton.cudagraphs", config.triton.cudagraphs))
 
 
-
-
 def _warn_at_recompile_limit(report) -> None:
     """Dynamo compiles a frame at most `recompile_limit` times, then runs it uncompiled: with the model's own
     eager attention, never seen here. When this compile is the last one Dynamo allows the frame, say so
