@@ -26,6 +26,9 @@ class Expect:
     is_causal: bool = False
     enable_gqa: bool = False
     verdict: Optional[str] = None  # the report's mask verdict kind ("causal", "input mask", ...); None: unchecked
+    target: str = "sdpa"        # "sdpa" | "flex": what the site calls where flex can run (inference, or CUDA)
+    cap: Optional[float] = None  # flex: the soft-cap β of score_mod β·tanh(score)
+    sink: bool = False          # attention sinks: an extra logit column per head, sliced off after the softmax
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import Entry, hidden, padding_mask
+from . import Entry, hidden
 
 
 class _Heads(nn.Module):
@@ -27,25 +27,6 @@ class _Heads(nn.Module):
     def out(self, o):
         b, l = o.shape[0], o.shape[2]
         return self.o_proj(o.transpose(1, 2).reshape(b, l, -1))
-
-
-class Gemma2SoftCap(_Heads):
-    """transformers models/gemma2/modeling_gemma2.py: eager_attention_forward with attn_logit_softcapping."""
-
-    def __init__(self, softcap=50.0):
-        super().__init__()
-        self.scaling = self.head_dim ** -0.5
-        self.softcap = softcap
-
-    def forward(self, x, attention_mask):
-        q, k, v = self.qkv(x)
-        attn_weights = torch.matmul(q, k.transpose(2, 3)) * self.scaling
-        attn_weights = attn_weights / self.softcap
-        attn_weights = torch.tanh(attn_weights)
-        attn_weights = attn_weights * self.softcap
-        attn_weights = attn_weights + attention_mask
-        attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(q.dtype)
-        return self.out(torch.matmul(attn_weights, v))
 
 
 class OutputAttentions(_Heads):
@@ -123,40 +104,7 @@ class TalkingHeadAttn(nn.Module):
         return self.proj(x)
 
 
-class GptOssSinks(_Heads):
-    """transformers models/gpt_oss/modeling_gpt_oss.py: eager_attention_forward (learned sink logit per head,
-    concatenated before the softmax and sliced off after); returns only the attention output."""
-
-    def __init__(self):
-        super().__init__()
-        self.scaling = self.head_dim ** -0.5
-        g = torch.Generator().manual_seed(31)
-        self.sinks = nn.Parameter(torch.randn(self.heads, generator=g))
-
-    def forward(self, x, attention_mask):
-        query, key, value = self.qkv(x)
-        attn_weights = torch.matmul(query, key.transpose(2, 3)) * self.scaling
-        attn_weights = attn_weights + attention_mask
-        sinks = self.sinks.reshape(1, -1, 1, 1).expand(query.shape[0], -1, query.shape[-2], -1)
-        combined_logits = torch.cat([attn_weights, sinks], dim=-1)
-        combined_logits = combined_logits - combined_logits.max(dim=-1, keepdim=True).values
-        probs = F.softmax(combined_logits, dim=-1, dtype=combined_logits.dtype)
-        scores = probs[..., :-1]
-        attn_weights = F.dropout(scores, p=0.0, training=self.training).to(value.dtype)
-        return self.out(torch.matmul(attn_weights, value))
-
-
-def causal_additive(b=2, l=8):
-    m = padding_mask(b, l, l)
-    causal = torch.triu(torch.full((l, l), torch.finfo(torch.float32).min), diagonal=1)
-    return torch.maximum(m + causal, torch.full_like(m, torch.finfo(torch.float32).min))
-
-
 ENTRIES = [
-    Entry("near_misses/gemma2_softcap",
-          "huggingface/transformers: models/gemma2/modeling_gemma2.py: eager_attention_forward (softcap)",
-          lambda: Gemma2SoftCap().eval(), lambda: (hidden(2, 8, 64, seed=40)[0], causal_additive()),
-          None, reason="tanh"),
     Entry("near_misses/output_attentions",
           "huggingface/transformers: models/bert/modeling_bert.py: eager_attention_forward, output_attentions=True",
           lambda: OutputAttentions().eval(), lambda: hidden(2, 8, 64, seed=41),
@@ -172,9 +120,5 @@ ENTRIES = [
     Entry("near_misses/cait_talking_heads",
           "huggingface/pytorch-image-models: timm/models/cait.py: TalkingHeadAttn.forward",
           lambda: TalkingHeadAttn().eval(), lambda: hidden(2, 8, 64, seed=44),
-          None, reason="not a ·V matmul"),
-    Entry("near_misses/gpt_oss_attention_sinks",
-          "huggingface/transformers: models/gpt_oss/modeling_gpt_oss.py: eager_attention_forward (sinks)",
-          lambda: GptOssSinks().eval(), lambda: (hidden(2, 8, 64, seed=45)[0], causal_additive()),
           None, reason="not a ·V matmul"),
 ]

@@ -15,7 +15,10 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from .find import Attention
+from .flex import band, band_block_mask, flex_attention_site
 from .masks import MASKING
+from .plan import Plan
+from .sinks import with_sink_keys
 from .scores import Operand
 from .view import _SCALAR_FUNCTIONS, dtype, is_inplace, meta_value, reads_only_metadata, shape, view
 
@@ -48,7 +51,8 @@ def heads_dim(mask: torch.Tensor) -> torch.Tensor:
     return torch.atleast_2d(mask).unsqueeze(-3)
 
 
-def emit(gm: fx.GraphModule, att: Attention) -> fx.Node:
+def emit(gm: fx.GraphModule, att: Attention, plan: Plan = Plan("sdpa")) -> fx.Node:
+    """Splice the call `plan` chose for `att` (SDPA, SDPA with sink keys, or FlexAttention) into the graph."""
     g = gm.graph
     with g.inserting_before(att.output):
         b = _Builder(g)
@@ -61,15 +65,17 @@ def emit(gm: fx.GraphModule, att: Attention) -> fx.Node:
         v = b.operand(att.v, att.batch, att.gqa)
         if dtype(att.v.node) != att.compute_dtype:
             v = b.method("to", v, att.compute_dtype)
-        mask = _mask(b, att)
+        mask = None if plan.band else _mask(b, att)    # a band goes to flex as a BlockMask, the dense mask unread
         seen_rows = None                   # query rows to keep; the others see no key and get zeros (eager: NaN)
-        if att.uniform_rows:
+        if plan.band:
+            pass                                       # a causal band has no row without a key
+        elif att.uniform_rows:
             q, mask = _uniform_rows(b, att, q, mask)
         elif att.empty_rows and _float_mask(att):
             q, mask, seen_rows = _absorbed_rows(b, att, q, mask)
         elif att.empty_rows:
             seen_rows = b.method("any", mask, -1, True)                # bool keep-mask: a row with a key
-        assert (seen_rows is not None) == att.zeroes_rows
+        assert plan.band or (seen_rows is not None) == att.zeroes_rows
         kwargs = {"attn_mask": mask, "dropout_p": _dropout_p(b, att),
                   "is_causal": att.causal == "top-left", "scale": att.scale}
         if att.gqa > 1:
@@ -82,7 +88,15 @@ def emit(gm: fx.GraphModule, att: Attention) -> fx.Node:
             qkv = tuple(b.method("unsqueeze", b.method("unsqueeze", t, 0), 0) for t in qkv)
         if lead and mask is not None:
             kwargs["attn_mask"] = b.call(heads_dim, mask)
-        if att.causal == "lower-right":
+        if plan.target == "flex":
+            out = _flex_call(b, att, plan, qkv, kwargs)
+        elif plan.sink_key:
+            keys = b.call(with_sink_keys, qkv[1], qkv[2], kwargs["attn_mask"], _sink(b, att, lead), att.causal,
+                          att.compute_dtype)
+            qkv = (qkv[0], b.call(operator.getitem, keys, 0), b.call(operator.getitem, keys, 1))
+            kwargs.update(attn_mask=b.call(operator.getitem, keys, 2), is_causal=False)
+            out = g.call_function(F.scaled_dot_product_attention, qkv, kwargs)
+        elif att.causal == "lower-right":
             del kwargs["attn_mask"], kwargs["is_causal"]
             out = g.call_function(causal_lower_right_attention, qkv, kwargs)
         else:
@@ -106,6 +120,27 @@ def emit(gm: fx.GraphModule, att: Attention) -> fx.Node:
         _detach_metadata(g, n)
     _erase_dead(g, (att.output,) + att.consumed, att.folded)
     return out
+
+
+def _flex_call(b: "_Builder", att: Attention, plan: Plan, qkv: tuple, kwargs: dict) -> fx.Node:
+    """flex_attention_site(q, k, v, ...): the dense mask (if any) for the score_mod, the band as a BlockMask."""
+    block = None
+    if plan.band:
+        L, S = att.q_shape[-2], att.k_shape[-2]
+        lo, hi = band(L, S, att.causal, att.verdict.window if att.verdict is not None else None)
+        block = b.call(band_block_mask, L, S, lo, hi, meta_value(att.q.node).device)
+    sink = _sink(b, att, max(0, 2 - len(att.batch))) if att.sink is not None else None
+    flex_kwargs = {"mask": kwargs["attn_mask"], "sink": sink, "block_mask": block, "scale": att.scale,
+                   "cap": att.cap, "enable_gqa": att.gqa > 1}
+    return b.g.call_function(flex_attention_site, qkv, flex_kwargs)
+
+
+def _sink(b: "_Builder", att: Attention, lead: int) -> fx.Node:
+    """The sink logits (..., L, n) with the heads dim a 3-D or 2-D site was given."""
+    sink = att.sink
+    for _ in range(lead):
+        sink = b.method("unsqueeze", sink, 0 if lead == 2 else 1)
+    return sink
 
 
 class _Builder:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 import re
 from collections import deque
 from dataclasses import dataclass
@@ -81,6 +82,8 @@ class Attention:
     folded: frozenset = frozenset()    # folded mask nodes, erased once unused
     clamp: Optional[float] = None      # the additive mask is clamped to this (max(S, finfo.min) in eager)
     mask_finite: bool = False          # the float mask provably holds no -inf (bounds.py): no row is -inf alone
+    cap: Optional[float] = None        # soft-capping: scores are cap·tanh(scale·Q·Kᵀ) + mask (flex's score_mod)
+    sink: Optional[fx.Node] = None     # sink logits (..., L, n): a column block per row that takes weight, no value
 
     @property
     def zeroes_rows(self) -> bool:
@@ -164,9 +167,14 @@ def _match(gm, sm, modules, folder=None) -> Attention:
     top = single_use(top, node, 0)     # resolves `s.masked_fill_(c, f); softmax(s)` to the in-place op
     if not _matmul_above(top, modules):
         raise NoMatch("not attention: no Q·Kᵀ matmul feeds this softmax")
-    pv, p_node, drop, down = _walk_to_value(node, modules)
+    pv, p_node, drop, down, sliced = _walk_to_value(node, modules)
     scores = read_scores(top, modules, gm, folder)
-    return _assemble(gm, node, top, scores, pv, p_node, drop, down, modules, folder)
+    width = shape(scores.sink)[-1] if scores.sink is not None else 0
+    if sliced != width:
+        raise NoMatch(f"the softmax covers {width} logit column(s) after the keys and {sliced} are sliced off "
+                      "its weights: not attention sinks" if width else
+                      f"{sliced} trailing column(s) are sliced off the attention weights")
+    return _assemble(gm, node, top, scores, pv, p_node, drop, down, modules, folder, sliced)
 
 
 def _matmul_above(top: fx.Node, modules, budget: int = 64) -> bool:
@@ -185,8 +193,10 @@ def _matmul_above(top: fx.Node, modules, budget: int = 64) -> bool:
 
 
 def _walk_to_value(node: fx.Node, modules):
-    """softmax -> casts / dropout -> the matmul with V; the weights may go nowhere else."""
-    drop, chain = None, ()
+    """softmax -> casts / dropout / the sink columns sliced off -> the matmul with V; the weights may go nowhere
+    else. Returns (·V op, the node feeding it, dropout, the nodes on the way, how many trailing columns were
+    sliced off)."""
+    drop, chain, sliced = None, (), 0
     while True:
         users = data_users(node)
         if len(users) != 1:
@@ -214,15 +224,44 @@ def _walk_to_value(node: fx.Node, modules):
             drop = Dropout(p if isinstance(p, fx.Node) else float(p), training, op["module"])
             chain, node = chain + (user,), user
             continue
+        dropped = _trailing_columns_dropped(user, node) if not chain and not sliced else 0
+        if dropped:
+            sliced, chain, node = dropped, chain + (user,), user
+            continue
         if op.kind == "matmul" and op["input"] is node and op["other"] is not node:
-            return op, node, drop, chain
+            return op, node, drop, chain, sliced
         if op.kind == "einsum" and len(op["operands"] or ()) == 2 and node in op["operands"]:
-            return op, node, drop, chain
+            return op, node, drop, chain, sliced
         hint = " (sliced after the softmax: an attention-sink column?)" if op.kind == "getitem" else ""
         raise NoMatch(f"the attention weights feed `{user.name}` ({op.kind}), not a ·V matmul{hint}")
 
 
-def _assemble(gm, node, top, sc: Scores, pv, p_node, drop, down, modules, folder=None) -> Attention:
+def _trailing_columns_dropped(user: fx.Node, node: fx.Node) -> int:
+    """How many trailing key columns `user` slices off `node` (`p[..., :-1]`, `p[..., :S]`, aten.slice on the
+    last dim from 0), else 0."""
+    before, after = shape(node), shape(user)
+    if before is None or after is None or len(before) != len(after) or tuple(before[:-1]) != tuple(after[:-1]):
+        return 0
+    if not all(isinstance(d, int) for d in (before[-1], after[-1])) or after[-1] >= before[-1]:
+        return 0
+    if user.op == "call_function" and user.target is operator.getitem and user.args[0] is node:
+        index = user.args[1] if isinstance(user.args[1], tuple) else (user.args[1],)
+        last = index[-1] if index else None
+        full = slice(None, None, None)
+        leading_ok = (index[:-1] == (Ellipsis,) or all(i == full for i in index[:-1]) and len(index) == len(before))
+        if leading_ok and isinstance(last, slice) and last.start in (None, 0) and last.step in (None, 1):
+            return before[-1] - after[-1]
+        return 0
+    if user.op == "call_function" and user.target is torch.ops.aten.slice.Tensor and user.args[0] is node:
+        dim = user.args[1] if len(user.args) > 1 else 0
+        start = user.args[2] if len(user.args) > 2 else None
+        step = user.args[4] if len(user.args) > 4 else 1
+        if norm_dim(dim, len(before)) == len(before) - 1 and start in (None, 0) and step == 1:
+            return before[-1] - after[-1]
+    return 0
+
+
+def _assemble(gm, node, top, sc: Scores, pv, p_node, drop, down, modules, folder=None, sliced: int = 0) -> Attention:
     q, k = sc.q, sc.k
     out_permute = None
     if pv.kind == "einsum":
@@ -272,20 +311,26 @@ def _assemble(gm, node, top, sc: Scores, pv, p_node, drop, down, modules, folder
         causal = {"causal": "top-left", "causal lower-right": "lower-right"}.get(verdict.kind, "")
         folded = frozenset().union(*(folder.cone(n) for n in mask_nodes(sc)))
         sc = dataclasses.replace(sc, terms=(), fills=())
+    elif verdict is not None and verdict.window is not None:     # flex may say it as a BlockMask instead
+        folded = frozenset().union(*(folder.cone(n) for n in mask_nodes(sc)))
     if sc.clamp is not None and sc.fills:
         raise NoMatch("a masked fill under a max(S, finfo.min) clamp: fully masked rows would differ from eager")
     keep, absorbing, uniform = _classify_fills(sc, drop, cdt)
+    if sc.sink is not None and uniform:
+        raise NoMatch("a finite masked fill with attention sinks: the filled logits would share weight with the sink")
     out_dtype = dtype(pv.node)
+    empty_rows = bool(keep or absorbing or sc.terms) and not uniform and verdict is not None \
+        and verdict.empty_rows is not False and verdict.kind != "bias" and sc.sink is None   # a sink sees every row
     return Attention(
         location=location(node, gm), softmax=node, output=pv.node, q=q, k=k, v=v,
         scale=float(sc.alpha), scale_notes=tuple(scale_note(n, qs[-1]) for n in sc.scale_notes) or ("none → 1.0",), tensor_scale=sc.tensor_scale,
         terms=sc.terms, keep=keep, absorbing=absorbing, uniform_rows=uniform, dropout=drop,
-        empty_rows=bool(keep or absorbing or sc.terms) and not uniform and verdict is not None
-        and verdict.empty_rows is not False and verdict.kind != "bias",
+        empty_rows=empty_rows,
         out_permute=out_permute, batch=batch, gqa=gqa, compute_dtype=cdt, out_dtype=out_dtype,
         qk_shape=tuple(sc.qk_shape), top_shape=top_shape, q_shape=qs, k_shape=ks, v_shape=vs, mask_kind=_mask_kind(sc, keep, absorbing, uniform),
         consumed=(node,) + down + sc.consumed, verdict=verdict, causal=causal, folded=folded, clamp=sc.clamp,
-        mask_finite=not keep and (sc.clamp is not None or _finite_mask(sc.terms, absorbing, cdt, modules, gm)))
+        mask_finite=not keep and (sc.clamp is not None or _finite_mask(sc.terms, absorbing, cdt, modules, gm)),
+        cap=sc.cap, sink=sc.sink)
 
 
 

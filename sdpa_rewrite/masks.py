@@ -40,6 +40,8 @@ class Verdict:
     kind: str                 # none | causal | causal lower-right | sliding window | constant mask | input mask | bias | mask
     detail: str = ""
     empty_rows: Optional[bool] = None   # a row with every key masked: proven yes / no, or unknown (None)
+    window: Optional[tuple] = None      # sliding window: (width, lower_right): keep 0 <= i - j + off < width, off
+                                        # = S - L when lower_right else 0
 
     @property
     def drops_mask(self) -> bool:
@@ -124,7 +126,7 @@ def classify(visible: torch.Tensor, L: int, S: int) -> Verdict:
     for offset in (0, S - L):
         width = int(visible.reshape(-1, L, S)[0, -1].sum())
         if _same(visible, (delta + offset >= 0) & (delta + offset < width)):
-            return Verdict("sliding window", f"width {width}", False)
+            return Verdict("sliding window", f"width {width}", False, window=(width, offset != 0))
     return Verdict("constant mask", "", False)
 
 

@@ -29,13 +29,15 @@ class Site:
     kernel: str = ""              # the kernel SDPA picks on CUDA (kernel.py); "" off CUDA
     graph: int = 0
     runtime_verdict: bool = False  # a graph-input mask whose verdict is taken at run time (dispatch.py)
+    target: str = ""              # "sdpa" | "flex": what the site calls (plan.py)
+    target_reason: str = ""       # why, when it is not plain SDPA (soft-capping, sinks, a sliding window)
 
     @property
     def rewritten(self) -> bool:
         return self.status == "rewritten"
 
     @classmethod
-    def from_finding(cls, f, graph: int = 0, status: Optional[str] = None, reason: str = "") -> "Site":
+    def from_finding(cls, f, graph: int = 0, status: Optional[str] = None, reason: str = "", plan=None) -> "Site":
         if isinstance(f, Miss):
             return cls(f.location, status or "skipped", reason or f.reason, graph=graph)
         d = f.dropout
@@ -46,8 +48,11 @@ class Site:
         return cls(
             f.location, status or "rewritten", reason, q=_dims(f.q_shape), k=_dims(f.k_shape),
             v=_dims(f.v_shape), dtype=str(f.compute_dtype).replace("torch.", ""), scale=f.scale,
-            scale_source=", ".join(f.scale_notes), mask=_mask_text(f), dropout=drop, causal=f.causal,
-            gqa_groups=f.gqa, kernel=cuda_kernel(f), graph=graph)
+            scale_source=", ".join(f.scale_notes) + (f"; then {f.cap:g}·tanh (soft-cap)" if f.cap is not None else ""),
+            mask=_mask_text(f, plan) + (" + sink logits" if f.sink is not None else ""), dropout=drop, causal=f.causal,
+            gqa_groups=f.gqa, kernel=cuda_kernel(f) if plan is None or plan.target == "sdpa" else "flex",
+            graph=graph, target=plan.target if plan is not None else "sdpa",
+            target_reason=plan.reason if plan is not None else "")
 
 
 def _dims(shape) -> tuple:
@@ -55,11 +60,13 @@ def _dims(shape) -> tuple:
     return tuple(d if isinstance(d, int) else str(d) for d in shape)
 
 
-def _mask_text(f) -> str:
+def _mask_text(f, plan=None) -> str:
     """What the mask is (the verdict), in which form SDPA still gets it, and whether the site pays the
     check for rows with no visible key: a cost a person can see here and remove with empty_rows='kernel'."""
     if f.verdict is None:
         return "none"
+    if plan is not None and plan.band:
+        return f"{f.verdict} -> BlockMask"
     if f.causal or f.mask_kind == "none":
         return str(f.verdict)
     check = " + empty-row check" if f.empty_rows or f.uniform_rows else ""
@@ -100,16 +107,20 @@ class Report:
             shapes = "" if s.q is None else f"q{list(s.q)} k{list(s.k)} v{list(s.v)}"
             scale = "" if s.scale is None else f"{s.scale:.4g} ({s.scale_source})"
             gqa = f"{s.gqa_groups}" if s.gqa_groups > 1 else ""
-            rows.append([s.location, s.status, shapes, s.dtype, scale, s.mask, s.dropout,
-                         s.causal, gqa, s.kernel, s.reason])
-        headers = ["site", "status", "shapes", "dtype", "scale", "mask", "dropout", "causal", "gqa", "cuda kernel", "reason"]
+            reason = "; ".join(r for r in (s.target_reason, s.reason) if r)
+            rows.append([s.location, s.status, s.target if s.rewritten else "", shapes, s.dtype, scale, s.mask,
+                         s.dropout, s.causal, gqa, s.kernel, reason])
+        headers = ["site", "status", "target", "shapes", "dtype", "scale", "mask", "dropout", "causal", "gqa",
+                   "cuda kernel", "reason"]
         if not any(s.kernel for s in self.sites):
-            rows = [r[:9] + r[10:] for r in rows]
-            headers = headers[:9] + headers[10:]
+            rows = [r[:10] + r[11:] for r in rows]
+            headers = headers[:10] + headers[11:]
         return tabulate(rows, headers=headers, tablefmt="simple")
 
     def __str__(self) -> str:
-        head = f"sdpa_rewrite: {len(self.rewritten)} of {len(self.sites)} softmax sites rewritten to SDPA"
+        flex = sum(s.target == "flex" for s in self.rewritten)
+        to = f"SDPA ({flex} to FlexAttention)" if flex else "SDPA"
+        head = f"sdpa_rewrite: {len(self.rewritten)} of {len(self.sites)} softmax sites rewritten to {to}"
         if self.seconds:
             head += f" ({self.seconds * 1e3:.0f} ms)"
         body = [head]

@@ -14,16 +14,19 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from .emit import causal_lower_right_attention, dropout_p_of, emit
-from .find import Attention, SiteError, find
+from .find import Attention, Miss, SiteError, find
+from .flex import flex_attention_site
 from .fold import Folder
+from .plan import Conditions, plan
 from .report import Report, Site
 from .view import meta_value
 
-_NEVER_SHARED = {F.scaled_dot_product_attention, causal_lower_right_attention, dropout_p_of}
+_NEVER_SHARED = {F.scaled_dot_product_attention, causal_lower_right_attention, dropout_p_of, flex_attention_site}
 
 
 def rewrite(gm: fx.GraphModule, example_inputs: Optional[Sequence] = None, *, graph: int = 0,
-            fold_buffers: bool = True, empty_rows: str = "eager", assumed: Optional[dict] = None) -> Report:
+            fold_buffers: bool = True, empty_rows: str = "eager", assumed: Optional[dict] = None,
+            flex: bool = True, conditions: Optional[Conditions] = None) -> Report:
     """Rewrite every eager attention site of `gm` to SDPA in place (lint + recompile); return the report.
 
     Graphs from Dynamo carry their shapes; for a `symbolic_trace` graph pass `example_inputs` (real or
@@ -34,6 +37,8 @@ def rewrite(gm: fx.GraphModule, example_inputs: Optional[Sequence] = None, *, gr
     "kernel" leaves them as the SDPA kernel computes them (as transformers' own sdpa path does): faster
     on padded batches, and those rows (padding queries) then differ from eager.
     `assumed`: verdicts of graph-input masks taken at run time (dispatch.py), by masks.runtime_key.
+    `flex`: False keeps every site on SDPA (soft-capped sites then stay eager); `conditions`: what the graph
+    will run under (plan.py; the backend says when Inductor compiles it for the CPU).
     """
     if empty_rows not in ("eager", "kernel"):
         raise ValueError(f"empty_rows must be 'eager' or 'kernel', not {empty_rows!r}")
@@ -52,10 +57,11 @@ def rewrite(gm: fx.GraphModule, example_inputs: Optional[Sequence] = None, *, gr
     try:
         folder = Folder(gm, example_inputs, fold_buffers=fold_buffers)
         folder.assumed.update(assumed or {})
-        findings = find(gm, folder)
+        when = conditions or Conditions(flex=flex, may_train=may_train(gm, example_inputs))
+        findings = [_planned(f, when) for f in find(gm, folder)]
         before = set(gm.graph.nodes)
         replaced: dict = {}
-        for f in findings:
+        for f, chosen in findings:
             if isinstance(f, Attention):
                 f = _remap(f, replaced)
                 if empty_rows == "kernel" and (f.empty_rows or f.uniform_rows):
@@ -64,10 +70,11 @@ def rewrite(gm: fx.GraphModule, example_inputs: Optional[Sequence] = None, *, gr
                         report.notes.append("empty_rows='kernel': query rows that see no key are left as the "
                                             "SDPA kernel computes them (they differ from eager)")
                 try:
-                    replaced[f.output] = emit(gm, f)
+                    replaced[f.output] = emit(gm, f, chosen)
                 except Exception as e:
                     raise SiteError(f.location, e) from e
-            report.sites.append(Site.from_finding(f, graph))
+            report.sites.append(Site.from_finding(f, graph, plan=chosen))
+        findings = [f for f, _ in findings]
         checked = [f for f in findings if isinstance(f, Attention) and (f.empty_rows or f.uniform_rows)]
         if checked and empty_rows == "eager":
             selecting = sum(f.zeroes_rows for f in checked)
@@ -86,6 +93,22 @@ def rewrite(gm: fx.GraphModule, example_inputs: Optional[Sequence] = None, *, gr
         raise
     report.seconds = time.perf_counter() - started
     return report
+
+
+def may_train(gm: fx.GraphModule, example_inputs: Optional[Sequence]) -> bool:
+    """Grad mode is on and a parameter or an input requires grad: the graph may be differentiated."""
+    if not torch.is_grad_enabled():
+        return False
+    return any(p.requires_grad for p in gm.parameters()) or \
+        any(isinstance(x, torch.Tensor) and x.requires_grad for x in example_inputs or ())
+
+
+def _planned(finding, when: Conditions) -> tuple:
+    """(the finding, its Plan); a site no target can compute here becomes a Miss with plan's reason."""
+    if not isinstance(finding, Attention):
+        return finding, None
+    chosen = plan(finding, when)
+    return (chosen, None) if isinstance(chosen, Miss) else (finding, chosen)
 
 
 def share_common_nodes(graph: fx.Graph, before: set) -> None:

@@ -10,6 +10,7 @@ constant (openai-gpt). It reads the graph and never mutates it.
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass, replace
 from typing import Any, Optional
 
@@ -72,6 +73,8 @@ class Scores:
     consumed: tuple
     qk_shape: tuple = ()     # Q·Kᵀ's shape; its batch dims may be regrouped (view) before the softmax
     clamp: Optional[float] = None   # max(S, finfo.min) right before the softmax: -inf in the mask becomes finite
+    cap: Optional[float] = None     # soft-capping: the scores are cap·tanh(alpha·Q·Kᵀ) (+ masks)
+    sink: Optional[fx.Node] = None  # logit columns concatenated after the keys (attention sinks), (..., L, n)
 
 
 @dataclass
@@ -83,6 +86,9 @@ class _State:
     notes: tuple = ()
     folder: Any = None         # fold.Folder: a fill read from a buffer (`masked_bias`) is a constant too
     clamp: Optional[float] = None
+    cap: Optional[float] = None
+    in_cap: bool = False       # below a tanh: only scalar factors and casts may follow, down to Q·Kᵀ
+    sink: Optional[fx.Node] = None
 
 
 def read_scores(top: fx.Node, modules: dict, root, folder=None) -> Scores:
@@ -131,13 +137,88 @@ def _parse(node, st: _State, consumed: tuple, modules, root, depth: int) -> Scor
         return _read_qk(op, st, consumed, modules, root, depth)
     if kind == "maximum":
         return _parse_clamp(op, st, consumed, modules, root, depth)
+    if kind == "tanh":
+        return _parse_cap(op, st, consumed, modules, root, depth)
+    if kind == "cat":
+        return _parse_sink(op, st, consumed, modules, root, depth)
     raise NoMatch(f"{_describe(node)} lies between Q·Kᵀ and the softmax", depth)
+
+
+def _parse_cap(op: Op, st, consumed, modules, root, depth):
+    """Soft-capping, β·tanh(x) with x = α·Q·Kᵀ (Gemma 2's `tanh(s / c) · c`, Grok's `30 · tanh(s / 30)`): β is
+    every scalar factor met above the tanh, α every one below it. Masks may be added or filled above the tanh
+    (they are added to the capped score), not below it."""
+    if st.in_cap:
+        raise NoMatch(f"a second tanh (`{op.node.name}`) inside a soft-cap", depth)
+    if st.post_t:
+        raise NoMatch("a tensor-valued factor after a soft-cap (tanh)", depth)
+    if st.post <= 0 and st.fills:
+        raise NoMatch("a non-positive soft-cap after a masked fill flips its sign", depth)
+    if st.clamp is not None:
+        raise NoMatch("a clamp of soft-capped scores", depth)
+    st2 = replace(st, cap=st.post, post=1.0, notes=(), in_cap=True)
+    return _parse(_single(op["input"], op.node, depth), st2, consumed, modules, root, depth + 1)
+
+
+def _parse_sink(op: Op, st, consumed, modules, root, depth):
+    """`cat([S, sinks], dim=-1)`: logit columns with no value (attention sinks, gpt-oss) appended after the keys.
+    Read only as the last step before the softmax (a row shift aside): then the sliced-off weights are what SDPA
+    or flex compute with one more key, or corrected from the log-sum-exp."""
+    tensors, dim = op["tensors"], op["dim"] if op["dim"] is not None else 0
+    r = rank(op.node)
+    if not isinstance(tensors, (list, tuple)) or len(tensors) != 2 or r is None or norm_dim(dim, r) != r - 1:
+        raise NoMatch(f"a concatenation `{op.node.name}` of the scores other than one sink column block", depth)
+    if st.post != 1.0 or st.post_t or st.terms or st.fills or st.clamp is not None or st.sink is not None:
+        raise NoMatch("operations on concatenated sink logits (only a row shift may follow the cat)", depth)
+    chain, sink = tensors
+    if not isinstance(sink, fx.Node) or shape(sink) is None or _matmul_free(sink) is False:
+        raise NoMatch(f"a concatenation `{op.node.name}` whose second part is not a sink logit block", depth)
+    return _parse(_single(chain, op.node, depth), replace(st, sink=sink), consumed, modules, root, depth + 1)
+
+
+def _matmul_free(node: fx.Node, budget: int = 16) -> bool:
+    """The sink logits are parameters reshaped and expanded, not scores of another matmul."""
+    seen, frontier = set(), [node]
+    while frontier and len(seen) < budget:
+        n = frontier.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        op = view(n)
+        if op is not None and op.kind in ("matmul", "baddbmm", "einsum"):
+            return False
+        frontier.extend(n.all_input_nodes)
+    return True
+
+
+def _row_max_of(term, chain) -> Optional[fx.Node]:
+    """The max node when `term` is max(chain, dim=-1, keepdim=True) (its `.values` or `[0]`) or amax over the last
+    dim: subtracting it shifts each row by a constant the softmax does not see (the softmax subtracts it itself;
+    gpt-oss writes it out). None otherwise."""
+    if not isinstance(term, fx.Node):
+        return None
+    node = term
+    if node.op == "call_function" and (node.target is getattr and node.args[1:] == ("values",)
+                                       or node.target is operator.getitem and node.args[1:] == (0,)):
+        node = node.args[0]
+    op = view(node) if isinstance(node, fx.Node) else None
+    if op is None or op.kind not in ("max_dim", "amax") or op["input"] is not chain:
+        return None
+    dims = op["dim"]
+    dims = tuple(dims) if isinstance(dims, (list, tuple)) else (dims,)
+    r = rank(chain)
+    if not (op["keepdim"] is True and r is not None and len(dims) == 1 and isinstance(dims[0], int)
+            and norm_dim(dims[0], r) == r - 1):
+        return None
+    return node
 
 
 def _parse_clamp(op: Op, st, consumed, modules, root, depth):
     """`max(S, finfo.min)` (xglm): finite scores are unchanged; a -inf in the mask becomes finfo.min. Read only
     as the last step before the softmax, where it is exactly a clamp of the mask. The floor counts as it rounds
     into the scores' dtype: a wider dtype's finfo.min is -inf in fp16 / bf16, and max(S, -inf) = S."""
+    if st.in_cap:
+        raise NoMatch(f"a clamp (`{op.node.name}`) inside a soft-cap (tanh)", depth)
     dt = dtype(op.node)
     floor = _fill_constant(op["other"], st, modules, root) if op["other"] is not None else None
     if dt is not None and dt.is_floating_point and floor is not None:
@@ -263,6 +344,11 @@ def scale_note(note: tuple, e) -> str:
 
 def _parse_term(op: Op, st, consumed, modules, root, depth):
     a, b = op["input"], op["other"]
+    row_max = _row_max_of(b, a) if op.kind == "sub" and isinstance(a, fx.Node) and not st.in_cap else None
+    if row_max is not None and set(data_users(a)) <= {op.node, row_max} and set(data_users(b)) == {op.node}:
+        return _parse(a, st, consumed + tuple(dict.fromkeys((b, row_max))), modules, root, depth + 1)
+    if st.in_cap:
+        raise NoMatch(f"`{op.node.name}` adds to the scores inside a soft-cap (tanh)", depth)
     alpha = op["alpha"] if op["alpha"] is not None else 1
     alpha_value = scalar(alpha, modules, root)
     if alpha_value is None:
@@ -341,6 +427,8 @@ def _parse_select(op: Op, select: tuple, st, consumed, modules, root, depth):
 
 
 def _parse_fill(op: Op, st, consumed, modules, root, depth):
+    if st.in_cap:
+        raise NoMatch(f"`{op.node.name}` masks the scores inside a soft-cap (tanh)", depth)
     if op.kind == "masked_fill":
         chain, cond, value, masked_when = op["input"], op["mask"], op["value"], True
     else:
@@ -375,6 +463,8 @@ def _read_qk(op: Op, st, consumed, modules, root, depth):
         a = scalar(op["alpha"] if op["alpha"] is not None else 1, modules, root)
         if beta is None or a is None:
             raise NoMatch("baddbmm with a non-constant alpha or beta", depth)
+        if beta != 0 and st.in_cap:
+            raise NoMatch("baddbmm adds its input inside a soft-cap (tanh)", depth)
         if beta != 0:   # beta·input + alpha·(b1 @ b2); beta = 0 ignores the input entirely
             terms = (Term(op["input"], st.post * beta, st.post_t, shape(op.node)),) + terms
         if a != 1:
@@ -397,7 +487,7 @@ def _read_qk(op: Op, st, consumed, modules, root, depth):
     notes = notes + qnotes + knotes
     _check_fills(st, depth)
     return Scores(op.node, q, k, alpha, notes, st.post_t, terms, st.fills, consumed + qc + kc, shape(op.node),
-                  clamp=st.clamp)
+                  clamp=st.clamp, cap=st.cap, sink=st.sink)
 
 
 def _check_fills(st: _State, depth: int) -> None:
@@ -516,7 +606,7 @@ def _read_einsum_qk(op: Op, st, consumed, modules, root, depth):
     _check_fills(st, depth)
     return Scores(op.node, Operand(q.node, permute=_unless_identity(pq)), Operand(k.node, permute=_unless_identity(pk)),
                   st.post * qf * kf, st.notes + qn + kn, st.post_t, st.terms, st.fills, consumed + qc + kc,
-                  shape(op.node), clamp=st.clamp)
+                  shape(op.node), clamp=st.clamp, cap=st.cap, sink=st.sink)
 
 
 def read_value_einsum(equation: str, p_index: int, ranks: list) -> Optional[tuple]:

@@ -69,6 +69,12 @@ _FUNCTIONS: dict[Any, tuple[str, str]] = {
     torch.maximum: ("maximum", "input other"),
     torch.max: ("maximum", "input other"),
     torch.clamp_min: ("maximum", "input other"),
+    torch.tanh: ("tanh", "input"),
+    F.tanh: ("tanh", "input"),
+    torch.cat: ("cat", "tensors dim"),
+    torch.concat: ("cat", "tensors dim"),
+    torch.concatenate: ("cat", "tensors dim"),
+    torch.amax: ("amax", "input dim keepdim"),
     torch.unsqueeze: ("unsqueeze", "input dim"),
     torch.reshape: ("reshape", "input shape..."),
     torch.clone: ("layout", "input"),
@@ -109,6 +115,10 @@ _FUNCTIONS: dict[Any, tuple[str, str]] = {
     aten.maximum.default: ("maximum", "input other"),
     aten.max.other: ("maximum", "input other"),
     aten.clamp_min.default: ("maximum", "input other"),
+    aten.tanh.default: ("tanh", "input"),
+    aten.cat.default: ("cat", "tensors dim"),
+    aten.amax.default: ("amax", "input dim keepdim"),
+    aten.max.dim: ("amax", "input dim keepdim"),
     aten.baddbmm.default: ("baddbmm", "input batch1 batch2 *beta alpha"),
     aten.einsum.default: ("einsum", "equation operands..."),
     aten.repeat_interleave.self_int: ("repeat_interleave", "input repeats dim"),
@@ -152,6 +162,9 @@ _METHODS: dict[str, tuple[str, str]] = {
     "repeat_interleave": ("repeat_interleave", "input repeats dim"),
     "maximum": ("maximum", "input other"),
     "clamp_min": ("maximum", "input other"),
+    "tanh": ("tanh", "input"),
+    "max": ("maximum", "input other"),
+    "amax": ("amax", "input dim keepdim"),
     "unsqueeze": ("unsqueeze", "input dim"),
     "expand": ("expand", "input shape..."),
     "reshape": ("reshape", "input shape..."),
@@ -224,6 +237,11 @@ def view(node: fx.Node, modules: Optional[dict] = None) -> Optional[Op]:
         return None
     if kind == "cast" and node.target is aten._to_copy.default and set(node.kwargs) - {"dtype"}:
         return None                                      # a device or layout change, not only a dtype cast
+    if kind == "maximum" and node.target in (torch.max, "max") and \
+            ("dim" in args or isinstance(args.get("other"), int) and not isinstance(args.get("other"), bool)):
+        dim = args.get("dim", args.get("other"))      # max(x, dim, keepdim): (values, indices), not max(x, y)
+        keepdim = args.get("keepdim", node.args[2] if len(node.args) > 2 else False)
+        return Op("max_dim", node, {"input": args["input"], "dim": dim, "keepdim": keepdim})
     if kind == "softmax" and node.target is aten._softmax.default:
         args.pop("half_to_float", None)
     if kind == "expand" and shape(node) is not None and shape(node) == shape(args.get("input")):

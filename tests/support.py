@@ -27,6 +27,7 @@ class RecordSDPA(TorchFunctionMode):
             bound.update(kwargs)
             mask = bound.get("attn_mask")
             self.calls.append({
+                "target": "sdpa",
                 "scale": bound.get("scale"),
                 "mask": "none" if mask is None else "causal_lower_right" if isinstance(mask, CausalBias)
                         else "bool" if mask.dtype == torch.bool else "float",
@@ -37,15 +38,55 @@ class RecordSDPA(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+class RecordCalls(torch.fx.Interpreter):
+    """Runs a GraphModule and records, in order, every SDPA call (RecordSDPA) and every FlexAttention site with
+    its evaluated arguments: the soft-cap, the dense mask's kind, whether a BlockMask states the causal band,
+    and the sink logits."""
+
+    def __init__(self, gm):
+        super().__init__(gm)
+        self.sdpa = RecordSDPA()
+        self.calls = []
+
+    def call_function(self, target, args, kwargs):
+        from sdpa_rewrite.flex import flex_attention_site
+
+        if target is flex_attention_site:
+            mask = kwargs.get("mask")
+            self.calls.append({
+                "target": "flex", "scale": kwargs["scale"], "cap": kwargs.get("cap"),
+                "mask": "none" if mask is None else "bool" if mask.dtype == torch.bool else "float",
+                "dropout_p": 0.0, "is_causal": kwargs.get("block_mask") is not None,
+                "block_mask": kwargs.get("block_mask") is not None, "sink": kwargs.get("sink") is not None,
+                "enable_gqa": bool(kwargs.get("enable_gqa"))})
+            return target(*args, **kwargs)
+        before = len(self.sdpa.calls)
+        with self.sdpa:
+            out = target(*args, **kwargs)
+        self.calls.extend(self.sdpa.calls[before:])
+        return out
+
+
+def calls_of(gm, inputs) -> list:
+    rec = RecordCalls(gm)
+    rec.run(*inputs)
+    return rec.calls
+
+
 def check_calls(calls: list, expects: tuple) -> None:
     assert len(calls) == len(expects), f"{len(calls)} SDPA calls, expected {len(expects)}: {calls}"
     for call, exp in zip(calls, expects):
         assert call["scale"] is not None, "scale must always be explicit"
+        assert call["target"] == exp.target, (call, exp)
         assert math.isclose(call["scale"], exp.scale, rel_tol=1e-6), (call, exp)
         assert call["mask"] == exp.mask, (call, exp)
         assert math.isclose(call["dropout_p"], exp.dropout_p), (call, exp)
-        assert call["is_causal"] == exp.is_causal, (call, exp)
         assert call["enable_gqa"] == exp.enable_gqa, (call, exp)
+        if call["target"] == "flex":
+            assert call["cap"] == exp.cap and call["sink"] == exp.sink, (call, exp)
+            assert call["block_mask"] == (exp.is_causal or exp.verdict == "sliding window"), (call, exp)
+        else:
+            assert call["is_causal"] == exp.is_causal, (call, exp)
 
 
 def flat(out):
@@ -129,11 +170,12 @@ def compile_and_record(model, inputs, kwargs=None, **options):
 
 
 def sdpa_calls_of(graphs) -> list:
-    rec = RecordSDPA()
-    with torch.no_grad(), rec:
+    """The SDPA and FlexAttention calls the rewritten graphs make, in order (the sites' arguments)."""
+    calls = []
+    with torch.no_grad():
         for gm, example_inputs in graphs:
-            gm(*example_inputs)
-    return rec.calls
+            calls.extend(calls_of(gm, example_inputs))
+    return calls
 
 
 def clone_model(model):

@@ -1,0 +1,109 @@
+"""What a site planned for FlexAttention calls at run time: `flex_attention` with the soft-cap and the mask as a
+`score_mod`, a causal band as a `BlockMask`, and attention sinks applied from the log-sum-exp.
+
+These functions are called from the rewritten graph; under torch.compile they are traced like any other code
+(Inductor lowers flex_attention to its fused kernel). A block mask depends only on (L, S) and the band, so the
+sites of one graph share one (rewrite.share_common_nodes merges the identical calls).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+BLOCK = 128        # FlexAttention's default sparse block size
+
+
+def band_block_mask(L: int, S: int, lo: int, hi: Optional[int], device: torch.device):
+    """The BlockMask of `lo <= i - j <= hi` (hi None: no upper bound) over an (L, S) grid, built from the block
+    grid alone: a block is full, partial or empty by the extreme values of i - j over it. No L×S mask is ever
+    materialised (create_block_mask would evaluate every position)."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    nq, nk = -(-L // BLOCK), -(-S // BLOCK)
+    q_first = torch.arange(nq, device=device) * BLOCK
+    k_first = torch.arange(nk, device=device) * BLOCK
+    q_last = torch.clamp_max(q_first + BLOCK, L) - 1
+    k_last = torch.clamp_max(k_first + BLOCK, S) - 1
+    d_min = q_first[:, None] - k_last[None, :]
+    d_max = q_last[:, None] - k_first[None, :]
+    full = d_min >= lo
+    empty = d_max < lo
+    if hi is not None:
+        full = full & (d_max <= hi)
+        empty = empty | (d_min > hi)
+    partial = ~full & ~empty
+
+    def ordered(blocks):
+        count = blocks.sum(-1).to(torch.int32)
+        order = torch.argsort(blocks.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
+        return count[None, None], order[None, None]
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        d = q_idx - kv_idx
+        keep = d >= lo
+        return keep & (d <= hi) if hi is not None else keep
+
+    kv_num, kv_idx = ordered(partial)
+    full_num, full_idx = ordered(full)
+    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=BLOCK, mask_mod=mask_mod,
+                                    seq_lengths=(L, S))
+
+
+def band(L: int, S: int, causal: str, window: Optional[tuple]) -> tuple:
+    """(lo, hi) on i - j for a causal verdict ("top-left" / "lower-right") or a window (width, lower_right)."""
+    if window is not None:
+        width, lower_right = window
+        offset = S - L if lower_right else 0
+        return -offset, width - 1 - offset
+    return (L - S if causal == "lower-right" else 0), None
+
+
+def flex_attention_site(q, k, v, mask: Optional[torch.Tensor] = None, sink: Optional[torch.Tensor] = None,
+                        block_mask=None, *, scale: float, cap: Optional[float] = None, enable_gqa: bool = False):
+    """softmax(cap·tanh(scale·q·kᵀ) + mask [, sink columns]) · v, by FlexAttention.
+
+    `mask`: a bool keep-mask (True = attend) or an additive float mask, broadcastable to (B, H, L, S), read by the
+    score_mod; `block_mask`: the causal band, if the mask is one. `sink`: logits (B, H, L, n) of columns with no
+    value: flex attends to the keys only, and the weights are rescaled by the mass the sinks take,
+    exp(lse) / (exp(lse) + Σ exp(sink)) = sigmoid(lse − logsumexp(sink)), in fp32."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    score_mod = _score_mod(cap, mask)
+    kwargs = dict(score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=enable_gqa)
+    if sink is None:
+        return flex_attention(q, k, v, **kwargs)
+    out, lse = _with_lse(flex_attention, q, k, v, kwargs)
+    sink_lse = torch.logsumexp(sink.float(), dim=-1)
+    kept = torch.sigmoid(lse.float() - sink_lse)       # rows of no visible key: lse = -inf, weight 0
+    return (out.float() * kept.unsqueeze(-1)).to(out.dtype)
+
+
+def _with_lse(flex_attention, q, k, v, kwargs):
+    try:
+        from torch.nn.attention.flex_attention import AuxRequest
+    except ImportError:                                  # torch < 2.9: the older flag
+        return flex_attention(q, k, v, return_lse=True, **kwargs)
+    out, aux = flex_attention(q, k, v, return_aux=AuxRequest(lse=True), **kwargs)
+    return out, aux.lse
+
+
+def _score_mod(cap: Optional[float], mask: Optional[torch.Tensor]):
+    if cap is None and mask is None:
+        return None
+    if mask is not None:
+        mask = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape)) if mask.dim() < 4 else mask
+        spread = [mask.size(i) > 1 for i in range(4)]      # a broadcast dim is read at index 0
+        is_bool = mask.dtype == torch.bool
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        if cap is not None:
+            score = cap * torch.tanh(score)
+        if mask is not None:
+            at = [i if wide else 0 for i, wide in zip((b, h, q_idx, kv_idx), spread)]
+            m = mask[at[0], at[1], at[2], at[3]]
+            score = torch.where(m, score, -math.inf) if is_bool else score + m
+        return score
+
+    return score_mod

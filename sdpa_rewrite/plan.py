@@ -1,0 +1,98 @@
+"""Stage 4c, plan: decide what a found site calls — SDPA, or FlexAttention where SDPA cannot say it (soft-capping)
+or says it slowly (a sliding window, attention sinks on CUDA) — and why, in words the report shows.
+
+It reads an `Attention` record (what the site *is*) and the conditions the graph will run under; it neither
+matches nor mutates. FlexAttention has no dropout and no backward on the CPU, and Inductor's CPU flex kernel
+returns no log-sum-exp: where one of these bites, a site SDPA can still compute exactly stays on SDPA, and one
+it cannot (soft-capping) stays eager with the reason.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+
+from .find import Attention, Miss
+from .view import meta_value
+
+
+@dataclass(frozen=True)
+class Plan:
+    target: str                    # "sdpa" | "flex"
+    reason: str = ""               # why this target, for the report
+    band: bool = False             # flex: the mask is a causal band (causal, lower-right, sliding window): a BlockMask
+    sink_key: bool = False         # sdpa: sinks as extra all-zero keys whose mask columns hold the sink logits
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """What the rewritten graph runs under, as far as the caller knows."""
+    flex: bool = True              # options={"flex": False} turns the FlexAttention target off
+    cpu_inductor: bool = False     # Inductor compiles it for the CPU: flex forward only, without log-sum-exp
+    may_train: bool = True         # for graphs that do not record requires_grad per value (not Dynamo's)
+
+
+def plan(att: Attention, when: Conditions = Conditions()) -> Union[Plan, Miss]:
+    window = att.verdict is not None and att.verdict.window is not None
+    if att.cap is None and att.sink is None and not window:
+        return Plan("sdpa")
+    blocked = _flex_blocked(att, when)
+    on_cuda = _device(att) == "cuda"
+    if att.cap is not None:
+        if blocked:
+            return Miss(att.location, att.softmax, f"soft-capping (tanh) needs FlexAttention, and {blocked}")
+        return Plan("flex", "soft-capping: score_mod", band=_band(att))
+    if att.sink is not None:
+        if not blocked and on_cuda:
+            return Plan("flex", "attention sinks: corrected from flex's log-sum-exp", band=_band(att))
+        why = blocked or "on the CPU: exact and differentiable; flex is used on CUDA"
+        return Plan("sdpa", f"attention sinks as extra zero keys ({why})", sink_key=True)
+    if not blocked and on_cuda:
+        return Plan("flex", "sliding window: a BlockMask skips the blocks outside it", band=True)
+    return Plan("sdpa", "sliding window as a dense mask" + (f" ({blocked})" if blocked else
+                                                             " (FlexAttention is used for windows on CUDA)"))
+
+
+def _band(att: Attention) -> bool:
+    """The mask is a causal band a BlockMask states exactly (the dense mask is then not read at all)."""
+    return bool(att.causal) or att.verdict is not None and att.verdict.window is not None
+
+
+def _flex_blocked(att: Attention, when: Conditions) -> str:
+    """Why flex cannot run this site here, or ""."""
+    if not when.flex:
+        return "options={'flex': False}"
+    if not flex_available():
+        return f"this torch ({torch.__version__}) has no FlexAttention"
+    if att.dropout is not None and att.dropout.may_drop:
+        return "FlexAttention has no dropout"
+    if _device(att) == "cpu" and _requires_grad(att, when):
+        return "FlexAttention has no backward on the CPU"
+    if when.cpu_inductor and _device(att) == "cpu" and att.sink is not None:
+        return "Inductor's CPU FlexAttention returns no log-sum-exp"
+    if len(att.batch) > 2:
+        return "FlexAttention takes 4-D (batch, heads, L, E) inputs"
+    return ""
+
+
+def _device(att: Attention) -> str:
+    value = meta_value(att.q.node)
+    return value.device.type if isinstance(value, torch.Tensor) else "cpu"
+
+
+def _requires_grad(att: Attention, when: Conditions) -> bool:
+    """Dynamo records requires_grad as traced (training or not); other front ends' values do not say it."""
+    nodes = (att.q.node, att.k.node, att.v.node)
+    if all("example_value" in n.meta for n in nodes):
+        return any(isinstance(n.meta["example_value"], torch.Tensor) and n.meta["example_value"].requires_grad
+                   for n in nodes)
+    return when.may_train
+
+
+def flex_available() -> bool:
+    try:
+        from torch.nn.attention import flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
