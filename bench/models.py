@@ -1,5 +1,5 @@
 """transformers models (random weights, fp16): forward latency and peak memory, and generate() tokens/s with a
-KV cache, in the forms the issue compares:
+KV cache, in these forms:
 
     eager            attn_implementation="eager"
     native_sdpa      attn_implementation="sdpa"

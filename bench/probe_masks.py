@@ -1,4 +1,4 @@
-"""GPU probe for the mask issue: which SDPA kernel each call form lands on, its speed, and what each
+"""GPU probe of the mask forms: which SDPA kernel each call form lands on, its speed, and what each
 kernel returns on fully masked rows. Run on CUDA: `PYTHONPATH=. python bench/probe_masks.py`."""
 from __future__ import annotations
 
