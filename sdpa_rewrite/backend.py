@@ -14,10 +14,11 @@ from typing import Any, Callable, Optional
 import torch.fx as fx
 
 from .dispatch import VerdictDispatch
-from .rewrite import rewrite, snapshot
+from .plan import Conditions
+from .rewrite import may_train, rewrite, snapshot
 from .runtime import probes_for
 
-OPTIONS = ("downstream", "report", "strict", "fold_buffers", "empty_rows", "runtime_verdicts", "mode")
+OPTIONS = ("downstream", "report", "strict", "fold_buffers", "empty_rows", "runtime_verdicts", "mode", "flex")
 _warned: set = set()
 
 
@@ -34,6 +35,7 @@ def sdpa_rewrite_backend(gm: fx.GraphModule, example_inputs: list, options: Opti
     reaches SDPA's fast paths (default True; off under CUDA graphs, see dispatch.py).
     mode: Inductor's mode ("reduce-overhead", "max-autotune", ...), as an option: torch.compile takes either
     `mode=` or `options=`, not both, so this is how a report and CUDA graphs go together.
+    flex: False keeps every site on SDPA (plan.py: soft-capped sites then stay eager; default True).
     Any other option is an Inductor config patch when downstream is Inductor.
     """
     options = dict(options or {})
@@ -46,11 +48,14 @@ def sdpa_rewrite_backend(gm: fx.GraphModule, example_inputs: list, options: Opti
     fold_buffers = options.pop("fold_buffers", True)
     empty_rows = options.pop("empty_rows", "eager")
     runtime_verdicts = options.pop("runtime_verdicts", True) and not _cuda_graphs(downstream, mode, options)
+    flex = options.pop("flex", True)
     if empty_rows not in ("eager", "kernel"):
         raise ValueError(f"sdpa_rewrite: empty_rows must be 'eager' or 'kernel', not {empty_rows!r}")
     if options and downstream != "inductor":
         raise ValueError(f"sdpa_rewrite: unknown options {sorted(options)}; known: {OPTIONS}")
-    rewrite_options = {"fold_buffers": fold_buffers, "empty_rows": empty_rows}
+    rewrite_options = {"fold_buffers": fold_buffers, "empty_rows": empty_rows,
+                       "conditions": Conditions(flex=bool(flex), cpu_inductor=downstream == "inductor",
+                                                may_train=may_train(gm, example_inputs))}
     pristine = snapshot(gm.graph) if runtime_verdicts else None
     found = []
     try:

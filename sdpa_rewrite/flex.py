@@ -70,6 +70,8 @@ def flex_attention_site(q, k, v, mask: Optional[torch.Tensor] = None, sink: Opti
     exp(lse) / (exp(lse) + Σ exp(sink)) = sigmoid(lse − logsumexp(sink)), in fp32."""
     from torch.nn.attention.flex_attention import flex_attention
 
+    if q.device.type == "cpu":        # Inductor's CPU flex kernel takes only contiguous (B, H, L, E) inputs
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     score_mod = _score_mod(cap, mask)
     kwargs = dict(score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=enable_gqa)
     if sink is None:

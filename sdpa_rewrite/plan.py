@@ -71,6 +71,8 @@ def _flex_blocked(att: Attention, when: Conditions) -> str:
         return "FlexAttention has no backward on the CPU"
     if when.cpu_inductor and _device(att) == "cpu" and att.sink is not None:
         return "Inductor's CPU FlexAttention returns no log-sum-exp"
+    if when.cpu_inductor and _device(att) == "cpu" and not _band(att) and att.verdict is not None:
+        return "Inductor's CPU FlexAttention cannot read a mask computed in the graph (its kernel has no choice then)"
     if len(att.batch) > 2:
         return "FlexAttention takes 4-D (batch, heads, L, E) inputs"
     return ""

@@ -27,7 +27,7 @@ COMPILE_EXAMPLES = max(LONG // 10, 20)
 COMMON = dict(deadline=None, derandomize=not LONG, print_blob=True,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
-# Documented skips (README Limits): a finite fill whose eager fully-masked rows cannot be reproduced with
+# Documented skips (docs/limits.md): a finite fill whose eager fully-masked rows cannot be reproduced with
 # module dropout, and a tensor-valued scale applied after a masked fill.
 ALLOWED_SKIPS = ("finite masked fill with dropout", "tensor-valued scale is applied after a masked fill")
 
@@ -80,7 +80,7 @@ def check_numbers(p: Program, out, ref, x, x_ref, rewritten: bool) -> None:
     compared = "qkv"
     if p.empty_rows and p.mask == "additive_input" and swamps_scores(p):
         # eager's s + finfo.min on an empty row does not depend on s, yet autograd returns a uniform softmax's
-        # gradient to q and k there; the rewrite returns 0 (README Limits). V's gradient must still match,
+        # gradient to q and k there; the rewrite returns 0 (docs/limits.md). V's gradient must still match,
         # unless a second site's q (the first's output) carries the q difference back into V.
         compared = "v" if p.sites == 1 else ""
     for name, a, b in zip("qkv", grads, ref_grads):

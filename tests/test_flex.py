@@ -1,0 +1,208 @@
+"""The FlexAttention target and attention sinks: block masks, the sink correction, and tiny transformers models with
+soft-capping, sinks and sliding windows (Gemma 2, gpt-oss, Mistral, Cohere 2) through the backend on the CPU."""
+import math
+import warnings
+
+import pytest
+import torch
+
+import sdpa_rewrite
+from sdpa_rewrite.flex import band, band_block_mask, flex_attention_site
+from sdpa_rewrite.sinks import with_sink_keys
+from support import assert_close_outputs, compile_and_record, flat, sdpa_calls_of
+
+transformers = pytest.importorskip("transformers")
+flex_attention = pytest.importorskip("torch.nn.attention.flex_attention")
+
+warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
+
+
+def _dense_band(L, S, lo, hi):
+    d = torch.arange(L)[:, None] - torch.arange(S)[None, :]
+    keep = d >= lo
+    return keep & (d <= hi) if hi is not None else keep
+
+
+@pytest.mark.parametrize("L,S,causal,window", [
+    (256, 256, "top-left", None), (300, 500, "lower-right", None), (130, 130, "", (64, False)),
+    (200, 520, "", (100, True)), (1024, 1024, "", (128, False)), (64, 64, "top-left", None)])
+def test_band_block_mask_matches_the_dense_band(L, S, causal, window):
+    """The BlockMask built from the block grid says exactly the band: its dense form (partial blocks through the
+    mask_mod) equals the position-wise band, and each block is full / partial / empty as create_block_mask says."""
+    lo, hi = band(L, S, causal, window)
+    built = band_block_mask(L, S, lo, hi, torch.device("cpu"))
+    mask_mod = built.mask_mod
+    reference = flex_attention.create_block_mask(mask_mod, None, None, L, S, device="cpu")
+    want = _dense_band(L, S, lo, hi)
+    assert torch.equal(flex_attention.create_mask(mask_mod, 1, 1, L, S, device="cpu")[0, 0], want)
+    if L % 128 == 0 and S % 128 == 0:    # create_block_mask counts blocks that reach past L or S as partial
+        for ours, theirs in ((built.kv_num_blocks, reference.kv_num_blocks),
+                             (built.full_kv_num_blocks, reference.full_kv_num_blocks)):
+            assert torch.equal(ours.flatten(), theirs.flatten())
+    q, k, v = (torch.randn(1, 2, n, 16, generator=torch.Generator().manual_seed(n)) for n in (L, S, S))
+    out = flex_attention.flex_attention(q, k, v, block_mask=built, scale=0.25)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=want, scale=0.25)
+    assert_close_outputs(out, ref)
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_sink_correction_from_the_log_sum_exp(with_mask):
+    """flex + sigmoid(lse − logsumexp(sinks)) and SDPA with zero sink keys both equal eager's cat-softmax-slice,
+    rows with every key masked included (eager: all weight on the sinks, output 0)."""
+    g = torch.Generator().manual_seed(3)
+    q, k, v = torch.randn(2, 4, 12, 16, generator=g), torch.randn(2, 2, 12, 16, generator=g), \
+        torch.randn(2, 2, 12, 16, generator=g)
+    sink = torch.randn(4, 2, generator=g)[None, :, None, :].expand(2, 4, 12, 2)
+    keep = torch.ones(2, 1, 12, 12, dtype=torch.bool).tril()
+    if with_mask:
+        keep[1, :, :, :5] = False                            # left padding: rows 0-4 of batch 1 see no key
+    scores = (q @ k.repeat_interleave(2, 1).transpose(-1, -2)) * 0.25
+    scores = scores.masked_fill(~keep, -math.inf)
+    weights = torch.cat([scores, sink], -1).softmax(-1)[..., :-2]
+    ref = weights @ v.repeat_interleave(2, 1)
+    with torch.no_grad():
+        out = flex_attention_site(q, k, v, mask=keep, sink=sink, scale=0.25, enable_gqa=True)
+        assert_close_outputs(out, ref)
+        k2, v2, mask2 = with_sink_keys(k, v, keep, sink, "", torch.float32)
+        out2 = torch.nn.functional.scaled_dot_product_attention(q, k2, v2, attn_mask=mask2, scale=0.25,
+                                                                enable_gqa=True)
+        assert_close_outputs(out2, ref)
+        k3, v3, mask3 = with_sink_keys(k, v, None, sink, "top-left", torch.float32)
+        if not with_mask:
+            out3 = torch.nn.functional.scaled_dot_product_attention(q, k3, v3, attn_mask=mask3, scale=0.25,
+                                                                    enable_gqa=True)
+            assert_close_outputs(out3, ref)
+
+
+def gemma2():
+    cfg = transformers.Gemma2Config(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                                    head_dim=16, intermediate_size=128, vocab_size=128, sliding_window=6,
+                                    attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
+                                    attn_implementation="eager")
+    return transformers.Gemma2ForCausalLM(cfg).eval()
+
+
+def gpt_oss():
+    cfg = transformers.GptOssConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                                    head_dim=16, intermediate_size=64, vocab_size=128, sliding_window=6,
+                                    num_local_experts=4, num_experts_per_tok=2, attn_implementation="eager")
+    return transformers.GptOssForCausalLM(cfg).eval()
+
+
+def mistral():
+    cfg = transformers.MistralConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                                     intermediate_size=128, vocab_size=128, sliding_window=6,
+                                     attn_implementation="eager")
+    return transformers.MistralForCausalLM(cfg).eval()
+
+
+def cohere2():
+    cfg = transformers.Cohere2Config(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                                     intermediate_size=128, vocab_size=128, sliding_window=6,
+                                     attn_implementation="eager")
+    return transformers.Cohere2ForCausalLM(cfg).eval()
+
+
+MODELS = {"gemma2": gemma2, "gpt_oss": gpt_oss, "mistral": mistral, "cohere2": cohere2}
+# what each site calls on the CPU without gradients: soft-capping needs flex; sinks and windows stay on SDPA
+CPU_TARGETS = {"gemma2": "flex", "gpt_oss": "sdpa", "mistral": "sdpa", "cohere2": "sdpa"}
+
+
+def _attention_sites(reports):
+    return [s for r in reports for s in r.sites if "router" not in s.location]
+
+
+def _ids_and_mask(padded):
+    ids = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(2, 16, dtype=torch.long)
+    if padded:
+        mask[0, :5] = 0
+    return ids, mask
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "left-padded"])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_site_rewritten_and_equal(name, padded):
+    """Inference on the CPU: every attention site rewritten, to flex where SDPA cannot say it, numbers equal eager
+    (padding queries' rows included: eager's answer there is kept)."""
+    torch.manual_seed(0)
+    model = MODELS[name]()
+    ids, mask = _ids_and_mask(padded)
+    with torch.no_grad():
+        ref = model(ids, attention_mask=mask).logits
+        out, reports, graphs = compile_and_record(model, (ids,), {"attention_mask": mask})
+    sites = _attention_sites(reports)
+    assert len(sites) == 2 and all(s.rewritten for s in sites), "\n".join(map(str, reports))
+    assert {s.target for s in sites} == {CPU_TARGETS[name]}, "\n".join(map(str, reports))
+    assert_close_outputs(out.logits, ref)
+    if name == "gemma2":
+        calls = sdpa_calls_of(graphs)
+        assert calls and all(c["target"] == "flex" and c["cap"] == 50.0 for c in calls), calls
+
+
+def test_sliding_window_verdict_in_the_report():
+    """Mistral's window built in the graph at S > window is proven a sliding window (width 6); on the CPU it stays a
+    dense SDPA mask, and the report says flex takes it on CUDA."""
+    model = mistral()
+    ids, mask = _ids_and_mask(False)
+    with torch.no_grad():
+        _, reports, _ = compile_and_record(model, (ids,))
+    sites = _attention_sites(reports)
+    assert all(s.mask.startswith("sliding window (width 6)") for s in sites), [s.mask for s in sites]
+    assert all("CUDA" in s.target_reason for s in sites)
+
+
+@pytest.mark.parametrize("name", ["gemma2", "gpt_oss"])
+def test_cpu_training(name):
+    """With gradients on the CPU: soft-capped sites stay eager with the reason (flex has no CPU backward), sinks go
+    to SDPA with sink keys; loss and gradients equal eager."""
+    torch.manual_seed(0)
+    model = MODELS[name]()
+    reference = MODELS[name]()
+    reference.load_state_dict(model.state_dict())
+    ids, mask = _ids_and_mask(True)
+    out, reports, _ = compile_and_record(model, (ids,), {"attention_mask": mask, "labels": ids})
+    ref = reference(ids, attention_mask=mask, labels=ids)
+    sites = _attention_sites(reports)
+    if name == "gemma2":
+        assert sites and not any(s.rewritten for s in sites)
+        assert all("no backward on the CPU" in s.reason for s in sites), [s.reason for s in sites]
+    else:
+        assert sites and all(s.rewritten and s.target == "sdpa" for s in sites)
+    assert_close_outputs(out.loss, ref.loss)
+    out.loss.backward()
+    ref.loss.backward()
+    for (n, p), (_, r) in zip(model.named_parameters(), reference.named_parameters()):
+        if r.grad is not None:
+            assert_close_outputs(p.grad, r.grad, tol=1e-4, floor=1e-3)
+
+
+def test_flex_off_keeps_soft_capping_eager():
+    model = gemma2()
+    ids, _ = _ids_and_mask(False)
+    with torch.no_grad():
+        _, reports, _ = compile_and_record(model, (ids,), flex=False)
+    sites = _attention_sites(reports)
+    assert sites and not any(s.rewritten for s in sites)
+    assert all("options={'flex': False}" in s.reason for s in sites)
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "left-padded"])
+def test_inductor_cpu_forward(padded):
+    """Inductor compiles the flex sites for the CPU (forward): same numbers as eager. A padded mask computed in the
+    graph cannot reach Inductor's CPU flex kernel: those sites stay eager with the reason, and still compile."""
+    torch.manual_seed(0)
+    model = gemma2()
+    ids, mask = _ids_and_mask(padded)
+    reports = []
+    kwargs = {"attention_mask": mask} if padded else {}          # unpadded: the causal mask folds in the graph
+    with torch.no_grad():
+        ref = model(ids, **kwargs).logits
+        compiled = torch.compile(model, backend="sdpa_rewrite", options={"report": reports.append, "strict": True})
+        out = compiled(ids, **kwargs).logits
+    sites = _attention_sites(reports)
+    if padded:
+        assert sites and all("computed in the graph" in s.reason for s in sites), [s.reason for s in sites]
+    else:
+        assert sites and all(s.target == "flex" and s.mask.endswith("BlockMask") for s in sites), reports
+    assert_close_outputs(out, ref, tol=1e-4)
