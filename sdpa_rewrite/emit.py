@@ -137,7 +137,9 @@ def _flex_call(b: "_Builder", att: Attention, plan: Plan, qkv: tuple, kwargs: di
 
 def _sink(b: "_Builder", att: Attention, lead: int) -> fx.Node:
     """The sink logits (..., L, n) with the heads dim a 3-D or 2-D site was given."""
-    sink = att.sink
+    sink, s = att.sink, tuple(shape(att.sink))
+    if s[:-2] != tuple(att.batch):               # the scores regrouped, (B, H) <-> (B·H): the sinks with them
+        sink = b.method("reshape", sink, *att.batch, *s[-2:])       # full-size: it was concatenated to them
     for _ in range(lead):
         sink = b.method("unsqueeze", sink, 0 if lead == 2 else 1)
     return sink

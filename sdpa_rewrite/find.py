@@ -204,6 +204,10 @@ def _walk_to_value(node: fx.Node, modules):
                 raise NoMatch("the attention weights are never used")
             raise NoMatch(f"the attention weights `{node.name}` are used outside the ·V product (returned, or output_attentions)")
         user = users[0]
+        dropped = _trailing_columns_dropped(user, node) if not chain and not sliced else 0
+        if dropped:                                    # sink columns sliced off the weights
+            sliced, chain, node = dropped, chain + (user,), user
+            continue
         op = view(user, modules)
         if op is None:
             raise NoMatch(f"the softmax output feeds `{user.name}`, not a ·V matmul")
@@ -223,10 +227,6 @@ def _walk_to_value(node: fx.Node, modules):
                 raise NoMatch("dropout with a p or training flag that is not a constant")
             drop = Dropout(p if isinstance(p, fx.Node) else float(p), training, op["module"])
             chain, node = chain + (user,), user
-            continue
-        dropped = _trailing_columns_dropped(user, node) if not chain and not sliced else 0
-        if dropped:
-            sliced, chain, node = dropped, chain + (user,), user
             continue
         if op.kind == "matmul" and op["input"] is node and op["other"] is not node:
             return op, node, drop, chain, sliced
@@ -316,6 +316,8 @@ def _assemble(gm, node, top, sc: Scores, pv, p_node, drop, down, modules, folder
     if sc.clamp is not None and sc.fills:
         raise NoMatch("a masked fill under a max(S, finfo.min) clamp: fully masked rows would differ from eager")
     keep, absorbing, uniform = _classify_fills(sc, drop, cdt)
+    if sc.sink is not None and math.prod(shape(sc.sink)[:-2]) != math.prod(batch):
+        raise NoMatch("sink logits laid out in a batch the attention output does not follow")
     if sc.sink is not None and uniform:
         raise NoMatch("a finite masked fill with attention sinks: the filled logits would share weight with the sink")
     out_dtype = dtype(pv.node)
