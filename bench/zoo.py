@@ -6,6 +6,11 @@
     llama   Llama-1B-sized        16 layers, d2048, 32 heads / 8 kv heads (GQA), ffn 8192, vocab 128256
     llama8  Llama-style           8 layers, d2048, 16 heads / 4 kv heads (GQA), ffn 5632, vocab 32000
                                   (the DESIGN notes' reference rows)
+    gemma2w Gemma2-like           4 layers, d2048, 16 heads / 8 kv heads, head dim 128, soft-cap 50, window 4096
+                                  on every other layer, vocab 32000
+    mistralw Mistral-like         4 layers, d2048, 16 heads / 4 kv heads, window 4096, vocab 32000
+    gptossw gpt-oss-like          4 layers, d2048, 32 heads / 8 kv heads, head dim 64, sinks, window 128 on every
+                                  other layer, 4 experts all active (no bf16 routing flips), vocab 32000
 
 `tiny=True` shrinks every model to 2 layers and width 64 so a script can be checked on a CPU first.
 """
@@ -64,12 +69,41 @@ def _llama8(impl, tiny):
                                     bos_token_id=1, eos_token_id=2, pad_token_id=0, attn_implementation=impl)
 
 
+def _gemma2w(impl, tiny):
+    size = (dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=16, vocab_size=512, sliding_window=8) if tiny else
+            dict(num_hidden_layers=4, hidden_size=2048, intermediate_size=8192, num_attention_heads=16,
+                 num_key_value_heads=8, head_dim=128, vocab_size=32000, sliding_window=4096))
+    return transformers.Gemma2Config(**size, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
+                                     max_position_embeddings=32768, attn_implementation=impl)
+
+
+def _mistralw(impl, tiny):
+    size = (dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=512, sliding_window=8) if tiny else
+            dict(num_hidden_layers=4, hidden_size=2048, intermediate_size=5632, num_attention_heads=16,
+                 num_key_value_heads=4, vocab_size=32000, sliding_window=4096))
+    return transformers.MistralConfig(**size, max_position_embeddings=32768, attn_implementation=impl)
+
+
+def _gptossw(impl, tiny):
+    size = (dict(num_hidden_layers=2, hidden_size=64, intermediate_size=64, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=16, vocab_size=512, sliding_window=8) if tiny else
+            dict(num_hidden_layers=4, hidden_size=2048, intermediate_size=2048, num_attention_heads=32,
+                 num_key_value_heads=8, head_dim=64, vocab_size=32000, sliding_window=128))
+    return transformers.GptOssConfig(**size, num_local_experts=4, num_experts_per_tok=4,
+                                     max_position_embeddings=32768, attn_implementation=impl)
+
+
 MODELS = {
     "gpt2": Entry("GPT-2 124M", _gpt2, False, ((1, 1024), (8, 1024))),
     "opt": Entry("OPT-350M-sized", _opt, False, ((1, 1024), (8, 1024))),
     "t5": Entry("T5-base-sized", _t5, True, ((1, 512), (8, 512))),
     "llama": Entry("Llama-1B-sized, GQA 32/8", _llama, False, ((1, 2048), (4, 2048))),
     "llama8": Entry("Llama-style 8 layers, GQA 16/4", _llama8, False, ((4, 2048),)),
+    "gemma2w": Entry("Gemma2-like 4 layers, soft-cap 50, window 4096", _gemma2w, False, ((1, 8192),)),
+    "mistralw": Entry("Mistral-like 4 layers, window 4096", _mistralw, False, ((1, 16384),)),
+    "gptossw": Entry("gpt-oss-like 4 layers, sinks, window 128", _gptossw, False, ((1, 8192),)),
 }
 
 

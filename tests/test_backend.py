@@ -69,7 +69,7 @@ def test_unknown_option_is_an_error():
 def test_internal_error_leaves_graph_untouched_and_warns(monkeypatch, through):
     """The graph put back after a failed site is still Dynamo's: AOTAutograd (Inductor, aot_eager) reads
     each placeholder's `_dynamo_source`, which a plain graph copy drops."""
-    def broken(gm, att):
+    def broken(gm, att, plan=None):
         raise RuntimeError("forced failure")
 
     monkeypatch.setattr(REWRITE_MODULE, "emit", broken)
@@ -95,7 +95,7 @@ def test_internal_error_leaves_graph_untouched_and_warns(monkeypatch, through):
 
 
 def test_internal_error_raises_when_strict(monkeypatch):
-    def broken(gm, att):
+    def broken(gm, att, plan=None):
         raise RuntimeError("forced")
 
     monkeypatch.setattr(REWRITE_MODULE, "emit", broken)

@@ -79,11 +79,11 @@ def test_failure_mid_rewrite_restores_the_graph(monkeypatch):
     real_emit = REWRITE_MODULE.emit
     calls = []
 
-    def emit_then_fail(gm_, att):
+    def emit_then_fail(gm_, att, plan):
         calls.append(att)
         if len(calls) == 2:
             raise RuntimeError("forced failure on the second site")
-        return real_emit(gm_, att)
+        return real_emit(gm_, att, plan)
 
     monkeypatch.setattr(REWRITE_MODULE, "emit", emit_then_fail)
     with pytest.raises(RuntimeError, match="second site"):
