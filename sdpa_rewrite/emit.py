@@ -130,8 +130,11 @@ def _flex_call(b: "_Builder", att: Attention, plan: Plan, qkv: tuple, kwargs: di
         lo, hi = band(L, S, att.causal, att.verdict.window if att.verdict is not None else None)
         block = b.call(band_block_mask, L, S, lo, hi, meta_value(att.q.node).device)
     sink = _sink(b, att, max(0, 2 - len(att.batch))) if att.sink is not None else None
+    cap = att.cap
+    for kind, t in att.cap_factors:                  # a symbolic cap (dynamic=True): computed in the graph
+        cap = b.factor(cap, kind, t)
     flex_kwargs = {"mask": kwargs["attn_mask"], "sink": sink, "block_mask": block, "scale": att.scale,
-                   "cap": att.cap, "enable_gqa": att.gqa > 1}
+                   "cap": cap, "enable_gqa": att.gqa > 1}
     return b.g.call_function(flex_attention_site, qkv, flex_kwargs)
 
 

@@ -83,6 +83,7 @@ class Attention:
     clamp: Optional[float] = None      # the additive mask is clamped to this (max(S, finfo.min) in eager)
     mask_finite: bool = False          # the float mask provably holds no -inf (bounds.py): no row is -inf alone
     cap: Optional[float] = None        # soft-capping: scores are cap·tanh(scale·Q·Kᵀ) + mask (flex's score_mod)
+    cap_factors: tuple = ()            # (('mul' | 'div', symbolic scalar node), ...) the cap also takes (dynamic=True)
     sink: Optional[fx.Node] = None     # sink logits (..., L, n): a column block per row that takes weight, no value
 
     @property
@@ -332,7 +333,7 @@ def _assemble(gm, node, top, sc: Scores, pv, p_node, drop, down, modules, folder
         qk_shape=tuple(sc.qk_shape), top_shape=top_shape, q_shape=qs, k_shape=ks, v_shape=vs, mask_kind=_mask_kind(sc, keep, absorbing, uniform),
         consumed=(node,) + down + sc.consumed, verdict=verdict, causal=causal, folded=folded, clamp=sc.clamp,
         mask_finite=not keep and (sc.clamp is not None or _finite_mask(sc.terms, absorbing, cdt, modules, gm)),
-        cap=sc.cap, sink=sc.sink)
+        cap=sc.cap, cap_factors=sc.cap_factors, sink=sc.sink)
 
 
 

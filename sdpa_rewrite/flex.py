@@ -72,6 +72,8 @@ def flex_attention_site(q, k, v, mask: Optional[torch.Tensor] = None, sink: Opti
 
     if q.device.type == "cpu":        # Inductor's CPU flex kernel takes only contiguous (B, H, L, E) inputs
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    if cap is not None and not isinstance(cap, (int, float)):   # symbolic (dynamic=True): a score_mod closes over
+        cap = torch.scalar_tensor(cap, dtype=torch.float32, device=q.device)  # tensors, not symbolic floats
     score_mod = _score_mod(cap, mask)
     kwargs = dict(score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=enable_gqa)
     if sink is None:
@@ -96,7 +98,8 @@ def _score_mod(cap: Optional[float], mask: Optional[torch.Tensor]):
         return None
     if mask is not None:
         mask = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape)) if mask.dim() < 4 else mask
-        spread = [mask.size(i) > 1 for i in range(4)]      # a broadcast dim is read at index 0
+        # a broadcast dim (size 1, always a plain int) is read at index 0; a symbolic size is never 1 here
+        spread = [not (isinstance(mask.size(i), int) and mask.size(i) == 1) for i in range(4)]
         is_bool = mask.dtype == torch.bool
 
     def score_mod(score, b, h, q_idx, kv_idx):

@@ -48,11 +48,17 @@ class Site:
         return cls(
             f.location, status or "rewritten", reason, q=_dims(f.q_shape), k=_dims(f.k_shape),
             v=_dims(f.v_shape), dtype=str(f.compute_dtype).replace("torch.", ""), scale=f.scale,
-            scale_source=", ".join(f.scale_notes) + (f"; then {f.cap:g}·tanh (soft-cap)" if f.cap is not None else ""),
+            scale_source=", ".join(f.scale_notes) + (f"; then {_cap_text(f)}·tanh (soft-cap)" if f.cap is not None else ""),
             mask=_mask_text(f, plan) + (" + sink logits" if f.sink is not None else ""), dropout=drop, causal=f.causal,
             gqa_groups=f.gqa, kernel=cuda_kernel(f) if plan is None or plan.target == "sdpa" else "flex",
             graph=graph, target=plan.target if plan is not None else "sdpa",
             target_reason=plan.reason if plan is not None else "")
+
+
+def _cap_text(f) -> str:
+    """The soft-cap as a number, with the symbolic scalars (dynamic=True) it also takes by name."""
+    parts = [f"{f.cap:g}"] + [f"{'×' if kind == 'mul' else '÷'}{t.name}" for kind, t in f.cap_factors]
+    return "".join(parts)
 
 
 def _dims(shape) -> tuple:

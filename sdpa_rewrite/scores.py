@@ -74,6 +74,7 @@ class Scores:
     qk_shape: tuple = ()     # Q·Kᵀ's shape; its batch dims may be regrouped (view) before the softmax
     clamp: Optional[float] = None   # max(S, finfo.min) right before the softmax: -inf in the mask becomes finite
     cap: Optional[float] = None     # soft-capping: the scores are cap·tanh(alpha·Q·Kᵀ) (+ masks)
+    cap_factors: tuple = ()         # symbolic scalars (dynamic=True) the cap is also multiplied ('mul') or divided by
     sink: Optional[fx.Node] = None  # logit columns concatenated after the keys (attention sinks), (..., L, n)
 
 
@@ -87,6 +88,7 @@ class _State:
     folder: Any = None         # fold.Folder: a fill read from a buffer (`masked_bias`) is a constant too
     clamp: Optional[float] = None
     cap: Optional[float] = None
+    cap_factors: tuple = ()
     in_cap: bool = False       # below a tanh: only scalar factors and casts may follow, down to Q·Kᵀ
     sink: Optional[fx.Node] = None
 
@@ -150,13 +152,13 @@ def _parse_cap(op: Op, st, consumed, modules, root, depth):
     (they are added to the capped score), not below it."""
     if st.in_cap:
         raise NoMatch(f"a second tanh (`{op.node.name}`) inside a soft-cap", depth)
-    if st.post_t:
+    if not all(is_symbolic_scalar(t) for _, t in st.post_t):     # dynamic=True makes a module's float symbolic
         raise NoMatch("a tensor-valued factor after a soft-cap (tanh)", depth)
     if st.post <= 0 and st.fills:
         raise NoMatch("a non-positive soft-cap after a masked fill flips its sign", depth)
     if st.clamp is not None:
         raise NoMatch("a clamp of soft-capped scores", depth)
-    st2 = replace(st, cap=st.post, post=1.0, notes=(), in_cap=True)
+    st2 = replace(st, cap=st.post, cap_factors=st.post_t, post=1.0, post_t=(), notes=(), in_cap=True)
     return _parse(_single(op["input"], op.node, depth), st2, consumed, modules, root, depth + 1)
 
 
@@ -487,7 +489,8 @@ def _read_qk(op: Op, st, consumed, modules, root, depth):
     notes = notes + qnotes + knotes
     _check_fills(st, depth)
     return Scores(op.node, q, k, alpha, notes, st.post_t, terms, st.fills, consumed + qc + kc, shape(op.node),
-                  clamp=st.clamp, cap=st.cap, sink=st.sink)
+                  clamp=st.clamp, cap=st.cap, cap_factors=st.cap_factors,
+                  sink=st.sink)
 
 
 def _check_fills(st: _State, depth: int) -> None:
@@ -606,7 +609,8 @@ def _read_einsum_qk(op: Op, st, consumed, modules, root, depth):
     _check_fills(st, depth)
     return Scores(op.node, Operand(q.node, permute=_unless_identity(pq)), Operand(k.node, permute=_unless_identity(pk)),
                   st.post * qf * kf, st.notes + qn + kn, st.post_t, st.terms, st.fills, consumed + qc + kc,
-                  shape(op.node), clamp=st.clamp, cap=st.cap, sink=st.sink)
+                  shape(op.node), clamp=st.clamp, cap=st.cap, cap_factors=st.cap_factors,
+                  sink=st.sink)
 
 
 def read_value_einsum(equation: str, p_index: int, ranks: list) -> Optional[tuple]:
