@@ -217,6 +217,27 @@ class SlidingWindow(nn.Module):
         return attend(att, v)
 
 
+class SlidingWindowV4(nn.Module):
+    """Mistral / Qwen2 before masking_utils (transformers 4.4x): `_prepare_4d_causal_attention_mask_with_cache_position`
+    fills a finfo.min matrix, keeps the diagonal-and-below by `arange > cache_position`, ORs in the keys a window
+    behind (`arange <= cache_position - window`, in place), multiplies in place, and adds the result."""
+
+    def __init__(self, sliding_window=3):
+        super().__init__()
+        self.sliding_window = sliding_window
+
+    def forward(self, q, k, v):
+        L, S = q.size(-2), k.size(-2)
+        cache_position = torch.arange(L, device=q.device)
+        causal_mask = torch.full((L, S), torch.finfo(q.dtype).min, dtype=q.dtype, device=q.device)
+        diagonal_attend_mask = torch.arange(S, device=q.device) > cache_position.reshape(-1, 1)
+        sliding_attend_mask = torch.arange(S, device=q.device) <= (cache_position.reshape(-1, 1) - self.sliding_window)
+        diagonal_attend_mask.bitwise_or_(sliding_attend_mask)
+        causal_mask *= diagonal_attend_mask
+        causal_mask = causal_mask[None, None, :, :].expand(q.size(0), 1, -1, -1)
+        return attend(scores(q, k) + causal_mask, v)
+
+
 class PrefixLM(nn.Module):
     """A prefix-LM mask (T5 / UL2 prefix LM, PaliGemma): the first `prefix` keys are visible to every
     query, the rest causal — a constant mask that is neither causal nor a window."""
@@ -387,6 +408,10 @@ ENTRIES = [
           (Expect(scale=SCALE, mask="bool", verdict="causal lower-right"),)),
     Entry("masks/sliding_window", "mistral sliding window: masking_utils.sliding_window_causal_mask_function (v5)",
           SlidingWindow, _with(111), (Expect(scale=SCALE, mask="bool", verdict="sliding window"),)),
+    Entry("masks/sliding_window_v4",
+          "transformers 4.4x mistral/qwen2: _prepare_4d_causal_attention_mask_with_cache_position (sliding window)",
+          SlidingWindowV4, _with(119, l=8), (Expect(scale=SCALE, mask="float", verdict="sliding window"),),
+          traceable=False),
     Entry("masks/prefix_lm", "prefix-LM mask (T5/UL2 prefix LM, paligemma token_type_ids_mask_function)",
           PrefixLM, _with(112), (Expect(scale=SCALE, mask="bool", verdict="constant mask"),)),
     Entry("masks/all_visible", "variant: where(ones(B, 1, L, S).bool(), scores, -inf): masks nothing",
