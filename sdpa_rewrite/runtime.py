@@ -50,7 +50,7 @@ class MaskProbe:
     def kind(self, args: Sequence) -> str:
         """The verdict of this mask for these inputs; "mask" when it cannot be taken without a stale risk."""
         inputs = [args[i] for i in self.positions]
-        if _capturing() or any(isinstance(x, torch.Tensor) and x.is_inference() for x in inputs):
+        if _capturing() or any(isinstance(x, torch.Tensor) and (x.is_inference() or _traced(x)) for x in inputs):
             return "mask"
         key = (self.program.code, self.form, self.top_shape, tuple(_identity(x) for x in inputs))
         hit = _verdicts.get(key)
@@ -69,6 +69,14 @@ class MaskProbe:
         while len(_verdicts) > _CACHE_SIZE:
             _verdicts.popitem(last=False)
         return verdict
+
+
+def _traced(x: torch.Tensor) -> bool:
+    """A value without data: the graph is being traced, not run (DDPOptimizer propagates fake tensors through the
+    compiled pieces of a split graph; an outer make_fx or export traces through them). The general graph serves."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    return is_fake(x) or type(x) not in (torch.Tensor, torch.nn.Parameter)   # fake, functional, or proxied
 
 
 def runtime_kind(form: MaskForm, top_shape: tuple, values: Sequence) -> str:
