@@ -1,4 +1,5 @@
-"""Where users already are: transformers' Trainer (through accelerate), PEFT and diffusers with the backend."""
+"""Where users already are: transformers' Trainer (through accelerate), PEFT, diffusers and sentence-transformers
+with the backend."""
 import tempfile
 
 import pytest
@@ -74,3 +75,48 @@ def test_diffusers_unet_with_its_eager_attention_processor():
     sites = [s for r in reports for s in r.sites]
     assert len(sites) == 8 and all(s.rewritten for s in sites), "\n".join(map(str, reports))
     assert_close_outputs(out.sample, ref)
+
+
+def tiny_sentence_transformer(path):
+    """A 2-layer BERT with eager attention and a 22-word WordPiece vocabulary, saved to `path` and loaded back as a
+    SentenceTransformer (Transformer + mean Pooling): no download."""
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    from sentence_transformers import SentenceTransformer
+
+    words = "the a cat dog sat on mat ran fast slow and quick brown fox jumps over lazy".split()
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    transformers.BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(path)
+    torch.manual_seed(0)
+    config = transformers.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                                     vocab_size=len(vocab), max_position_embeddings=64, attn_implementation="eager")
+    transformers.BertModel(config).eval().save_pretrained(path)
+    # sentence-transformers loads with attn_implementation="sdpa" unless told: eager is what the backend rewrites
+    st = SentenceTransformer(modules=[Transformer(str(path), model_kwargs={"attn_implementation": "eager"}),
+                                      Pooling(64)], device="cpu")
+    assert st[0].auto_model.config._attn_implementation == "eager"
+    return st.eval()
+
+
+def test_sentence_transformers_encode_with_the_model_compiled_by_the_backend(tmp_path):
+    """`SentenceTransformer.compile(backend="sdpa_rewrite")` is nn.Module.compile: encode() calls the model, so the
+    compiled forward runs. Four sentences of different lengths in batches of two, both padded: the first batch
+    compiles a static graph, the second (shorter) an automatic-dynamic one. Both BERT self-attention sites of each
+    graph rewritten, the padding mask read as an input mask, and the same embeddings as the uncompiled model.
+    Downstream eager keeps the test short; Inductor is the Trainer test's."""
+    pytest.importorskip("sentence_transformers")
+    st = tiny_sentence_transformer(tmp_path)
+    sentences = ["the quick brown fox jumps over the lazy dog and the cat", "a dog ran fast on the mat",
+                 "the cat sat", "dog"]
+    batches = [st.preprocess(sentences[i:i + 2]) for i in (0, 2)]
+    assert all((b["attention_mask"] == 0).any() for b in batches)          # both batches padded
+    reports = []
+    with torch.no_grad():
+        ref = st.encode(sentences, batch_size=2, convert_to_tensor=True)
+        st.compile(backend="sdpa_rewrite", options={"downstream": "eager", "report": reports.append, "strict": True})
+        got = st.encode(sentences, batch_size=2, convert_to_tensor=True)
+    assert [len(r.sites) for r in reports] == [2, 2], "\n".join(map(str, reports))   # 2 layers, 2 graphs
+    sites = [s for r in reports for s in r.sites]
+    assert all(s.rewritten and s.mask.startswith("input mask") for s in sites), "\n".join(map(str, reports))
+    assert got.shape == ref.shape == (4, 64)
+    assert_close_outputs(got, ref)
