@@ -116,8 +116,9 @@ def location(node: fx.Node, gm: Optional[fx.GraphModule] = None) -> str:
     stack = node.meta.get("nn_module_stack")
     if stack:
         path = list(stack.values())[-1][0]
-        path = re.sub(r"^L\['[^']*'\](\[\d+\])?\.?", "", path).replace("_modules.", "")
+        path = re.sub(r"^L\['[^']*'\](\[\d+\])?\.?", "", path)
         path = re.sub(r"\[['\"]?([^'\"\]]+)['\"]?\]", r".\1", path)
+        path = path.replace("__dict__.", "").replace("_modules.", "")     # module containers, not module names
         return f"{path.strip('.') or '<root>'}:{node.name}"
     if node.op == "call_module":
         return str(node.target)

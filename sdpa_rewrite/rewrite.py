@@ -130,7 +130,7 @@ def _key(value):
         return (type(value).__name__,) + tuple(_key(v) for v in value)
     if isinstance(value, dict):
         return tuple(sorted((k, _key(v)) for k, v in value.items()))
-    if isinstance(value, torch.dtype):
+    if isinstance(value, (torch.dtype, torch.device)):
         return str(value)
     if isinstance(value, float) and value != value:
         return "nan"
