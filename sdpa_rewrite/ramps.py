@@ -31,7 +31,7 @@ from typing import Any, Optional
 import torch
 import torch.fx as fx
 
-from .fold import _integer_or_no_dtype
+from .reduced import integer_or_no_dtype
 from .view import meta_value, same_batch, target_name
 
 _COMPARE = {"le": "le", "lt": "lt", "ge": "ge", "gt": "gt", "__le__": "le", "__lt__": "lt", "__ge__": "ge",
@@ -232,7 +232,7 @@ class _Reader:
         if name == "diff" and isinstance(first, Ramp):
             return self._diff(node, first)
         if name in ("to", "contiguous", "clone", "detach") and isinstance(first, Ramp) and \
-                all(not isinstance(a, fx.Node) for a in args[1:]) and _integer_or_no_dtype(args[1:], node.kwargs):
+                all(not isinstance(a, fx.Node) for a in args[1:]) and integer_or_no_dtype(args[1:], node.kwargs):
             return first                                    # a bool or float ramp would compare differently
         if name in _ARITH and isinstance(first, Ramp) != isinstance(self.read(args[1]), Ramp):
             return self._shift(name, first, self.read(args[1]))
