@@ -38,6 +38,7 @@ class Program:
     dropout: str           # none | functional_eval | module_eval
     sites: int             # 1, or 2 stacked (the second site's q is the first's output)
     near_miss: str         # "" or softcap | post_softmax | head_mix | other_dim | weights_returned
+    cap: float = 0.0       # soft-capping cap·tanh(s / cap) after the scale, before the mask (0: none): a flex site
 
     @property
     def kv_heads(self) -> int:
@@ -46,6 +47,15 @@ class Program:
     @property
     def rewritable(self) -> bool:
         return not self.near_miss
+
+
+@st.composite
+def capped_programs(draw) -> Program:
+    """Rewritable programs with soft-capped scores, the mask added or filled after the cap (FlexAttention sites)."""
+    from dataclasses import replace
+
+    p = draw(programs())
+    return replace(p, cap=draw(st.sampled_from([5.0, 30.0])), mask_before_scale=False)
 
 
 @st.composite
@@ -165,6 +175,8 @@ class Attention(nn.Module):
             s = s / (1.0 / scale)
         elif p.scale_at == "tensor":
             s = s * self.temperature
+        if p.cap:
+            s = torch.tanh(s / p.cap) * p.cap
         if not p.mask_before_scale:
             s = self.masked(s, mask)
         if p.near_miss == "softcap":

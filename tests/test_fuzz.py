@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 
 import sdpa_rewrite
-from programs import Attention, Program, inputs, programs, swamps_scores
+from programs import Attention, Program, capped_programs, inputs, programs, swamps_scores
 from support import RecordSDPA
 
 LONG = int(os.environ.get("SDPA_FUZZ_EXAMPLES", "0"))
@@ -71,8 +71,8 @@ def check_numbers(p: Program, out, ref, x, x_ref, rewritten: bool) -> None:
     tol = 5e-3 if noisy else 1e-5          # s - 1e4 in fp32 rounds the scores to ~1e-3, in eager and kernel alike
     err = ((out[keep] - ref[keep]).abs().max() / scale).item() if keep.any() else 0.0
     assert err <= tol, f"relative error {err:.2e}\n{p}"
-    if nan_rows.any():
-        return                                             # eager's gradients are NaN there
+    if nan_rows.any() or x is None:
+        return                                             # eager's gradients are NaN there; or a forward-only check
     w = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
     grads = torch.autograd.grad((out * w).sum(), x[:3])
     ref_grads = torch.autograd.grad((ref * w).sum(), x_ref[:3])
@@ -195,6 +195,39 @@ def rewritten_and_exact(p: Program, compile_path: bool, symbolic_batch: bool = F
         assert not again.rewritten and all("not a ·V" not in s.reason for s in again.sites)
     check_report(p, report, n_calls, symbolic_lengths)
     check_numbers(p, out, ref, x, x_ref, bool(report.rewritten))
+
+
+@settings(max_examples=COMPILE_EXAMPLES, **COMMON)
+@given(capped_programs())
+def test_soft_capped_programs_on_flex(p: Program):
+    """Soft-capped scores, through both front ends without gradients (flex has no CPU backward): every site goes to
+    FlexAttention, and the outputs equal eager's (fp32; eager's NaN rows are zeros). An nn.Dropout called as a
+    module (symbolic_trace keeps the call) decides at run time whether it drops, and flex has no dropout: those
+    sites stay eager with that reason."""
+    from sdpa_rewrite.flex import flex_attention_site
+
+    model = Attention(p).eval()
+    args = inputs(p)
+    with torch.no_grad():
+        ref = model(*args)
+        gm = torch.fx.symbolic_trace(model)
+        report = sdpa_rewrite.rewrite(gm, example_inputs=args)
+        if p.dropout == "module_eval":
+            assert not report.rewritten and all("no dropout" in s.reason or allowed_skip(p, s.reason)
+                                                for s in report.sites), f"{report}\n{p}"
+            check_numbers(p, gm(*args), ref, None, None, False)
+        else:
+            assert len(report.rewritten) == p.sites and all(s.target == "flex" for s in report.rewritten), \
+                f"{report}\n{p}"
+            assert sum(n.target is flex_attention_site for n in gm.graph.nodes) == p.sites
+            check_numbers(p, gm(*args), ref, None, None, True)
+        torch._dynamo.reset()
+        reports = []
+        compiled = torch.compile(model, backend="sdpa_rewrite",
+                                 options={"downstream": "eager", "report": reports.append, "strict": True})
+        out = compiled(*args)
+        assert sum(len(r.rewritten) for r in reports) == p.sites, reports
+        check_numbers(p, out, ref, None, None, True)
 
 
 def test_found_bmm_regroup_under_a_symbolic_batch():
