@@ -75,7 +75,15 @@ def _flex_blocked(att: Attention, when: Conditions) -> str:
         return "Inductor's CPU FlexAttention cannot read a mask computed in the graph (its kernel has no choice then)"
     if len(att.batch) > 2:
         return "FlexAttention takes 4-D (batch, heads, L, E) inputs"
+    compiled_kernel = _device(att) == "cuda" or when.cpu_inductor
+    if compiled_kernel and not all(_kernel_dim(d) for d in (att.q_shape[-1], att.v_shape[-1])):
+        return (f"head dims {att.q_shape[-1]}/{att.v_shape[-1]}: FlexAttention's compiled kernels are sure only for "
+                "powers of two from 16 to 256 (others have failed to compile or read out of bounds)")
     return ""
+
+
+def _kernel_dim(d) -> bool:
+    return isinstance(d, int) and 16 <= d <= 256 and d & (d - 1) == 0
 
 
 def _device(att: Attention) -> str:

@@ -228,3 +228,23 @@ def test_dynamic_shapes(downstream):
         assert len(reports) == 1, "one graph for every length"
         site = reports[0].sites[0]
         assert site.target == "flex" and mask in site.mask and "tanh" in site.scale_source, reports[0]
+
+
+def test_head_dims_flex_kernels_are_not_sure_of_stay_off_flex():
+    """Under a compiled flex kernel (here Inductor on the CPU) a head dim that is not a power of two from 16 to 256
+    keeps the soft-capped site eager, with the reason; eager flex (downstream eager) takes any head dim."""
+    from patterns.gemma2 import GrokCap
+
+    model = GrokCap()
+    model.heads, model.head_dim = 8, 8                     # dim 64 over 8 heads: head dim 8
+    x = torch.randn(2, 8, 64, generator=torch.Generator().manual_seed(3))
+    reports = []
+    with torch.no_grad():
+        ref = model(x)
+        out = torch.compile(model, backend="sdpa_rewrite", options={"report": reports.append})(x)
+        assert_close_outputs(out, ref)
+        site = reports[0].sites[0]
+        assert not site.rewritten and "head dims 8/8" in site.reason, reports[0]
+        torch._dynamo.reset()
+        _, eager_reports, _ = compile_and_record(model, (x,))
+    assert eager_reports[0].sites[0].target == "flex"
