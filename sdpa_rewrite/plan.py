@@ -64,7 +64,7 @@ def _flex_blocked(att: Attention, when: Conditions) -> str:
     if not when.flex:
         return "options={'flex': False}"
     if not flex_available():
-        return f"this torch ({torch.__version__}) has no FlexAttention"
+        return f"this torch ({torch.__version__}) has no FlexAttention with the BlockMask API it needs (torch >= 2.6)"
     if att.dropout is not None and att.dropout.may_drop:
         return "FlexAttention has no dropout"
     if _device(att) == "cpu" and _requires_grad(att, when):
@@ -101,8 +101,11 @@ def _requires_grad(att: Attention, when: Conditions) -> bool:
 
 
 def flex_available() -> bool:
+    """FlexAttention with the BlockMask API flex.py builds on (`from_kv_blocks(..., seq_lengths=)`, torch ≥ 2.6)."""
+    import inspect
+
     try:
-        from torch.nn.attention import flex_attention  # noqa: F401
+        from torch.nn.attention.flex_attention import BlockMask, flex_attention  # noqa: F401
     except ImportError:
         return False
-    return True
+    return "seq_lengths" in inspect.signature(BlockMask.from_kv_blocks).parameters
