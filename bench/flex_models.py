@@ -45,6 +45,14 @@ def build(name, form, device, dtype, tiny, reports):
     return model, torch.compile(model)
 
 
+def sites(reports) -> dict:
+    """The row's `sites` (rewritten/found) and `targets` columns, for the backend's forms."""
+    if not reports:
+        return {}
+    done, found, _ = site_counts(reports)
+    return {"sites": f"{done}/{found}", "targets": targets(reports)}
+
+
 def targets(reports) -> str:
     sites = [s for r in reports for s in r.sites if "router" not in s.location]
     counts = {}
@@ -77,10 +85,7 @@ def forward_rows(name, batch, seq, forms, *, device, tiny, reps, record, deadlin
                 row["rel_err"] = float(f"{((logits - ref).abs().max() / ref.abs().max()).item():.2e}")
                 del logits
                 t = measure(lambda: compiled(**args).logits, reps=reps, device=device)  # noqa: B023
-            row.update(ms=round(t.ms, 2), iqr_ms=round(t.spread_ms, 2), peak_mib=round(t.peak_mib))
-            if reports:
-                done, found, _ = site_counts(reports)
-                row.update(sites=f"{done}/{found}", targets=targets(reports))
+            row.update(ms=round(t.ms, 2), iqr_ms=round(t.spread_ms, 2), peak_mib=round(t.peak_mib), **sites(reports))
         except Exception as e:                     # a form that cannot run this model: say so, go on
             row["error"] = f"{type(e).__name__}: {str(e)[:160]}"
         record.add("forward", row)
@@ -115,10 +120,7 @@ def train_rows(name, batch, seq, forms, *, device, tiny, reps, record, deadline)
             torch.cuda.reset_peak_memory_stats()
             t = measure(step, warmup=2, reps=reps, device=device)
             row.update(step_ms=round(t.ms, 1), iqr_ms=round(t.spread_ms, 1),
-                       peak_mib=round(torch.cuda.max_memory_allocated() / 2**20))
-            if reports:
-                done, found, _ = site_counts(reports)
-                row.update(sites=f"{done}/{found}", targets=targets(reports))
+                       peak_mib=round(torch.cuda.max_memory_allocated() / 2**20), **sites(reports))
         except Exception as e:
             row["error"] = f"{type(e).__name__}: {str(e)[:160]}"
         record.add("steps", row)

@@ -80,3 +80,25 @@ def padding_mask(b: int = 2, l: int = 8, s: int = 8, seed: int = 0) -> torch.Ten
     m = torch.zeros(b, 1, l, s)
     m[1, :, :, s - 3:] = torch.finfo(torch.float32).min
     return m
+
+
+class Heads(torch.nn.Module):
+    """q/k/v projections split into heads (B, H, L, E) and the output projection: the frame around an attention
+    spelling that the catalog's entries share."""
+
+    def __init__(self, dim=64, heads=4):
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.q_proj = torch.nn.Linear(dim, dim)
+        self.k_proj = torch.nn.Linear(dim, dim)
+        self.v_proj = torch.nn.Linear(dim, dim)
+        self.o_proj = torch.nn.Linear(dim, dim)
+
+    def qkv(self, x):
+        b, l = x.shape[0], x.shape[1]
+        split = lambda t: t.view(b, l, self.heads, self.head_dim).transpose(1, 2)
+        return split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
+
+    def out(self, o):
+        b, l = o.shape[0], o.shape[2]
+        return self.o_proj(o.transpose(1, 2).reshape(b, l, -1))

@@ -5,32 +5,12 @@ backward on the CPU: there, with gradients, the site stays eager and says so.
 """
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from . import Entry, Expect, hidden, padding_mask
+from . import Entry, Expect, Heads, hidden, padding_mask
 
 
-class _Heads(nn.Module):
-    def __init__(self, dim=64, heads=4):
-        super().__init__()
-        self.heads, self.head_dim = heads, dim // heads
-        self.q_proj = nn.Linear(dim, dim)
-        self.k_proj = nn.Linear(dim, dim)
-        self.v_proj = nn.Linear(dim, dim)
-        self.o_proj = nn.Linear(dim, dim)
-
-    def qkv(self, x):
-        b, l = x.shape[0], x.shape[1]
-        split = lambda t: t.view(b, l, self.heads, self.head_dim).transpose(1, 2)
-        return split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
-
-    def out(self, o):
-        b, l = o.shape[0], o.shape[2]
-        return self.o_proj(o.transpose(1, 2).reshape(b, l, -1))
-
-
-class Gemma2SoftCap(_Heads):
+class Gemma2SoftCap(Heads):
     """transformers models/gemma2/modeling_gemma2.py: eager_attention_forward with attn_logit_softcapping."""
 
     def __init__(self, softcap=50.0):
@@ -66,7 +46,7 @@ class Gemma2SlidingLayer(Gemma2SoftCap):
         return super().forward(x, mask[None, None])
 
 
-class GrokCap(_Heads):
+class GrokCap(Heads):
     """xai-org/grok-1 model.py (in torch): `attn_logits = 30 * tanh(attn_logits / 30)` after a division by
     sqrt(d), with a boolean causal mask applied by where(mask, logits, -1e30)."""
 

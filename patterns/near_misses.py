@@ -7,29 +7,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import Entry, hidden
+from . import Entry, Heads, hidden
 
 
-class _Heads(nn.Module):
-    def __init__(self, dim=64, heads=4):
-        super().__init__()
-        self.heads, self.head_dim = heads, dim // heads
-        self.q_proj = nn.Linear(dim, dim)
-        self.k_proj = nn.Linear(dim, dim)
-        self.v_proj = nn.Linear(dim, dim)
-        self.o_proj = nn.Linear(dim, dim)
-
-    def qkv(self, x):
-        b, l = x.shape[0], x.shape[1]
-        split = lambda t: t.view(b, l, self.heads, self.head_dim).transpose(1, 2)
-        return split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
-
-    def out(self, o):
-        b, l = o.shape[0], o.shape[2]
-        return self.o_proj(o.transpose(1, 2).reshape(b, l, -1))
-
-
-class OutputAttentions(_Heads):
+class OutputAttentions(Heads):
     """transformers eager_attention_forward with output_attentions=True: the weights are returned as well."""
 
     def forward(self, x):
