@@ -89,7 +89,7 @@ def emit(gm: fx.GraphModule, att: Attention, plan: Plan = Plan("sdpa")) -> fx.No
         if lead and mask is not None:
             kwargs["attn_mask"] = b.call(heads_dim, mask)
         if plan.target == "flex":
-            out = _flex_call(b, att, plan, qkv, kwargs)
+            out = _flex_call(b, att, plan, qkv, kwargs, lead)
         elif plan.sink_key:
             keys = b.call(with_sink_keys, qkv[1], qkv[2], kwargs["attn_mask"], _sink(b, att, lead), att.causal,
                           att.compute_dtype)
@@ -122,14 +122,14 @@ def emit(gm: fx.GraphModule, att: Attention, plan: Plan = Plan("sdpa")) -> fx.No
     return out
 
 
-def _flex_call(b: "_Builder", att: Attention, plan: Plan, qkv: tuple, kwargs: dict) -> fx.Node:
+def _flex_call(b: "_Builder", att: Attention, plan: Plan, qkv: tuple, kwargs: dict, lead: int) -> fx.Node:
     """flex_attention_site(q, k, v, ...): the dense mask (if any) for the score_mod, the band as a BlockMask."""
     block = None
     if plan.band:
         L, S = att.q_shape[-2], att.k_shape[-2]
         lo, hi = band(L, S, att.causal, att.verdict.window if att.verdict is not None else None)
         block = b.call(band_block_mask, L, S, lo, hi, meta_value(att.q.node).device)
-    sink = _sink(b, att, max(0, 2 - len(att.batch))) if att.sink is not None else None
+    sink = _sink(b, att, lead) if att.sink is not None else None
     cap = att.cap
     for kind, t in att.cap_factors:                  # a symbolic cap (dynamic=True): computed in the graph
         cap = b.factor(cap, kind, t)

@@ -73,10 +73,9 @@ class MaskProbe:
 
 def _traced(x: torch.Tensor) -> bool:
     """A value without data: the graph is being traced, not run (DDPOptimizer propagates fake tensors through the
-    compiled pieces of a split graph; an outer make_fx or export traces through them). The general graph serves."""
-    from torch._subclasses.fake_tensor import is_fake
-
-    return is_fake(x) or type(x) not in (torch.Tensor, torch.nn.Parameter)   # fake, functional, or proxied
+    compiled pieces of a split graph; an outer make_fx or export traces through them). The general graph serves.
+    Every such value is a tensor subclass (FakeTensor, FunctionalTensor, ...)."""
+    return type(x) not in (torch.Tensor, torch.nn.Parameter)
 
 
 def runtime_kind(form: MaskForm, top_shape: tuple, values: Sequence) -> str:
