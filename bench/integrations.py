@@ -10,7 +10,8 @@ generate  llama8 (bf16 on CUDA, fp32 on the CPU), batch 1, a 128-token prompt, e
           `CompileConfig(backend="sdpa_rewrite", mode=None, options={"mode": "reduce-overhead", ...})`),
           native_dynamic / backend_dynamic (dynamic cache, `model.forward = torch.compile(model.forward, ...)`).
           First call's wall time, tokens/s of `--reps` timed calls (median and best), the fraction of new tokens
-          equal to uncompiled's, Dynamo graphs compiled, sites rewritten/found.
+          equal to uncompiled's (on CUDA from one more call in fp32 with TF32 off: bf16 greedy tokens of random
+          weights flip on rounding, H200 2026-12-02), Dynamo graphs compiled, sites rewritten/found.
 trainer   transformers.Trainer on llama8 (fp32 weights; CUDA: B4 S1024, bf16=True; CPU --tiny: B2 S64), random
           token ids as inputs and labels, `--steps` steps: uncompiled, native_compiled (`model.compile()`),
           backend_compiled (eager attention, `model.compile(backend="sdpa_rewrite")`: accelerate refuses the name
@@ -116,6 +117,9 @@ def run_generate(form: str, a, device: str, out: str) -> dict:
         _sync(device)
         first_s = time.perf_counter() - start
         t = measure(lambda: model.generate(ids, **kwargs), warmup=0, reps=a.reps, device=device)
+        if dtype != torch.float32:   # bf16 greedy tokens of random weights flip on rounding: compare them in fp32
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+            tokens = model.float().generate(ids, **kwargs)[:, -a.new:]     # (compiled again for fp32)
     torch.save(tokens.cpu(), os.path.join(out, "tokens.pt"))
     return {**row, "first_call_s": round(first_s, 1), "tokens_per_s": round(a.new / t.ms * 1e3, 1),
             "best_tokens_per_s": round(a.new / t.best_ms * 1e3, 1), "peak_mib": _mib(t.peak_mib),

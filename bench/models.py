@@ -10,6 +10,8 @@ KV cache, in these forms:
     backend_inductor eager model + torch.compile(backend="sdpa_rewrite")  (Inductor downstream)
     backend_inductor_kernel_rows   the same with options={"empty_rows": "kernel"}: query rows that see no
                      key (padding queries) are left to the kernel, as transformers' sdpa path does
+    backend_inductor_noflex        the same with options={"flex": False}: every site on SDPA (a padded batch's
+                     mask read whole by SDPA, not as a FlexAttention BlockMask)
 
 Usage (the models are in bench/zoo.py; `--tiny` runs 2-layer models, on the CPU if there is no GPU):
 
@@ -58,6 +60,8 @@ def compiled(fn, form: str, reports: list, dynamic=False):
             options["downstream"] = "eager"
         if form == "backend_inductor_kernel_rows":
             options["empty_rows"] = "kernel"
+        if form.endswith("_noflex"):
+            options["flex"] = False
         return torch.compile(fn, backend="sdpa_rewrite", options=options, dynamic=dynamic)
     if form.startswith("inductor"):
         return torch.compile(fn, dynamic=dynamic)

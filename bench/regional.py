@@ -6,6 +6,8 @@ Forward and training step of each form, side by side in one process:
     backend_inductor         attn_implementation="eager", every layer compiled with backend="sdpa_rewrite"
     backend_inductor_masks   the same with options={"runtime_verdicts": False}: the input mask kept as a mask
                              (the backend before run-time verdicts)
+    backend_inductor_noflex  options={"flex": False}: a padded batch's mask read whole by SDPA, not as a
+                             FlexAttention BlockMask of its visible tiles
 
     PYTHONPATH=. python bench/regional.py llama8 gpt2 [--shape 4x2048] [--train-shape 4x1024] [--padded left]
                                           [--fsdp2] [--forms ...] [--json out.json] [--tiny]
@@ -57,6 +59,8 @@ def regional(model, form: str, reports: list, fsdp2: bool):
             options = {"report": reports.append}
             if form == "backend_inductor_masks":
                 options["runtime_verdicts"] = False
+            if form == "backend_inductor_noflex":
+                options["flex"] = False
             layer.compile(backend="sdpa_rewrite", options=options)
         else:
             layer.compile()

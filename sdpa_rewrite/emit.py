@@ -15,7 +15,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from .find import Attention
-from .flex import band, band_block_mask, flex_attention_site
+from .flex import band, band_block_mask, dense_block_mask, flex_attention_site
 from .masks import MASKING
 from .plan import Plan
 from .sinks import with_sink_keys
@@ -123,17 +123,23 @@ def emit(gm: fx.GraphModule, att: Attention, plan: Plan = Plan("sdpa")) -> fx.No
 
 
 def _flex_call(b: "_Builder", att: Attention, plan: Plan, qkv: tuple, kwargs: dict, lead: int) -> fx.Node:
-    """flex_attention_site(q, k, v, ...): the dense mask (if any) for the score_mod, the band as a BlockMask."""
-    block = None
+    """flex_attention_site(q, k, v, ...): the dense mask (if any) for the score_mod, the band as a BlockMask, or a
+    BlockMask of the dense mask's visible tiles (a bool mask is then said by the BlockMask alone)."""
+    block, mask = None, kwargs["attn_mask"]
+    L, S = att.q_shape[-2], att.k_shape[-2]
     if plan.band:
-        L, S = att.q_shape[-2], att.k_shape[-2]
         lo, hi = band(L, S, att.causal, att.verdict.window if att.verdict is not None else None)
         block = b.call(band_block_mask, L, S, lo, hi, meta_value(att.q.node).device)
+    elif mask is not None:                             # the mod functions read a copy Inductor can lower (flex.py)
+        mask = b.call(torch.ops.sdpa_rewrite.laid_out.default, mask)
+    if plan.dense:
+        block = b.call(dense_block_mask, mask, L, S)
+        mask = mask if _float_mask(att) else None
     sink = _sink(b, att, lead) if att.sink is not None else None
     cap = att.cap
     for kind, t in att.cap_factors:                  # a symbolic cap (dynamic=True): computed in the graph
         cap = b.factor(cap, kind, t)
-    flex_kwargs = {"mask": kwargs["attn_mask"], "sink": sink, "block_mask": block, "scale": att.scale,
+    flex_kwargs = {"mask": mask, "sink": sink, "block_mask": block, "scale": att.scale,
                    "cap": cap, "enable_gqa": att.gqa > 1}
     return b.g.call_function(flex_attention_site, qkv, flex_kwargs)
 

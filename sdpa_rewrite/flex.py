@@ -1,9 +1,11 @@
 """What a site planned for FlexAttention calls at run time: `flex_attention` with the soft-cap and the mask as a
-`score_mod`, a causal band as a `BlockMask`, and attention sinks applied from the log-sum-exp.
+`score_mod`, a causal band or a dense mask's visible tiles as a `BlockMask`, and attention sinks applied from the
+log-sum-exp.
 
 These functions are called from the rewritten graph; under torch.compile they are traced like any other code
-(Inductor lowers flex_attention to its fused kernel). A block mask depends only on (L, S) and the band, so the
-sites of one graph share one (rewrite.share_common_nodes merges the identical calls).
+(Inductor lowers flex_attention to its fused kernel). A block mask depends only on (L, S) and the band, or on the
+mask it is built from, so the sites of one graph that read one mask share one (rewrite.share_common_nodes merges
+the identical calls).
 """
 from __future__ import annotations
 
@@ -11,6 +13,9 @@ import math
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
+
+from .masks import MASKING
 
 BLOCK = 128        # FlexAttention's default sparse block size
 
@@ -35,20 +40,84 @@ def band_block_mask(L: int, S: int, lo: int, hi: Optional[int], device: torch.de
         empty = empty | (d_min > hi)
     partial = ~full & ~empty
 
-    def ordered(blocks):
-        count = blocks.sum(-1).to(torch.int32)
-        order = torch.argsort(blocks.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
-        return count[None, None], order[None, None]
-
     def mask_mod(b, h, q_idx, kv_idx):
         d = q_idx - kv_idx
         keep = d >= lo
         return keep & (d <= hi) if hi is not None else keep
 
-    kv_num, kv_idx = ordered(partial)
-    full_num, full_idx = ordered(full)
+    kv_num, kv_idx = _ordered(partial[None, None])
+    full_num, full_idx = _ordered(full[None, None])
     return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=BLOCK, mask_mod=mask_mod,
                                     seq_lengths=(L, S))
+
+
+def dense_block_mask(mask: torch.Tensor, L: int, S: int):
+    """The BlockMask of a dense mask (a bool keep-mask, True = attend, or an additive float mask; broadcastable to
+    (B, H, L, S)), built on the device in one pass over it, with no host sync. A tile that no position of any
+    batch row or head sees (False, or at or below -MASKING, whose weight is exactly 0: masks.py) is skipped: the
+    causal triangle of a padded batch and the padding its rows share. A bool mask's tiles that every row sees
+    whole are full (no mask_mod there) and the others read it through the mask_mod; a float mask is added by the
+    score_mod on every tile flex visits, so each tile it keeps is full.
+
+    One BlockMask for the whole batch (B = H = 1), not one per batch row: a per-row BlockMask built in the graph
+    that calls flex_attention made the CUDA kernel fault (illegal memory access, torch 2.11, bench/RESULTS.md),
+    and most of the skipped work is the causal triangle that every row shares. The tile lists come from an opaque
+    op (`visible_tiles`), like the mask the mod functions read (`laid_out`), so Inductor lowers flex with buffers
+    whose layout is fixed."""
+    from torch.nn.attention.flex_attention import BlockMask, noop_mask
+
+    keep = _four_d(mask)
+    kv_num, kv_idx, full_num, full_idx = torch.ops.sdpa_rewrite.visible_tiles(keep, L, S)
+    mask_mod = _reader(keep) if keep.dtype == torch.bool else noop_mask
+    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=BLOCK, mask_mod=mask_mod,
+                                    seq_lengths=(L, S))
+
+
+@torch.library.custom_op("sdpa_rewrite::visible_tiles", mutates_args=())
+def visible_tiles(keep: torch.Tensor, L: int, S: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                torch.Tensor]:
+    """(partial count, partial indices, full count, full indices) of the (1, 1, L/BLOCK, S/BLOCK) tile grid of a
+    4-D mask, as dense_block_mask says."""
+    visible = keep if keep.dtype == torch.bool else keep > -MASKING
+    visible = visible.expand(*visible.shape[:2], L, S)
+    nq, nk = -(-L // BLOCK), -(-S // BLOCK)
+    if (nq * BLOCK, nk * BLOCK) != (L, S):          # the tail tiles: never full, read through the mask_mod
+        visible = F.pad(visible, (0, nk * BLOCK - S, 0, nq * BLOCK - L))
+    tiles = visible.reshape(*visible.shape[:2], nq, BLOCK, nk, BLOCK)
+    seen = tiles.any(-1).any(-2).flatten(0, 1).any(0)[None, None]
+    if keep.dtype == torch.bool:
+        full = tiles.all(-1).all(-2).flatten(0, 1).all(0)[None, None]
+        partial = seen & ~full
+    else:
+        full, partial = seen, torch.zeros_like(seen)
+    return (*_ordered(partial), *_ordered(full))
+
+
+@visible_tiles.register_fake
+def _(keep: torch.Tensor, L: int, S: int):
+    nq, nk = -(-L // BLOCK), -(-S // BLOCK)
+    count, order = keep.new_empty((1, 1, nq), dtype=torch.int32), keep.new_empty((1, 1, nq, nk), dtype=torch.int32)
+    return count, order, torch.empty_like(count), torch.empty_like(order)
+
+
+@torch.library.custom_op("sdpa_rewrite::laid_out", mutates_args=())
+def laid_out(mask: torch.Tensor) -> torch.Tensor:
+    """A copy of a dense mask with a layout of its own, for the score_mod or mask_mod to read. Inductor's flex
+    lowering refused a mask computed in its graph (its layout still undecided there: "convert FlexibleLayout to
+    FixedLayout first", torch 2.11, a padded Llama); an opaque op's output is laid out when it is made."""
+    return mask.clone()
+
+
+@laid_out.register_fake
+def _(mask: torch.Tensor):
+    return torch.empty_like(mask)
+
+
+def _ordered(blocks: torch.Tensor) -> tuple:
+    """(count, indices) of the kept kv blocks of every query block, kept ones first: from_kv_blocks' layout."""
+    count = blocks.sum(-1).to(torch.int32)
+    order = torch.argsort(blocks.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
+    return count, order
 
 
 def band(L: int, S: int, causal: str, window: Optional[tuple]) -> tuple:
@@ -96,19 +165,32 @@ def _with_lse(flex_attention, q, k, v, kwargs):
 def _score_mod(cap: Optional[float], mask: Optional[torch.Tensor]):
     if cap is None and mask is None:
         return None
-    if mask is not None:
-        mask = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape)) if mask.dim() < 4 else mask
-        # a broadcast dim (size 1, always a plain int) is read at index 0; a symbolic size is never 1 here
-        spread = [not (isinstance(mask.size(i), int) and mask.size(i) == 1) for i in range(4)]
-        is_bool = mask.dtype == torch.bool
+    read = _reader(mask) if mask is not None else None
+    is_bool = mask is not None and mask.dtype == torch.bool
 
     def score_mod(score, b, h, q_idx, kv_idx):
         if cap is not None:
             score = cap * torch.tanh(score)
-        if mask is not None:
-            at = [i if wide else 0 for i, wide in zip((b, h, q_idx, kv_idx), spread)]
-            m = mask[at[0], at[1], at[2], at[3]]
+        if read is not None:
+            m = read(b, h, q_idx, kv_idx)
             score = torch.where(m, score, -math.inf) if is_bool else score + m
         return score
 
     return score_mod
+
+
+def _four_d(mask: torch.Tensor) -> torch.Tensor:
+    return mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape)) if mask.dim() < 4 else mask
+
+
+def _reader(mask: torch.Tensor):
+    """mask[b, h, q, kv] as a mod function reads it: a broadcast dim (size 1, always a plain int) at index 0; a
+    symbolic size is never 1 here."""
+    mask = _four_d(mask)
+    spread = [not (isinstance(mask.size(i), int) and mask.size(i) == 1) for i in range(4)]
+
+    def read(b, h, q_idx, kv_idx):
+        at = [i if wide else 0 for i, wide in zip((b, h, q_idx, kv_idx), spread)]
+        return mask[at[0], at[1], at[2], at[3]]
+
+    return read

@@ -1,5 +1,6 @@
 """Stage 4c, plan: decide what a found site calls — SDPA, or FlexAttention where SDPA cannot say it (soft-capping)
-or says it slowly (a sliding window, attention sinks on CUDA) — and why, in words the report shows.
+or says it slowly (a sliding window, attention sinks, a long padded batch's mask on CUDA) — and why, in words the
+report shows.
 
 It reads an `Attention` record (what the site *is*) and the conditions the graph will run under; it neither
 matches nor mutates. FlexAttention has no dropout and no backward on the CPU, and Inductor's CPU flex kernel
@@ -9,7 +10,7 @@ it cannot (soft-capping) stays eager with the reason.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Union
 
 import torch
 
@@ -23,6 +24,7 @@ class Plan:
     reason: str = ""               # why this target, for the report
     band: bool = False             # flex: the mask is a causal band (causal, lower-right, sliding window): a BlockMask
     sink_key: bool = False         # sdpa: sinks as extra all-zero keys whose mask columns hold the sink logits
+    dense: bool = False            # flex: a BlockMask built from the dense mask at run time skips the tiles it hides
 
 
 @dataclass(frozen=True)
@@ -31,24 +33,36 @@ class Conditions:
     flex: bool = True              # options={"flex": False} turns the FlexAttention target off
     cpu_inductor: bool = False     # Inductor compiles it for the CPU: flex forward only, without log-sum-exp
     may_train: bool = True         # for graphs that do not record requires_grad per value (not Dynamo's)
+    fast_on: tuple = ("cuda",)     # devices where flex is chosen for speed alone (windows, sinks, dense masks):
+                                   # where it was measured faster than SDPA (bench/RESULTS.md)
+
+
+# A dense mask goes to flex, in a forward without gradients, when L and S are both at least this: its BlockMask
+# then skips the tiles of a padded batch's causal triangle. Measured on CUDA against SDPA with the same mask
+# (bench/RESULTS.md): attention alone 1.24x at 2048, 1.89x at 4096; a regional training step was slower (the
+# BlockMask and the mask's copy per layer), so with gradients the mask stays on SDPA.
+DENSE_FLEX_MIN = 2048
 
 
 def plan(att: Attention, when: Conditions = Conditions()) -> Union[Plan, Miss]:
     window = att.verdict is not None and att.verdict.window is not None
+    fast = _device(att) in when.fast_on
     if att.cap is None and att.sink is None and not window:
+        if _long_dense_mask(att) and fast and not _requires_grad(att, when) and not _flex_blocked(att, when):
+            return Plan("flex", "a dense mask: a BlockMask built from it at run time skips the tiles it hides",
+                        dense=True)
         return Plan("sdpa")
     blocked = _flex_blocked(att, when)
-    on_cuda = _device(att) == "cuda"
     if att.cap is not None:
         if blocked:
             return Miss(att.location, att.softmax, f"soft-capping (tanh) needs FlexAttention, and {blocked}")
         return Plan("flex", "soft-capping: score_mod", band=_band(att))
     if att.sink is not None:
-        if not blocked and on_cuda:
+        if not blocked and fast:
             return Plan("flex", "attention sinks: corrected from flex's log-sum-exp", band=_band(att))
         why = blocked or "on the CPU: exact and differentiable; flex is used on CUDA"
         return Plan("sdpa", f"attention sinks as extra zero keys ({why})", sink_key=True)
-    if not blocked and on_cuda:
+    if not blocked and fast:
         return Plan("flex", "sliding window: a BlockMask skips the blocks outside it", band=True)
     return Plan("sdpa", "sliding window as a dense mask" + (f" ({blocked})" if blocked else
                                                              " (FlexAttention is used for windows on CUDA)"))
@@ -57,6 +71,15 @@ def plan(att: Attention, when: Conditions = Conditions()) -> Union[Plan, Miss]:
 def _band(att: Attention) -> bool:
     """The mask is a causal band a BlockMask states exactly (the dense mask is then not read at all)."""
     return bool(att.causal) or att.verdict is not None and att.verdict.window is not None
+
+
+def _long_dense_mask(att: Attention) -> bool:
+    """A mask SDPA would read whole (no causal flag drops it, it is no bias), over static L, S both long enough for
+    skipped tiles to pay for the BlockMask's build (DENSE_FLEX_MIN)."""
+    if att.verdict is None or att.verdict.kind not in ("input mask", "constant mask", "mask") or att.causal:
+        return False
+    L, S = att.q_shape[-2], att.k_shape[-2]
+    return isinstance(L, int) and isinstance(S, int) and min(L, S) >= DENSE_FLEX_MIN
 
 
 def _flex_blocked(att: Attention, when: Conditions) -> str:
@@ -71,8 +94,6 @@ def _flex_blocked(att: Attention, when: Conditions) -> str:
         return "FlexAttention has no backward on the CPU"
     if when.cpu_inductor and _device(att) == "cpu" and att.sink is not None:
         return "Inductor's CPU FlexAttention returns no log-sum-exp"
-    if when.cpu_inductor and _device(att) == "cpu" and not _band(att) and att.verdict is not None:
-        return "Inductor's CPU FlexAttention cannot read a mask computed in the graph (its kernel has no choice then)"
     if len(att.batch) > 2:
         return "FlexAttention takes 4-D (batch, heads, L, E) inputs"
     compiled_kernel = _device(att) == "cuda" or when.cpu_inductor

@@ -76,7 +76,8 @@ def _mask_text(f, plan=None) -> str:
     if f.causal or f.mask_kind == "none":
         return str(f.verdict)
     check = " + empty-row check" if f.empty_rows or f.uniform_rows else ""
-    return f"{f.verdict} -> {f.mask_kind}{check}"
+    tiles = " + BlockMask of its visible tiles" if plan is not None and plan.dense else ""
+    return f"{f.verdict} -> {f.mask_kind}{tiles}{check}"
 
 
 @dataclass

@@ -117,3 +117,20 @@ def test_saved_for_backward_drops_one_attention_output_per_layer_for_a_finite_ma
     unproven = saved_mib(training.Trainer("llama", "backend_eager", device="cpu", tiny=True), args)
     layers, width = 2, 64                                             # tiny Llama; bf16 under autocast
     assert unproven["saved_mib"] - proven["saved_mib"] == pytest.approx(layers * batch * seq * width * 2 / 2**20, abs=1e-3)
+
+
+def test_padded_attention_rows_agree_with_sdpa(tmp_path, monkeypatch):
+    """bench/padded_attention.py on the CPU (flex forward only): every form runs and flex equals SDPA's dense mask
+    on the rows that see a key."""
+    import sys
+
+    from bench import padded_attention
+
+    out = tmp_path / "padded.json"
+    monkeypatch.setattr(sys, "argv", ["padded_attention.py", "--seqs", "256", "--pads", "left,right", "--shape",
+                                      "2x2x16", "--reps", "2", "--json", str(out)])
+    padded_attention.main()
+    rows = json.loads(out.read_text())["attention"]
+    assert len(rows) == 2 * len(padded_attention.FORMS)
+    flex = [r for r in rows if r["form"].startswith("flex")]
+    assert flex and all(r["rel_err"] is not None and r["rel_err"] <= 1e-5 for r in flex), flex

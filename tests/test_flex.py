@@ -189,8 +189,8 @@ def test_flex_off_keeps_soft_capping_eager():
 
 @pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "left-padded"])
 def test_inductor_cpu_forward(padded):
-    """Inductor compiles the flex sites for the CPU (forward): same numbers as eager. A padded mask computed in the
-    graph cannot reach Inductor's CPU flex kernel: those sites stay eager with the reason, and still compile."""
+    """Inductor compiles the flex sites for the CPU (forward): same numbers as eager, a padded mask computed in the
+    graph included (the score_mod reads it through `laid_out`, whose layout Inductor's flex lowering accepts)."""
     torch.manual_seed(0)
     model = gemma2()
     ids, mask = _ids_and_mask(padded)
@@ -201,10 +201,9 @@ def test_inductor_cpu_forward(padded):
         compiled = torch.compile(model, backend="sdpa_rewrite", options={"report": reports.append, "strict": True})
         out = compiled(ids, **kwargs).logits
     sites = _attention_sites(reports)
-    if padded:
-        assert sites and all("computed in the graph" in s.reason for s in sites), [s.reason for s in sites]
-    else:
-        assert sites and all(s.target == "flex" and s.mask.endswith("BlockMask") for s in sites), reports
+    assert sites and all(s.rewritten and s.target == "flex" for s in sites), reports
+    if not padded:
+        assert all(s.mask.endswith("BlockMask") for s in sites), reports
     assert_close_outputs(out, ref, tol=1e-4)
 
 
@@ -248,3 +247,185 @@ def test_head_dims_flex_kernels_are_not_sure_of_stay_off_flex():
         torch._dynamo.reset()
         _, eager_reports, _ = compile_and_record(model, (x,))
     assert eager_reports[0].sites[0].target == "flex"
+
+
+# --- a dense mask (a padded batch) on flex: a BlockMask of the mask's visible tiles --------------------------------
+
+def _padded_causal(B, L, S, left, right):
+    """(B, 1, L, S) keep-mask: causal (lower-right), batch 1 left-padded, batch 2 right-padded."""
+    keep = torch.ones(B, 1, L, S, dtype=torch.bool).tril(S - L)
+    keep[1, :, :, :left] = False                              # its first `left` query rows see no key
+    keep[2, :, :, S - right:] = False
+    return keep
+
+
+@pytest.mark.parametrize("L,S", [(256, 256), (384, 384), (300, 300), (200, 330)])
+@pytest.mark.parametrize("form", ["bool", "finfo.min", "-inf"])
+def test_dense_block_mask_skips_hidden_tiles(L, S, form):
+    """The BlockMask built from a dense mask lists exactly the tiles that some batch row sees (a bool True, a
+    float above -MASKING), full where every row sees the whole tile (bool); flex with it equals SDPA with the dense
+    mask, rows that see no key aside (SDPA: NaN on -inf, uniform on finfo.min; the rewrite handles those rows
+    before the call, emit.py)."""
+    from sdpa_rewrite.flex import dense_block_mask
+
+    keep = _padded_causal(3, L, S, left=150, right=140)
+    mask = keep if form == "bool" else torch.where(keep, 0.0, torch.finfo(torch.float32).min
+                                                   if form == "finfo.min" else -math.inf)
+    built = dense_block_mask(mask, L, S)
+    nq, nk = -(-L // 128), -(-S // 128)
+    padded = torch.nn.functional.pad(keep, (0, nk * 128 - S, 0, nq * 128 - L))
+    tiles = padded.reshape(3, 1, nq, 128, nk, 128)
+    kept = built.kv_num_blocks + built.full_kv_num_blocks
+    assert kept.shape == (1, 1, nq)
+    assert torch.equal(kept[0, 0], tiles.any(-1).any(-2).any(0).any(0).sum(-1).int())
+    assert torch.equal(built.to_dense()[0, 0].bool(), tiles.any(-1).any(-2).any(0).any(0))   # which tiles, too
+    if L == S:
+        assert bool((kept < nk).any()), "the causal triangle hides whole tiles"
+    if form == "bool":
+        assert torch.equal(built.full_kv_num_blocks[0, 0], tiles.all(-1).all(-2).all(0).all(0).sum(-1).int())
+    g = torch.Generator().manual_seed(L + S)
+    q, k, v = (torch.randn(3, 2, n, 16, generator=g) for n in (L, S, S))
+    with torch.no_grad():
+        out = flex_attention_site(q, k, v, None if form == "bool" else mask, None, built, scale=0.25)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.25)
+    seen = keep.any(-1, keepdim=True)
+    assert_close_outputs(torch.where(seen, out, 0.0), torch.where(seen, ref, 0.0))
+
+
+def test_dense_block_mask_skips_padding_every_row_shares():
+    """Key tiles hidden from every batch row (padding common to the batch) are skipped too."""
+    from sdpa_rewrite.flex import dense_block_mask
+
+    keep = torch.ones(2, 1, 256, 512, dtype=torch.bool)
+    keep[:, :, :, 384:] = False
+    keep[1, :, :, :200] = False
+    built = dense_block_mask(keep, 256, 512)
+    assert (built.kv_num_blocks + built.full_kv_num_blocks).flatten().tolist() == [3, 3]
+    assert built.full_kv_num_blocks.flatten().tolist() == [1, 1]     # tiles 0 and 1 are partial: row 1 pads them
+
+
+def _cpu_as_fast(monkeypatch):
+    """Plan as on CUDA (flex for speed) on this CPU, with short sequences counting as long."""
+    import sdpa_rewrite.plan as plan
+
+    monkeypatch.setattr(plan, "DENSE_FLEX_MIN", 8)
+    return plan.Conditions(fast_on=("cuda", "cpu"), may_train=False)
+
+
+def _rewriting(conditions, reports, graphs):
+    def backend(gm, example_inputs):
+        reports.append(sdpa_rewrite.rewrite(gm, conditions=conditions))
+        graphs.append((gm, example_inputs))
+        return gm.forward
+    return backend
+
+
+def _padded_llama():
+    cfg = transformers.LlamaConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                                   intermediate_size=128, vocab_size=128, head_dim=16, attn_implementation="eager")
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def _padded_gpt2():
+    cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=128, attn_implementation="eager")
+    return transformers.GPT2LMHeadModel(cfg).eval()
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("build", [_padded_llama, _padded_gpt2], ids=["llama", "gpt2"])
+def test_padded_batch_on_flex_whole_model(monkeypatch, build, side):
+    """A padded batch's mask (computed in the graph from attention_mask) on a device where flex is chosen for speed:
+    every site calls flex with a BlockMask built from the mask, numbers equal eager, padding rows included."""
+    when = _cpu_as_fast(monkeypatch)
+    torch.manual_seed(0)
+    model = build()
+    ids = torch.randint(0, 128, (3, 40), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(3, 40, dtype=torch.long)
+    mask[1, :13] = 0 if side == "left" else 1
+    mask[2, 29:] = 0 if side == "right" else 1
+    mask[1, 29:] = 0 if side == "right" else 1
+    reports, graphs = [], []
+    torch._dynamo.reset()
+    with torch.no_grad():
+        ref = model(ids, attention_mask=mask).logits
+        out = torch.compile(model, backend=_rewriting(when, reports, graphs))(ids, attention_mask=mask).logits
+    sites = _attention_sites(reports)
+    assert len(sites) == 2 and all(s.rewritten and s.target == "flex" for s in sites), "\n".join(map(str, reports))
+    assert all("BlockMask of its visible tiles" in s.mask for s in sites), [s.mask for s in sites]
+    calls = sdpa_calls_of(graphs)
+    assert len(calls) == 2 and all(c["target"] == "flex" and c["block_mask"] for c in calls), calls
+    assert_close_outputs(out, ref)
+
+
+def test_padded_batch_on_flex_each_layer_compiled_alone(monkeypatch):
+    """Regional compilation: the mask reaches each layer's graph as an input and flex still reads it exactly."""
+    when = _cpu_as_fast(monkeypatch)
+    torch.manual_seed(0)
+    model = _padded_llama()
+    ids = torch.randint(0, 128, (2, 40), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones(2, 40, dtype=torch.long)
+    mask[1, :17] = 0
+    with torch.no_grad():
+        ref = model(ids, attention_mask=mask).logits
+    reports, graphs = [], []
+    torch._dynamo.reset()
+    for layer in model.model.layers:
+        layer.compile(backend=_rewriting(when, reports, graphs))
+    with torch.no_grad():
+        out = model(ids, attention_mask=mask).logits
+    sites = _attention_sites(reports)
+    assert sites and all(s.target == "flex" and s.mask.startswith("input mask") for s in sites), reports
+    assert_close_outputs(out, ref)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_batch_on_flex_under_inductor(monkeypatch, side):
+    """The same under Inductor's CPU flex kernel, which (unlike eager flex) skips the tiles the BlockMask leaves out:
+    L = S = 300 is three tiles a side, padding hides whole tiles of the batch, and the numbers still equal eager."""
+    from torch._inductor.compile_fx import compile_fx
+
+    import sdpa_rewrite.plan as plan
+
+    monkeypatch.setattr(plan, "DENSE_FLEX_MIN", 8)
+    when = plan.Conditions(fast_on=("cuda", "cpu"), cpu_inductor=True, may_train=False)
+    reports = []
+
+    def backend(gm, example_inputs):
+        reports.append(sdpa_rewrite.rewrite(gm, conditions=when))
+        return compile_fx(gm, example_inputs)
+
+    torch.manual_seed(0)
+    model = _padded_llama()
+    ids = torch.randint(0, 128, (2, 300), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones(2, 300, dtype=torch.long)
+    if side == "left":
+        mask[:, :140] = 0                                   # every row: key tile 0 is padding alone
+        mask[1, :200] = 0
+    else:
+        mask[:, 256:] = 0                                   # every row: key tile 2 is padding alone
+        mask[0, 170:] = 0
+    torch._dynamo.reset()
+    with torch.no_grad():
+        ref = model(ids, attention_mask=mask).logits
+        out = torch.compile(model, backend=backend)(ids, attention_mask=mask).logits
+    sites = _attention_sites(reports)
+    assert len(sites) == 2 and all(s.target == "flex" and "BlockMask" in s.mask for s in sites), reports
+    assert_close_outputs(out, ref, tol=1e-4)
+
+
+def test_dense_mask_stays_on_sdpa_where_flex_is_not_chosen():
+    """On the CPU (flex not measured faster there), or short, or with dropout that may drop: SDPA reads the mask."""
+    import sdpa_rewrite.plan as plan
+
+    torch.manual_seed(0)
+    model = _padded_llama()
+    ids = torch.randint(0, 128, (2, 40), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones(2, 40, dtype=torch.long)
+    mask[1, :17] = 0
+    for when in (plan.Conditions(may_train=False), plan.Conditions(fast_on=("cuda", "cpu"), may_train=False)):
+        reports, graphs = [], []
+        torch._dynamo.reset()
+        with torch.no_grad():
+            torch.compile(model, backend=_rewriting(when, reports, graphs))(ids, attention_mask=mask)
+        sites = _attention_sites(reports)
+        assert len(sites) == 2 and all(s.rewritten and s.target == "sdpa" for s in sites), reports

@@ -258,3 +258,29 @@ def test_found_duck_sized_regroup_under_dynamic():
                 empty_rows=False, upcast="none", softmax="functional", dropout="none", sites=1, near_miss="")
     with torch._dynamo.config.patch(specialize_float=True):
         rewritten_and_exact(p, compile_path=True, symbolic_lengths=True)
+
+
+@settings(max_examples=COMPILE_EXAMPLES, **COMMON)
+@given(programs())
+def test_dense_masks_on_flex_equal_eager(p: Program):
+    """Every random program, planned as on CUDA without gradients with no length threshold: each site whose mask is a
+    dense mask calls flex with a BlockMask built from it, and the outputs still equal eager's (fp32; eager's NaN rows
+    are zeros) — tiles skipped only where no row sees a position, finite fills, BERT's -1e4 and fully masked rows."""
+    from unittest import mock
+
+    import sdpa_rewrite.plan as plan
+
+    model = Attention(p).eval()
+    args = inputs(p)
+    when = plan.Conditions(fast_on=("cuda", "cpu"), may_train=False)
+    with torch.no_grad(), mock.patch.object(plan, "DENSE_FLEX_MIN", 1):
+        ref = model(*args)
+        gm = torch.fx.symbolic_trace(model)
+        report = sdpa_rewrite.rewrite(gm, example_inputs=args, conditions=when)
+        out = gm(*args)
+    check_report(p, report, len(report.rewritten))
+    for site in report.rewritten:
+        # flex has no dropout (a module call may drop) and takes (B, H, L, E) at most
+        if site.mask.startswith("input mask") and p.dropout != "module_eval" and len(site.q) <= 4:
+            assert site.target == "flex" and "BlockMask" in site.mask, f"{site}\n{p}"
+    check_numbers(p, out, ref, None, None, bool(report.rewritten))
