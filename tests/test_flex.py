@@ -354,6 +354,9 @@ def test_padded_batch_on_flex_whole_model(monkeypatch, build, side):
     assert all("BlockMask of its visible tiles" in s.mask for s in sites), [s.mask for s in sites]
     calls = sdpa_calls_of(graphs)
     assert len(calls) == 2 and all(c["target"] == "flex" and c["block_mask"] for c in calls), calls
+    from sdpa_rewrite.flex import dense_block_mask
+    built = [n for gm, _ in graphs for n in gm.graph.nodes if n.target is dense_block_mask]
+    assert len(built) == len(graphs), "the layers reading one mask share one BlockMask"
     assert_close_outputs(out, ref)
 
 
