@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The H200 measurements of generate(), training steps, the largest batch, and their profiles, grouped so that each
 # part fits one device call (under 10 minutes, at most 8 files back under $OUT):
-#     PYTHONPATH=. bash bench/h200_reruns.sh N      (N = 1 ... 10; bench/RESULTS.md says which rows each part made)
+#     PYTHONPATH=. bash bench/h200_reruns.sh N      (N = 1 ... 15; bench/RESULTS.md says which rows each part made;
+#                                                    parts 11-15 are the measurements not yet run)
 # Each part measures the backend beside its own baseline in the same process, so its ratios hold on whatever GPU
 # runs it. Parts that say `with_524` run under transformers 5.24, carried as a wheel in .whl/
 # (`pip download --no-deps transformers==5.24.0 -d .whl`; name .whl in the call's carry).
@@ -63,4 +64,24 @@ case "${1:-1}" in
     with_524 timeout 220 python bench/profile_generate.py gpt2 --forms backend_inductor,inductor_sdpa --rows 8 \
         > "$OUT/prof_gen_gpt2_tf524.log" 2>&1
     grep -E "^==|^-- graph" "$OUT/prof_gen_gpt2_tf524.log" | cut -c1-220 | tail -12 ;;
+11) # padded batches on FlexAttention in the whole model (one BlockMask shared by the layers) and with right padding
+    # (regional); attention alone with right padding and with a bool mask (flex_bool: no score_mod read)
+    run 150 padded_whole bench/models.py llama8 --shapes 2x4096,1x8192 --padded \
+        --forms inductor_sdpa,backend_inductor,backend_inductor_noflex
+    run 120 padded_regional_right bench/regional.py llama8 --shape 2x4096 --train-shape '' --padded right \
+        --forms inductor_sdpa,backend_inductor,backend_inductor_noflex --reps 10
+    run 150 padded_attention_right bench/padded_attention.py --seqs 4096,8192 --pads right,left \
+        --forms sdpa_additive,sdpa_bool,flex_additive,flex_bool --reps 10 --budget-s 130 ;;
+12) # training steps of the FlexAttention models beside eager + Inductor and transformers' own flex path
+    for m in gemma2w gptossw; do
+        run 270 "flex_train_$m" bench/flex_models.py "$m" --shape none --train-shape 1x4096 \
+            --forms eager_inductor,backend,flex_inductor --budget-s 240
+    done ;;
+13) # Mistral-like training; forward and backward of the flex sites against an fp32 reference (bf16, fp16)
+    run 300 flex_train_mistralw bench/flex_models.py mistralw --shape none --train-shape 1x8192 \
+        --forms eager_inductor,backend,flex_inductor --budget-s 270
+    run 250 cuda_flex bench/cuda_flex.py ;;
+14) # the tools users run: Trainer, timm, GPT-2's forward peak by allocating line; generate() with fp32 tokens
+    run 560 integrations_b bench/integrations.py --parts trainer,timm,gpt2mem --budget-s 480 ;;
+15) run 560 integrations_a bench/integrations.py --parts generate --budget-s 480 ;;
 esac
