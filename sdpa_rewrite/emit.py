@@ -88,8 +88,13 @@ def emit(gm: fx.GraphModule, att: Attention, plan: Plan = Plan("sdpa")) -> fx.No
             qkv = tuple(b.method("unsqueeze", b.method("unsqueeze", t, 0), 0) for t in qkv)
         if lead and mask is not None:
             kwargs["attn_mask"] = b.call(heads_dim, mask)
+        served = ()
         if plan.target == "flex":
             out = _flex_call(b, att, plan, qkv, kwargs, lead)
+            if att.lse_readers:                        # (out, lse): lse for each logsumexp(S, -1) read beside
+                call, out = out, b.call(operator.getitem, out, 0)
+                lse = b.call(operator.getitem, call, 1)
+                served = tuple(b.method("to", b.method("reshape", lse, *shape(r)), dtype(r)) for r in att.lse_readers)
         elif plan.sink_key:
             keys = b.call(with_sink_keys, qkv[1], qkv[2], kwargs["attn_mask"], _sink(b, att, lead), att.causal,
                           att.compute_dtype)
@@ -116,10 +121,26 @@ def emit(gm: fx.GraphModule, att: Attention, plan: Plan = Plan("sdpa")) -> fx.No
         if key in att.output.meta:
             out.meta[key] = att.output.meta[key]
     att.output.replace_all_uses_with(out)
+    for reader, value in zip(att.lse_readers, served):
+        reader.replace_all_uses_with(value)
+        _move_readers_after(g, reader, value)
+        g.erase_node(reader)
     for n in att.consumed:
         _detach_metadata(g, n)
     _erase_dead(g, (att.output,) + att.consumed, att.folded)
     return out
+
+
+def _move_readers_after(g: fx.Graph, start: fx.Node, value: fx.Node) -> None:
+    """The nodes between `start` and `value` that read `value` (or read a node that does) move after it, in their
+    order: a logsumexp the graph read before its ·V product is served by a kernel call placed at that product."""
+    tainted, anchor, n = {value}, value, start.next
+    while n is not value and n.op != "root":
+        following = n.next
+        if any(a in tainted for a in n.all_input_nodes):
+            anchor.append(n)
+            anchor, tainted = n, tainted | {n}
+        n = following
 
 
 def _flex_call(b: "_Builder", att: Attention, plan: Plan, qkv: tuple, kwargs: dict, lead: int) -> fx.Node:
@@ -141,6 +162,8 @@ def _flex_call(b: "_Builder", att: Attention, plan: Plan, qkv: tuple, kwargs: di
         cap = b.factor(cap, kind, t)
     flex_kwargs = {"mask": mask, "sink": sink, "block_mask": block, "scale": att.scale,
                    "cap": cap, "enable_gqa": att.gqa > 1}
+    if att.lse_readers:
+        flex_kwargs["lse"] = True
     return b.g.call_function(flex_attention_site, qkv, flex_kwargs)
 
 

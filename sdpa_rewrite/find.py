@@ -85,6 +85,7 @@ class Attention:
     cap: Optional[float] = None        # soft-capping: scores are cap·tanh(scale·Q·Kᵀ) + mask (flex's score_mod)
     cap_factors: tuple = ()            # (('mul' | 'div', symbolic scalar node), ...) the cap also takes (dynamic=True)
     sink: Optional[fx.Node] = None     # sink logits (..., L, n): a column block per row that takes weight, no value
+    lse_readers: tuple = ()            # logsumexp(S, -1) nodes beside the softmax: served by the kernel's log-sum-exp
 
     @property
     def zeroes_rows(self) -> bool:
@@ -166,7 +167,8 @@ def _match(gm, sm, modules, folder=None) -> Attention:
         raise NoMatch("softmax without an explicit dim")
     if norm_dim(dim, r) != r - 1:
         raise NoMatch(f"softmax over dim {dim}, not the key (last) dim")
-    top = single_use(top, node, 0)     # resolves `s.masked_fill_(c, f); softmax(s)` to the in-place op
+    lse_users = _log_sum_exp_readers(top, node, r)
+    top = single_use(top, node, 0, lse_users)  # resolves `s.masked_fill_(c, f); softmax(s)` to the in-place op
     if not _matmul_above(top, modules):
         raise NoMatch("not attention: no Q·Kᵀ matmul feeds this softmax")
     pv, p_node, drop, down, sliced = _walk_to_value(node, modules)
@@ -176,7 +178,28 @@ def _match(gm, sm, modules, folder=None) -> Attention:
         raise NoMatch(f"the softmax covers {width} logit column(s) after the keys and {sliced} are sliced off "
                       "its weights: not attention sinks" if width else
                       f"{sliced} trailing column(s) are sliced off the attention weights")
-    return _assemble(gm, node, top, scores, pv, p_node, drop, down, modules, folder, sliced)
+    att = _assemble(gm, node, top, scores, pv, p_node, drop, down, modules, folder, sliced)
+    if lse_users and scores.sink is not None:
+        raise NoMatch("the scores' log-sum-exp is read beside attention sinks")
+    return dataclasses.replace(att, lse_readers=lse_users) if lse_users else att
+
+
+def _log_sum_exp_readers(top: fx.Node, softmax: fx.Node, r: int) -> tuple:
+    """`logsumexp(S, -1)` read beside `softmax(S)` (granite_swa's sinks, applied after the ·V product as
+    sigmoid(lse − sink)): a kernel that returns the log-sum-exp of the scores (flex) serves both."""
+    readers = []
+    for u in data_users(top):
+        if u is softmax:
+            continue
+        name = u.target if u.op == "call_method" else getattr(u.target, "__name__", "")
+        if name not in ("logsumexp", "logsumexp.default") or u.args[:1] != (top,):
+            return ()
+        dim = u.kwargs.get("dim", u.args[1] if len(u.args) > 1 else None)
+        dim = dim[0] if isinstance(dim, (list, tuple)) and len(dim) == 1 else dim
+        if not isinstance(dim, int) or norm_dim(dim, r) != r - 1:
+            return ()
+        readers.append(u)
+    return tuple(readers)
 
 
 def _matmul_above(top: fx.Node, modules, budget: int = 64) -> bool:

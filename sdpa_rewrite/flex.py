@@ -130,13 +130,15 @@ def band(L: int, S: int, causal: str, window: Optional[tuple]) -> tuple:
 
 
 def flex_attention_site(q, k, v, mask: Optional[torch.Tensor] = None, sink: Optional[torch.Tensor] = None,
-                        block_mask=None, *, scale: float, cap: Optional[float] = None, enable_gqa: bool = False):
+                        block_mask=None, *, scale: float, cap: Optional[float] = None, enable_gqa: bool = False,
+                        lse: bool = False):
     """softmax(cap·tanh(scale·q·kᵀ) + mask [, sink columns]) · v, by FlexAttention.
 
     `mask`: a bool keep-mask (True = attend) or an additive float mask, broadcastable to (B, H, L, S), read by the
     score_mod; `block_mask`: the causal band, if the mask is one. `sink`: logits (B, H, L, n) of columns with no
     value: flex attends to the keys only, and the weights are rescaled by the mass the sinks take,
-    exp(lse) / (exp(lse) + Σ exp(sink)) = sigmoid(lse − logsumexp(sink)), in fp32."""
+    exp(lse) / (exp(lse) + Σ exp(sink)) = sigmoid(lse − logsumexp(sink)), in fp32. `lse`: also return the
+    scores' log-sum-exp (B, H, L), fp32, for a graph that reads it beside the softmax."""
     from torch.nn.attention.flex_attention import flex_attention
 
     if q.device.type == "cpu":        # Inductor's CPU flex kernel takes only contiguous (B, H, L, E) inputs
@@ -145,8 +147,11 @@ def flex_attention_site(q, k, v, mask: Optional[torch.Tensor] = None, sink: Opti
         cap = torch.scalar_tensor(cap, dtype=torch.float32, device=q.device)  # tensors, not symbolic floats
     score_mod = _score_mod(cap, mask)
     kwargs = dict(score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=enable_gqa)
-    if sink is None:
+    if sink is None and not lse:
         return flex_attention(q, k, v, **kwargs)
+    if sink is None:
+        out, log_sum_exp = _with_lse(flex_attention, q, k, v, kwargs)
+        return out, log_sum_exp.float()
     out, lse = _with_lse(flex_attention, q, k, v, kwargs)
     sink_lse = torch.logsumexp(sink.float(), dim=-1)
     kept = torch.sigmoid(lse.float() - sink_lse)       # rows of no visible key: lse = -inf, weight 0

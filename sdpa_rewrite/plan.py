@@ -47,6 +47,8 @@ DENSE_FLEX_MIN = 2048
 def plan(att: Attention, when: Conditions = Conditions()) -> Union[Plan, Miss]:
     window = att.verdict is not None and att.verdict.window is not None
     fast = _device(att) in when.fast_on
+    if att.lse_readers:
+        return _with_log_sum_exp(att, when)
     if att.cap is None and att.sink is None and not window:
         if _long_dense_mask(att) and fast and not _requires_grad(att, when) and not _flex_blocked(att, when):
             return Plan("flex", "a dense mask: a BlockMask built from it at run time skips the tiles it hides",
@@ -66,6 +68,19 @@ def plan(att: Attention, when: Conditions = Conditions()) -> Union[Plan, Miss]:
         return Plan("flex", "sliding window: a BlockMask skips the blocks outside it", band=True)
     return Plan("sdpa", "sliding window as a dense mask" + (f" ({blocked})" if blocked else
                                                              " (FlexAttention is used for windows on CUDA)"))
+
+
+def _with_log_sum_exp(att: Attention, when: Conditions) -> Union[Plan, Miss]:
+    """The scores' log-sum-exp is read beside the softmax: flex returns it (SDPA does not). A row that may see no
+    key is refused: there the kernel's log-sum-exp (of the row as the empty-row treatment hands it over) is not
+    eager's."""
+    if att.empty_rows or att.uniform_rows:
+        blocked = "a row may see no key, where the kernel's log-sum-exp is not eager's"
+    else:
+        blocked = _flex_blocked(att, when)
+    if blocked:
+        return Miss(att.location, att.softmax, f"the scores' logsumexp is read: it needs FlexAttention's, and {blocked}")
+    return Plan("flex", "the scores' log-sum-exp is read: flex returns it", band=_band(att))
 
 
 def _band(att: Attention) -> bool:
@@ -92,7 +107,7 @@ def _flex_blocked(att: Attention, when: Conditions) -> str:
         return "FlexAttention has no dropout"
     if _device(att) == "cpu" and _requires_grad(att, when):
         return "FlexAttention has no backward on the CPU"
-    if when.cpu_inductor and _device(att) == "cpu" and att.sink is not None:
+    if when.cpu_inductor and _device(att) == "cpu" and (att.sink is not None or att.lse_readers):
         return "Inductor's CPU FlexAttention returns no log-sum-exp"
     if len(att.batch) > 2:
         return "FlexAttention takes 4-D (batch, heads, L, E) inputs"

@@ -240,11 +240,12 @@ def _regroups_batch(op: Op) -> bool:
             and math.prod(a[:-2]) == math.prod(b[:-2]))
 
 
-def _single(x, user: fx.Node, depth: int) -> fx.Node:
-    """`x` feeds only `user`: otherwise the scores are needed elsewhere and cannot vanish into SDPA."""
+def _single(x, user: fx.Node, depth: int, beside: tuple = ()) -> fx.Node:
+    """`x` feeds only `user` (and the readers in `beside`, which the kernel serves too): otherwise the scores are
+    needed elsewhere and cannot vanish into SDPA."""
     if not isinstance(x, fx.Node):
         raise NoMatch("the softmax input is a constant, not Q·Kᵀ", depth)
-    users = data_users(x)
+    users = [u for u in data_users(x) if u not in beside]
     if len(users) == 2 and user in users:
         # `x.masked_fill_(c, f); softmax(x)`: one logical chain — the later read sees the in-place op's result
         first, later = users if _before(users[0], users[1]) else users[::-1]

@@ -432,3 +432,36 @@ def test_dense_mask_stays_on_sdpa_where_flex_is_not_chosen():
             torch.compile(model, backend=_rewriting(when, reports, graphs))(ids, attention_mask=mask)
         sites = _attention_sites(reports)
         assert len(sites) == 2 and all(s.rewritten and s.target == "sdpa" for s in sites), reports
+
+
+def _granite_swa():
+    cfg = transformers.GraniteSWAConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4,
+                                        num_key_value_heads=2, intermediate_size=128, vocab_size=128, sliding_window=6,
+                                        layer_types=["full_attention", "sliding_attention"],
+                                        attention_multiplier=0.25, attn_implementation="eager")
+    return transformers.GraniteSWAForCausalLM(cfg).eval()
+
+
+@pytest.mark.skipif(not hasattr(transformers, "GraniteSWAConfig"), reason="this transformers has no Granite SWA")
+@pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "left-padded"])
+def test_log_sum_exp_read_beside_the_softmax(padded):
+    """Granite SWA reads logsumexp(S) beside softmax(S) for its sinks: unpadded, both sites (full and sliding
+    window) call flex for its log-sum-exp, numbers equal eager; padded, a padding query sees no key and the sites
+    stay eager with that reason."""
+    torch.manual_seed(0)
+    model = _granite_swa()
+    ids, mask = _ids_and_mask(padded)
+    kwargs = {"attention_mask": mask} if padded else {}          # unpadded: the masks fold in the graph
+    with torch.no_grad():
+        ref = model(ids, **kwargs).logits
+        out, reports, graphs = compile_and_record(model, (ids,), kwargs)
+    sites = _attention_sites(reports)
+    assert len(sites) == 2, reports
+    if padded:
+        assert not any(s.rewritten for s in sites) and all("a row may see no key" in s.reason for s in sites), \
+            [s.reason for s in sites]
+    else:
+        assert all(s.rewritten and s.target == "flex" for s in sites), "\n".join(map(str, reports))
+        assert {s.mask.split(" (")[0] for s in sites} == {"causal", "sliding window"}, [s.mask for s in sites]
+        assert not any(n.target is torch.logsumexp for gm, _ in graphs for n in gm.graph.nodes)
+    assert_close_outputs(out.logits, ref)

@@ -25,6 +25,7 @@ EXPECTED = {
     "roberta": (2, 2), "distilbert": (2, 2), "albert": (2, 2), "electra": (2, 2), "xlm-roberta": (2, 2),
     "vit": (2, 2), "clip": (4, 4), "whisper": (6, 6), "openai-gpt": (2, 2), "xglm": (2, 2),
     "gemma2": (2, 2), "cohere2": (2, 2),      # gemma2's soft-capped sites on FlexAttention (scan runs no_grad)
+    "granite_swa": (2, 2),                    # its logsumexp(S) beside the softmax: served by flex's log-sum-exp
 }
 
 
