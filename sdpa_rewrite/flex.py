@@ -149,12 +149,11 @@ def flex_attention_site(q, k, v, mask: Optional[torch.Tensor] = None, sink: Opti
     kwargs = dict(score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=enable_gqa)
     if sink is None and not lse:
         return flex_attention(q, k, v, **kwargs)
+    out, log_sum_exp = _with_lse(flex_attention, q, k, v, kwargs)
     if sink is None:
-        out, log_sum_exp = _with_lse(flex_attention, q, k, v, kwargs)
         return out, log_sum_exp.float()
-    out, lse = _with_lse(flex_attention, q, k, v, kwargs)
     sink_lse = torch.logsumexp(sink.float(), dim=-1)
-    kept = torch.sigmoid(lse.float() - sink_lse)       # rows of no visible key: lse = -inf, weight 0
+    kept = torch.sigmoid(log_sum_exp.float() - sink_lse)       # rows of no visible key: lse = -inf, weight 0
     return (out.float() * kept.unsqueeze(-1)).to(out.dtype)
 
 
