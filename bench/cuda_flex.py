@@ -1,5 +1,5 @@
 """CUDA check of the FlexAttention target and attention sinks, forward and backward, compiled by Inductor:
-every catalog entry with soft-capping, sinks or a sliding window, and tiny transformers Gemma 2 / gpt-oss /
+every catalog entry with soft-capping, sinks (gpt-oss's column, Granite SWA's log-sum-exp) or a sliding window, and tiny transformers Gemma 2 / gpt-oss /
 Mistral / Cohere 2 (window 6, S 16 and 48, padded and unpadded), in bf16 and fp16.
 
 Each row compares the backend and the model's eager run in the same dtype against an fp32 eager reference: the
@@ -26,7 +26,7 @@ import sdpa_rewrite  # noqa: F401  (registers the backend)
 from patterns import all_entries
 
 warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
-FAMILIES = ("gemma2/", "gpt_oss/", "masks/sliding_window")
+FAMILIES = ("gemma2/", "gpt_oss/", "granite_swa/", "masks/sliding_window")
 
 
 def rel(a, b):

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The H200 measurements of generate(), training steps, the largest batch, and their profiles, grouped so that each
 # part fits one device call (under 10 minutes, at most 8 files back under $OUT):
-#     PYTHONPATH=. bash bench/h200_reruns.sh N      (N = 1 ... 15; bench/RESULTS.md says which rows each part made;
-#                                                    parts 11-15 are the measurements not yet run)
+#     PYTHONPATH=. bash bench/h200_reruns.sh N      (N = 1 ... 16; bench/RESULTS.md says which rows each part made;
+#                                                    parts 11-16 are the measurements not yet run)
 # Each part measures the backend beside its own baseline in the same process, so its ratios hold on whatever GPU
 # runs it. Parts that say `with_524` run under transformers 5.24, carried as a wheel in .whl/
 # (`pip download --no-deps transformers==5.24.0 -d .whl`; name .whl in the call's carry).
@@ -71,17 +71,24 @@ case "${1:-1}" in
     run 120 padded_regional_right bench/regional.py llama8 --shape 2x4096 --train-shape '' --padded right \
         --forms inductor_sdpa,backend_inductor,backend_inductor_noflex --reps 10
     run 150 padded_attention_right bench/padded_attention.py --seqs 4096,8192 --pads right,left \
-        --forms sdpa_additive,sdpa_bool,flex_additive,flex_bool --reps 10 --budget-s 130 ;;
+        --forms sdpa_additive,sdpa_bool,flex_additive,flex_bool --reps 10 --budget-s 130
+    # a BlockMask entry per batch row (each row's padding skipped) in a process of its own: it faulted before
+    run 90 padded_attention_rows bench/padded_attention.py --seqs 4096,8192 --pads right,left \
+        --forms sdpa_additive,flex_additive,flex_rows --reps 10 --budget-s 70 ;;
 12) # training steps of the FlexAttention models beside eager + Inductor and transformers' own flex path
     for m in gemma2w gptossw; do
         run 270 "flex_train_$m" bench/flex_models.py "$m" --shape none --train-shape 1x4096 \
             --forms eager_inductor,backend,flex_inductor --budget-s 240
     done ;;
-13) # Mistral-like training; forward and backward of the flex sites against an fp32 reference (bf16, fp16)
+13) # forward and backward of the flex sites against an fp32 reference (bf16, fp16); gpt-oss-like training
+    # beside transformers' flex path (part 12 adds eager + Inductor and Gemma 2), then Mistral-like
+    run 200 cuda_flex bench/cuda_flex.py
+    run 330 flex_train_gptossw bench/flex_models.py gptossw --shape none --train-shape 1x4096 \
+        --forms backend,flex_inductor --budget-s 300 ;;
+16) # Mistral-like training
     run 300 flex_train_mistralw bench/flex_models.py mistralw --shape none --train-shape 1x8192 \
-        --forms eager_inductor,backend,flex_inductor --budget-s 270
-    run 250 cuda_flex bench/cuda_flex.py ;;
-14) # the tools users run: Trainer, timm, GPT-2's forward peak by allocating line; generate() with fp32 tokens
-    run 560 integrations_b bench/integrations.py --parts trainer,timm,gpt2mem --budget-s 480 ;;
-15) run 560 integrations_a bench/integrations.py --parts generate --budget-s 480 ;;
+        --forms eager_inductor,backend,flex_inductor --budget-s 270 ;;
+14) # the tools users run: generate() with its tokens compared in fp32, Trainer, timm, GPT-2's forward peak by
+    # allocating line
+    run 560 integrations bench/integrations.py --parts generate,trainer,timm,gpt2mem --budget-s 470 ;;
 esac

@@ -9,6 +9,9 @@ is the measurement behind plan.DENSE_FLEX_MIN and the dense-mask rule of plan.py
                      for a float mask)
     flex_bool        flex, BlockMask of the bool mask's visible tiles, partial tiles read through the mask_mod
                      (the rewrite's call for a bool keep-mask)
+    flex_rows        flex_additive with one BlockMask entry per batch row (dense_block_mask(per_row=True)), each
+                     row's own padding skipped; not the rewrite's call (a per-row BlockMask built in the graph
+                     made torch 2.11's kernel fault before the tile lists came from an opaque op): run it last
 
 Each form is one torch.compile'd function of (q, k, v, mask), forward under no_grad and forward + backward, bf16,
 B8 H16 E128 by default; the mask is causal with left or right padding as bench/models.padding_mask makes it
@@ -30,7 +33,7 @@ from bench.models import padding_mask
 from bench.timing import Record, measure
 from sdpa_rewrite.flex import dense_block_mask, flex_attention_site
 
-FORMS = ["sdpa_causal", "sdpa_additive", "sdpa_bool", "flex_additive", "flex_bool"]
+FORMS = ["sdpa_causal", "sdpa_additive", "sdpa_bool", "flex_additive", "flex_bool", "flex_rows"]
 
 
 def keep_mask(batch: int, seq: int, pad: str, device: str) -> torch.Tensor:
@@ -56,8 +59,12 @@ def attention(form: str, scale: float):
         L, S = q.shape[-2], k.shape[-2]
         return flex_attention_site(q, k, v, None, None, dense_block_mask(mask, L, S), scale=scale)
 
+    def flex_rows(q, k, v, mask):
+        L, S = q.shape[-2], k.shape[-2]
+        return flex_attention_site(q, k, v, mask, None, dense_block_mask(mask, L, S, per_row=True), scale=scale)
+
     fn = {"sdpa_causal": sdpa_causal, "sdpa_bool": sdpa_dense, "sdpa_additive": sdpa_dense,
-          "flex_additive": flex_additive, "flex_bool": flex_bool}[form]
+          "flex_additive": flex_additive, "flex_bool": flex_bool, "flex_rows": flex_rows}[form]
     return torch.compile(fn)
 
 

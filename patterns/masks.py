@@ -238,6 +238,22 @@ class SlidingWindowV4(nn.Module):
         return attend(scores(q, k) + causal_mask, v)
 
 
+class ChunkedCausal(nn.Module):
+    """Llama 4's chunked (local) attention, transformers v5 masking_utils.chunked_causal_mask_function: causal AND
+    `kv_idx // chunk_size == q_idx // chunk_size`, from aranges: each query sees its own chunk's earlier keys."""
+
+    def __init__(self, chunk_size=3):
+        super().__init__()
+        self.chunk_size = chunk_size
+
+    def forward(self, q, k, v):
+        q_idx = torch.arange(q.size(-2), device=q.device)[:, None]
+        kv_idx = torch.arange(k.size(-2), device=q.device)[None, :]
+        keep = (kv_idx <= q_idx) & (kv_idx // self.chunk_size == q_idx // self.chunk_size)
+        att = scores(q, k).masked_fill(~keep, float("-inf"))
+        return attend(att, v)
+
+
 class PrefixLM(nn.Module):
     """A prefix-LM mask (T5 / UL2 prefix LM, PaliGemma): the first `prefix` keys are visible to every
     query, the rest causal — a constant mask that is neither causal nor a window."""
@@ -412,6 +428,10 @@ ENTRIES = [
           "transformers 4.4x mistral/qwen2: _prepare_4d_causal_attention_mask_with_cache_position (sliding window)",
           SlidingWindowV4, _with(119, l=8), (Expect(scale=SCALE, mask="float", verdict="sliding window"),),
           traceable=False),
+    Entry("masks/chunked_causal", "llama4 chunked attention: masking_utils.chunked_causal_mask_function (v5)",
+          ChunkedCausal, _with(120), (Expect(scale=SCALE, mask="bool", verdict="constant mask"),),
+          notes="neither causal nor a window: kept as the mask; a long one on CUDA without gradients goes to "
+                "FlexAttention with the BlockMask of its visible tiles (plan.py), which skips the other chunks"),
     Entry("masks/prefix_lm", "prefix-LM mask (T5/UL2 prefix LM, paligemma token_type_ids_mask_function)",
           PrefixLM, _with(112), (Expect(scale=SCALE, mask="bool", verdict="constant mask"),)),
     Entry("masks/all_visible", "variant: where(ones(B, 1, L, S).bool(), scores, -inf): masks nothing",

@@ -51,7 +51,7 @@ def band_block_mask(L: int, S: int, lo: int, hi: Optional[int], device: torch.de
                                     seq_lengths=(L, S))
 
 
-def dense_block_mask(mask: torch.Tensor, L: int, S: int):
+def dense_block_mask(mask: torch.Tensor, L: int, S: int, per_row: bool = False):
     """The BlockMask of a dense mask (a bool keep-mask, True = attend, or an additive float mask; broadcastable to
     (B, H, L, S)), built on the device in one pass over it, with no host sync. A tile that no position of any
     batch row or head sees (False, or at or below -MASKING, whose weight is exactly 0: masks.py) is skipped: the
@@ -63,30 +63,33 @@ def dense_block_mask(mask: torch.Tensor, L: int, S: int):
     that calls flex_attention made the CUDA kernel fault (illegal memory access, torch 2.11, bench/RESULTS.md),
     and most of the skipped work is the causal triangle that every row shares. The tile lists come from an opaque
     op (`visible_tiles`), like the mask the mod functions read (`laid_out`), so Inductor lowers flex with buffers
-    whose layout is fixed."""
+    whose layout is fixed. `per_row=True` keeps one entry per batch row of the mask (each row's own padding
+    skipped): measured by bench/padded_attention.py's `flex_rows` form, not used by the rewrite."""
     from torch.nn.attention.flex_attention import BlockMask, noop_mask
 
     keep = _four_d(mask)
-    kv_num, kv_idx, full_num, full_idx = torch.ops.sdpa_rewrite.visible_tiles(keep, L, S)
+    kv_num, kv_idx, full_num, full_idx = torch.ops.sdpa_rewrite.visible_tiles(keep, L, S, per_row)
     mask_mod = _reader(keep) if keep.dtype == torch.bool else noop_mask
     return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=BLOCK, mask_mod=mask_mod,
                                     seq_lengths=(L, S))
 
 
 @torch.library.custom_op("sdpa_rewrite::visible_tiles", mutates_args=())
-def visible_tiles(keep: torch.Tensor, L: int, S: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                                torch.Tensor]:
+def visible_tiles(keep: torch.Tensor, L: int, S: int, per_row: bool = False) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                       torch.Tensor, torch.Tensor]:
     """(partial count, partial indices, full count, full indices) of the (1, 1, L/BLOCK, S/BLOCK) tile grid of a
-    4-D mask, as dense_block_mask says."""
+    4-D mask, as dense_block_mask says ((B, 1, ...) with `per_row`)."""
     visible = keep if keep.dtype == torch.bool else keep > -MASKING
     visible = visible.expand(*visible.shape[:2], L, S)
     nq, nk = -(-L // BLOCK), -(-S // BLOCK)
     if (nq * BLOCK, nk * BLOCK) != (L, S):          # the tail tiles: never full, read through the mask_mod
         visible = F.pad(visible, (0, nk * BLOCK - S, 0, nq * BLOCK - L))
     tiles = visible.reshape(*visible.shape[:2], nq, BLOCK, nk, BLOCK)
-    seen = tiles.any(-1).any(-2).flatten(0, 1).any(0)[None, None]
+    seen = tiles.any(-1).any(-2).any(1, keepdim=True)
+    seen = seen if per_row else seen.any(0, keepdim=True)
     if keep.dtype == torch.bool:
-        full = tiles.all(-1).all(-2).flatten(0, 1).all(0)[None, None]
+        full = tiles.all(-1).all(-2).all(1, keepdim=True)
+        full = full if per_row else full.all(0, keepdim=True)
         partial = seen & ~full
     else:
         full, partial = seen, torch.zeros_like(seen)
@@ -94,9 +97,10 @@ def visible_tiles(keep: torch.Tensor, L: int, S: int) -> tuple[torch.Tensor, tor
 
 
 @visible_tiles.register_fake
-def _(keep: torch.Tensor, L: int, S: int):
-    nq, nk = -(-L // BLOCK), -(-S // BLOCK)
-    count, order = keep.new_empty((1, 1, nq), dtype=torch.int32), keep.new_empty((1, 1, nq, nk), dtype=torch.int32)
+def _(keep: torch.Tensor, L: int, S: int, per_row: bool = False):
+    nq, nk, rows = -(-L // BLOCK), -(-S // BLOCK), keep.shape[0] if per_row else 1
+    count = keep.new_empty((rows, 1, nq), dtype=torch.int32)
+    order = keep.new_empty((rows, 1, nq, nk), dtype=torch.int32)
     return count, order, torch.empty_like(count), torch.empty_like(order)
 
 

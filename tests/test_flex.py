@@ -304,6 +304,27 @@ def test_dense_block_mask_skips_padding_every_row_shares():
     assert built.full_kv_num_blocks.flatten().tolist() == [1, 1]     # tiles 0 and 1 are partial: row 1 pads them
 
 
+def test_dense_block_mask_per_row_skips_each_rows_padding():
+    """per_row=True lists, for every batch row, the tiles that row sees: its own padding is skipped too, and flex
+    with it equals SDPA on the rows that see a key."""
+    from sdpa_rewrite.flex import dense_block_mask
+
+    keep = _padded_causal(3, 300, 300, left=150, right=140)
+    built = dense_block_mask(keep, 300, 300, per_row=True)
+    tiles = torch.nn.functional.pad(keep, (0, 84, 0, 84)).reshape(3, 1, 3, 128, 3, 128)
+    assert built.kv_num_blocks.shape == (3, 1, 3)
+    assert torch.equal(built.to_dense().bool(), tiles.any(-1).any(-2))
+    assert torch.equal(built.full_kv_num_blocks, tiles.all(-1).all(-2).sum(-1).int())
+    assert (built.to_dense()[1] < built.to_dense()[0]).any(), "row 1's left padding hides tiles row 0 sees"
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 300, 16, generator=g) for _ in range(3))
+    with torch.no_grad():
+        out = torch.compile(flex_attention_site)(q, k, v, None, None, built, scale=0.25)   # compiled: honours skips
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=0.25)
+    seen = keep.any(-1, keepdim=True)
+    assert_close_outputs(torch.where(seen, out, 0.0), torch.where(seen, ref, 0.0))
+
+
 def _cpu_as_fast(monkeypatch):
     """Plan as on CUDA (flex for speed) on this CPU, with short sequences counting as long."""
     import sdpa_rewrite.plan as plan
@@ -414,6 +435,39 @@ def test_padded_batch_on_flex_under_inductor(monkeypatch, side):
     sites = _attention_sites(reports)
     assert len(sites) == 2 and all(s.target == "flex" and "BlockMask" in s.mask for s in sites), reports
     assert_close_outputs(out, ref, tol=1e-4)
+
+
+def test_chunked_attention_on_flex_skips_the_other_chunks(monkeypatch):
+    """Llama 4's chunked attention is neither causal nor a window: a constant mask. Where flex is chosen for speed
+    its BlockMask keeps only the diagonal tiles of 128-key chunks, and Inductor's CPU flex kernel (which honours the
+    skips) gives eager's numbers."""
+    from torch._inductor.compile_fx import compile_fx
+
+    import sdpa_rewrite.plan as plan
+    from patterns.masks import ChunkedCausal
+    from sdpa_rewrite.flex import dense_block_mask
+
+    monkeypatch.setattr(plan, "DENSE_FLEX_MIN", 8)
+    when = plan.Conditions(fast_on=("cuda", "cpu"), cpu_inductor=True, may_train=False)
+    reports = []
+
+    def backend(gm, example_inputs):
+        reports.append(sdpa_rewrite.rewrite(gm, conditions=when))
+        return compile_fx(gm, example_inputs)
+
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(1, 2, 384, 16, generator=g) for _ in range(3))
+    module = ChunkedCausal(chunk_size=128).eval()
+    torch._dynamo.reset()
+    with torch.no_grad():
+        out = torch.compile(module, backend=backend)(q, k, v)
+    sites = _attention_sites(reports)
+    assert len(sites) == 1 and sites[0].target == "flex" and "BlockMask" in sites[0].mask, reports
+    keep = torch.ones(384, 384, dtype=torch.bool).tril()
+    keep &= (torch.arange(384)[:, None] // 128) == (torch.arange(384)[None, :] // 128)
+    blocks = dense_block_mask(keep, 384, 384).to_dense()[0, 0]
+    assert torch.equal(blocks.bool(), torch.eye(3, dtype=torch.bool)), blocks
+    assert_close_outputs(out, module(q, k, v), tol=1e-4)
 
 
 def test_dense_mask_stays_on_sdpa_where_flex_is_not_chosen():
