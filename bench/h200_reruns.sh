@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The H200 measurements of generate(), training steps, the largest batch, and their profiles, grouped so that each
 # part fits one device call (under 10 minutes, at most 8 files back under $OUT):
-#     PYTHONPATH=. bash bench/h200_reruns.sh N      (N = 1 ... 16; bench/RESULTS.md says which rows each part made;
-#                                                    parts 11-16 are the measurements not yet run)
+#     PYTHONPATH=. bash bench/h200_reruns.sh N      (N = 1 ... 17; bench/RESULTS.md says which rows each part made;
+#                                                    parts 12, 13, 16 and 17 are the measurements not yet run)
 # Each part measures the backend beside its own baseline in the same process, so its ratios hold on whatever GPU
 # runs it. Parts that say `with_524` run under transformers 5.24, carried as a wheel in .whl/
 # (`pip download --no-deps transformers==5.24.0 -d .whl`; name .whl in the call's carry).
@@ -75,7 +75,9 @@ case "${1:-1}" in
     # a BlockMask entry per batch row (each row's padding skipped) in a process of its own: it faulted before
     run 90 padded_attention_rows bench/padded_attention.py --seqs 4096,8192 --pads right,left \
         --forms sdpa_additive,flex_additive,flex_rows --reps 10 --budget-s 70 ;;
-12) # training steps of the FlexAttention models beside eager + Inductor and transformers' own flex path
+12) # training steps of the FlexAttention models beside eager + Inductor and transformers' own flex path (gptossw's
+    # fp32-weight step under autocast hits transformers' MoE fallback, which Inductor fails on in every form:
+    # RESULTS.md, 2026-12-03)
     for m in gemma2w gptossw; do
         run 270 "flex_train_$m" bench/flex_models.py "$m" --shape none --train-shape 1x4096 \
             --forms eager_inductor,backend,flex_inductor --budget-s 240
@@ -85,6 +87,11 @@ case "${1:-1}" in
     run 200 cuda_flex bench/cuda_flex.py
     run 330 flex_train_gptossw bench/flex_models.py gptossw --shape none --train-shape 1x4096 \
         --forms backend,flex_inductor --budget-s 300 ;;
+17) # the catalog on CUDA (T5's position buckets and xglm's clamp since the last sweep), fully masked rows; the
+    # whole-model forward rows that later changes must not regress (GPT-2 B8 S1024, Llama-style B4 S2048, OPT, T5)
+    timeout 200 python bench/cuda_catalog.py > "$OUT/cuda_catalog.txt" 2>&1; tail -12 "$OUT/cuda_catalog.txt"
+    timeout 60 python bench/cuda_masks.py > "$OUT/cuda_masks.txt" 2>&1; tail -8 "$OUT/cuda_masks.txt"
+    run 280 whole_models bench/models.py gpt2 llama8 opt t5 --forms inductor_sdpa,backend_inductor --reps 20 ;;
 16) # Mistral-like training
     run 300 flex_train_mistralw bench/flex_models.py mistralw --shape none --train-shape 1x8192 \
         --forms eager_inductor,backend,flex_inductor --budget-s 270 ;;
