@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The H200 measurements of generate(), training steps, the largest batch, and their profiles, grouped so that each
 # part fits one device call (under 10 minutes, at most 8 files back under $OUT):
-#     PYTHONPATH=. bash bench/h200_reruns.sh N      (N = 1 ... 17; bench/RESULTS.md says which rows each part made;
-#                                                    parts 12, 13, 16 and 17 are the measurements not yet run)
+#     PYTHONPATH=. bash bench/h200_reruns.sh N      (N = 1 ... 19; bench/RESULTS.md says which rows each part made;
+#                                                    parts 12, 13 and 16-19 are the measurements not yet run)
 # Each part measures the backend beside its own baseline in the same process, so its ratios hold on whatever GPU
 # runs it. Parts that say `with_524` run under transformers 5.24, carried as a wheel in .whl/
 # (`pip download --no-deps transformers==5.24.0 -d .whl`; name .whl in the call's carry).
@@ -92,6 +92,15 @@ case "${1:-1}" in
     timeout 200 python bench/cuda_catalog.py > "$OUT/cuda_catalog.txt" 2>&1; tail -12 "$OUT/cuda_catalog.txt"
     timeout 60 python bench/cuda_masks.py > "$OUT/cuda_masks.txt" 2>&1; tail -8 "$OUT/cuda_masks.txt"
     run 280 whole_models bench/models.py gpt2 llama8 opt t5 --forms inductor_sdpa,backend_inductor --reps 20 ;;
+18) # ALiBi and a T5-style bias beside a causal mask: SDPA's dense float mask against flex reading it (and ALiBi
+    # from the indices); decides whether a bias joins plan.py's dense-mask rule
+    run 220 bias_attention bench/bias_attention.py --reps 10 --budget-s 190 ;;
+19) # a BlockMask entry per batch row inside models (plan.DENSE_FLEX_PER_ROW, off by default until this runs
+    # clean): errors against the union's form first, then native sdpa; whole model and each layer alone
+    run 200 padded_rows_whole bench/models.py llama8 --shapes 2x4096,4x4096 --padded \
+        --forms backend_inductor,backend_inductor_flex_rows,inductor_sdpa
+    run 150 padded_rows_regional bench/regional.py llama8 --shape 4x4096 --train-shape '' --padded left \
+        --forms backend_inductor,backend_inductor_flex_rows,inductor_sdpa --reps 10 ;;
 16) # Mistral-like training
     run 300 flex_train_mistralw bench/flex_models.py mistralw --shape none --train-shape 1x8192 \
         --forms eager_inductor,backend,flex_inductor --budget-s 270 ;;

@@ -12,6 +12,8 @@ KV cache, in these forms:
                      key (padding queries) are left to the kernel, as transformers' sdpa path does
     backend_inductor_noflex        the same with options={"flex": False}: every site on SDPA (a padded batch's
                      mask read whole by SDPA, not as a FlexAttention BlockMask)
+    backend_inductor_flex_rows     the same with plan.DENSE_FLEX_PER_ROW on: a padded batch's BlockMask has an
+                     entry per batch row (not yet the default: sdpa_rewrite/plan.py says why)
 
 Usage (the models are in bench/zoo.py; `--tiny` runs 2-layer models, on the CPU if there is no GPU):
 
@@ -45,6 +47,7 @@ from tabulate import tabulate
 
 import sdpa_rewrite  # noqa: F401  (registers the backend)
 from bench import zoo
+from sdpa_rewrite import plan
 from bench.timing import Record, measure, versions
 
 FORMS = ["eager", "native_sdpa", "backend_eager", "inductor_eager", "inductor_sdpa", "backend_inductor"]
@@ -54,6 +57,7 @@ GENERATE_FORMS = ["eager", "native_sdpa", "backend_eager", "inductor_sdpa", "bac
 def compiled(fn, form: str, reports: list, dynamic=False):
     """`fn` (a model or its forward) compiled the way `form` says; uncompiled for eager / native_sdpa.
     `dynamic` as torch.compile takes it: False (a static compile per shape) or None (Dynamo's automatic)."""
+    plan.DENSE_FLEX_PER_ROW = form.endswith("_flex_rows")      # read when the graph compiles, on its first call
     if form.startswith("backend"):
         options = {"report": reports.append}
         if form == "backend_eager":

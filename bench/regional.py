@@ -8,6 +8,7 @@ Forward and training step of each form, side by side in one process:
                              (the backend before run-time verdicts)
     backend_inductor_noflex  options={"flex": False}: a padded batch's mask read whole by SDPA, not as a
                              FlexAttention BlockMask of its visible tiles
+    backend_inductor_flex_rows  plan.DENSE_FLEX_PER_ROW on: that BlockMask with an entry per batch row
 
     PYTHONPATH=. python bench/regional.py llama8 gpt2 [--shape 4x2048] [--train-shape 4x1024] [--padded left]
                                           [--fsdp2] [--forms ...] [--json out.json] [--tiny]
@@ -33,6 +34,7 @@ from tabulate import tabulate
 
 import sdpa_rewrite  # noqa: F401  (registers the backend)
 import sdpa_rewrite.runtime as runtime
+from sdpa_rewrite import plan
 from bench import zoo
 from bench.models import padding_mask, site_counts
 from bench.timing import Record, measure, profiled, versions
@@ -54,6 +56,7 @@ def regional(model, form: str, reports: list, fsdp2: bool):
         for layer in layers(model):
             fully_shard(layer)
         fully_shard(model)
+    plan.DENSE_FLEX_PER_ROW = form.endswith("_flex_rows")      # read when the layers compile, on the first call
     for layer in layers(model):
         if form.startswith("backend"):
             options = {"report": reports.append}

@@ -154,7 +154,7 @@ def _flex_call(b: "_Builder", att: Attention, plan: Plan, qkv: tuple, kwargs: di
     elif mask is not None:                             # the mod functions read a copy Inductor can lower (flex.py)
         mask = b.call(torch.ops.sdpa_rewrite.laid_out.default, mask)
     if plan.dense:
-        block = b.call(dense_block_mask, mask, L, S)
+        block = b.call(dense_block_mask, mask, L, S, plan.per_row)
         mask = mask if _float_mask(att) else None
     sink = _sink(b, att, lead) if att.sink is not None else None
     cap = att.cap

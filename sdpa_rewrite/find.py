@@ -168,10 +168,12 @@ def _match(gm, sm, modules, folder=None) -> Attention:
     if norm_dim(dim, r) != r - 1:
         raise NoMatch(f"softmax over dim {dim}, not the key (last) dim")
     lse_users = _log_sum_exp_readers(top, node, r)
-    top = single_use(top, node, 0, lse_users)  # resolves `s.masked_fill_(c, f); softmax(s)` to the in-place op
     if not _matmul_above(top, modules):
         raise NoMatch("not attention: no Q·Kᵀ matmul feeds this softmax")
+    # the weights' way to a ·V product first: a softmax of logits (an entropy, a router) is refused as what it
+    # is, not for the other reads of its input
     pv, p_node, drop, down, sliced = _walk_to_value(node, modules)
+    top = single_use(top, node, 0, lse_users)  # resolves `s.masked_fill_(c, f); softmax(s)` to the in-place op
     scores = read_scores(top, modules, gm, folder)
     width = shape(scores.sink)[-1] if scores.sink is not None else 0
     if sliced != width:

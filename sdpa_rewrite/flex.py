@@ -64,7 +64,7 @@ def dense_block_mask(mask: torch.Tensor, L: int, S: int, per_row: bool = False):
     and most of the skipped work is the causal triangle that every row shares. The tile lists come from an opaque
     op (`visible_tiles`), like the mask the mod functions read (`laid_out`), so Inductor lowers flex with buffers
     whose layout is fixed. `per_row=True` keeps one entry per batch row of the mask (each row's own padding
-    skipped): measured by bench/padded_attention.py's `flex_rows` form, not used by the rewrite."""
+    skipped): off unless plan.DENSE_FLEX_PER_ROW says otherwise."""
     from torch.nn.attention.flex_attention import BlockMask, noop_mask
 
     keep = _four_d(mask)

@@ -25,6 +25,7 @@ class Plan:
     band: bool = False             # flex: the mask is a causal band (causal, lower-right, sliding window): a BlockMask
     sink_key: bool = False         # sdpa: sinks as extra all-zero keys whose mask columns hold the sink logits
     dense: bool = False            # flex: a BlockMask built from the dense mask at run time skips the tiles it hides
+    per_row: bool = False          # dense: one BlockMask entry per batch row (each row's own padding skipped too)
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,12 @@ class Conditions:
 # BlockMask and the mask's copy per layer), so with gradients the mask stays on SDPA.
 DENSE_FLEX_MIN = 2048
 
+# The dense mask's BlockMask with an entry per batch row: attention alone on the H200 ran 1.34-1.44x faster than the
+# batch's union on left padding (bench/RESULTS.md), but such a BlockMask once made torch 2.11's kernel fault inside
+# a model (before its tile lists came from an opaque op), and no model has run with it on CUDA since: off until one
+# has (bench/models.py's `backend_inductor_flex_rows` form turns it on).
+DENSE_FLEX_PER_ROW = False
+
 
 def plan(att: Attention, when: Conditions = Conditions()) -> Union[Plan, Miss]:
     window = att.verdict is not None and att.verdict.window is not None
@@ -52,7 +59,7 @@ def plan(att: Attention, when: Conditions = Conditions()) -> Union[Plan, Miss]:
     if att.cap is None and att.sink is None and not window:
         if _long_dense_mask(att) and fast and not _requires_grad(att, when) and not _flex_blocked(att, when):
             return Plan("flex", "a dense mask: a BlockMask built from it at run time skips the tiles it hides",
-                        dense=True)
+                        dense=True, per_row=DENSE_FLEX_PER_ROW)
         return Plan("sdpa")
     blocked = _flex_blocked(att, when)
     if att.cap is not None:

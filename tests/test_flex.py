@@ -402,20 +402,25 @@ def test_padded_batch_on_flex_each_layer_compiled_alone(monkeypatch):
     assert_close_outputs(out, ref)
 
 
+@pytest.mark.parametrize("per_row", [False, True], ids=["union", "per-row"])
 @pytest.mark.parametrize("side", ["left", "right"])
-def test_padded_batch_on_flex_under_inductor(monkeypatch, side):
+def test_padded_batch_on_flex_under_inductor(monkeypatch, side, per_row):
     """The same under Inductor's CPU flex kernel, which (unlike eager flex) skips the tiles the BlockMask leaves out:
-    L = S = 300 is three tiles a side, padding hides whole tiles of the batch, and the numbers still equal eager."""
+    L = S = 300 is three tiles a side, padding hides whole tiles of the batch (or, per row, of each row), and the
+    numbers still equal eager."""
     from torch._inductor.compile_fx import compile_fx
 
     import sdpa_rewrite.plan as plan
+    from sdpa_rewrite.flex import dense_block_mask
 
     monkeypatch.setattr(plan, "DENSE_FLEX_MIN", 8)
+    monkeypatch.setattr(plan, "DENSE_FLEX_PER_ROW", per_row)
     when = plan.Conditions(fast_on=("cuda", "cpu"), cpu_inductor=True, may_train=False)
-    reports = []
+    reports, built = [], []
 
     def backend(gm, example_inputs):
         reports.append(sdpa_rewrite.rewrite(gm, conditions=when))
+        built.extend(n.args for n in gm.graph.nodes if n.target is dense_block_mask)
         return compile_fx(gm, example_inputs)
 
     torch.manual_seed(0)
@@ -424,16 +429,17 @@ def test_padded_batch_on_flex_under_inductor(monkeypatch, side):
     mask = torch.ones(2, 300, dtype=torch.long)
     if side == "left":
         mask[:, :140] = 0                                   # every row: key tile 0 is padding alone
-        mask[1, :200] = 0
+        mask[1, :260] = 0                                   # row 1 alone: key tile 1 too
     else:
         mask[:, 256:] = 0                                   # every row: key tile 2 is padding alone
-        mask[0, 170:] = 0
+        mask[0, 128:] = 0                                   # row 0 alone: key tile 1 too
     torch._dynamo.reset()
     with torch.no_grad():
         ref = model(ids, attention_mask=mask).logits
         out = torch.compile(model, backend=backend)(ids, attention_mask=mask).logits
     sites = _attention_sites(reports)
     assert len(sites) == 2 and all(s.target == "flex" and "BlockMask" in s.mask for s in sites), reports
+    assert built and all(args[-1] is per_row for args in built), built
     assert_close_outputs(out, ref, tol=1e-4)
 
 
