@@ -19,14 +19,14 @@ default. `rel_err` is against sdpa_bias.
 from __future__ import annotations
 
 import argparse
-import math
 import time
 
 import torch
 import torch.nn.functional as F
 from tabulate import tabulate
 
-from bench.timing import Record, measure
+from bench.attention_forms import time_forms
+from bench.timing import Record
 from sdpa_rewrite.flex import band_block_mask, dense_block_mask, flex_attention_site
 
 FORMS = ["sdpa_causal", "sdpa_bias", "flex_bias", "flex_alibi_index"]
@@ -89,40 +89,17 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     B, H, E = map(int, args.shape.split("x"))
-    record, rows, started = Record(args.json), [], time.perf_counter()
+    record, rows, deadline = Record(args.json), [], time.perf_counter() + args.budget_s
     for seq in map(int, args.seqs.split(",")):
         for kind in args.biases.split(","):
             g = torch.Generator(device).manual_seed(seq)
             q, k, v = (torch.randn(B, H, seq, E, device=device, dtype=dtype, generator=g) for _ in range(3))
             mask = bias_mask(kind, H, seq, dtype, device)
-            ref = None
-            for form in args.forms.split(","):
-                if form == "flex_alibi_index" and kind != "alibi":
-                    continue
-                if time.perf_counter() - started > args.budget_s:
-                    rows.append(record.add("attention", {"S": seq, "bias": kind, "form": form, "skipped": "budget"}))
-                    continue
-                torch._dynamo.reset()
-                fn = attention(form, E ** -0.5, H, seq, device)
-                with torch.no_grad():
-                    out = fn(q, k, v, mask).float()
-                    fwd = measure(lambda: fn(q, k, v, mask), reps=args.reps, device=device)  # noqa: B023
-                if form == "sdpa_bias":
-                    ref = out
-                grads = [t.detach().requires_grad_() for t in (q, k, v)]
-
-                def train():
-                    fn(*grads, mask).sum().backward()  # noqa: B023
-
-                no_backward = device == "cpu" and form.startswith("flex")      # flex has no CPU backward
-                bwd = None if no_backward else measure(train, reps=args.reps, device=device)
-                err = None if ref is None or form == "sdpa_causal" else \
-                    float(f"{((out - ref).abs().max() / ref.abs().max()).item():.2e}")
-                rows.append(record.add("attention", {
-                    "S": seq, "bias": kind, "form": form, "fwd_ms": round(fwd.ms, 3),
-                    "fwd_bwd_ms": bwd and round(bwd.ms, 3),
-                    "fwd_peak_mib": None if math.isnan(fwd.peak_mib) else round(fwd.peak_mib),
-                    "rel_err": err, "shape": f"B{B} H{H} E{E} {str(dtype).split('.')[-1]}"}))
+            forms = [f for f in args.forms.split(",") if kind == "alibi" or f != "flex_alibi_index"]
+            rows += time_forms(forms, lambda form: attention(form, E ** -0.5, H, seq, device),  # noqa: B023
+                               lambda form: mask,  # noqa: B023
+                               (q, k, v), ref_form="sdpa_bias", record=record, key={"S": seq, "bias": kind},
+                               reps=args.reps, deadline=deadline, no_error=("sdpa_causal",))
     print(tabulate([r for r in rows if "skipped" not in r], headers="keys", tablefmt="github"))
 
 

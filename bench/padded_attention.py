@@ -29,8 +29,9 @@ import torch
 import torch.nn.functional as F
 from tabulate import tabulate
 
+from bench.attention_forms import time_forms
 from bench.models import padding_mask
-from bench.timing import Record, measure
+from bench.timing import Record
 from sdpa_rewrite.flex import dense_block_mask, flex_attention_site
 
 FORMS = ["sdpa_causal", "sdpa_additive", "sdpa_bool", "flex_additive", "flex_bool", "flex_rows"]
@@ -81,41 +82,18 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     B, H, E = map(int, args.shape.split("x"))
-    record, rows, started = Record(args.json), [], time.perf_counter()
+    record, rows, deadline = Record(args.json), [], time.perf_counter() + args.budget_s
     for seq in map(int, args.seqs.split(",")):
         for pad in args.pads.split(","):
             g = torch.Generator(device).manual_seed(seq)
             q, k, v = (torch.randn(B, H, seq, E, device=device, dtype=dtype, generator=g) for _ in range(3))
             keep = keep_mask(B, seq, pad, device)
             additive = torch.zeros(keep.shape, dtype=dtype, device=device).masked_fill(~keep, torch.finfo(dtype).min)
-            seen = keep.any(-1, keepdim=True)
-            ref = None
-            for form in args.forms.split(","):
-                if time.perf_counter() - started > args.budget_s:
-                    rows.append(record.add("attention", {"S": seq, "pad": pad, "form": form, "skipped": "budget"}))
-                    continue
-                torch._dynamo.reset()
-                fn = attention(form, E ** -0.5)
-                mask = keep if form.endswith("bool") else additive
-                with torch.no_grad():
-                    out = torch.where(seen, fn(q, k, v, mask), 0).float()
-                    fwd = measure(lambda: fn(q, k, v, mask), reps=args.reps, device=device)  # noqa: B023
-                if form == "sdpa_additive":
-                    ref = out
-                grads = [t.detach().requires_grad_() for t in (q, k, v)]
-
-                def train():
-                    fn(*grads, mask).sum().backward()  # noqa: B023
-
-                no_backward = device == "cpu" and form.startswith("flex")      # flex has no CPU backward
-                bwd = None if no_backward else measure(train, reps=args.reps, device=device)
-                err = None if ref is None or form == "sdpa_causal" else \
-                    float(f"{((out - ref).abs().max() / ref.abs().max()).item():.2e}")
-                rows.append(record.add("attention", {
-                    "S": seq, "pad": pad, "form": form, "fwd_ms": round(fwd.ms, 3),
-                    "fwd_bwd_ms": bwd and round(bwd.ms, 3),
-                    "fwd_peak_mib": round(fwd.peak_mib) if fwd.peak_mib == fwd.peak_mib else None,
-                    "rel_err": err, "shape": f"B{B} H{H} E{E} {str(dtype).split('.')[-1]}"}))
+            rows += time_forms(args.forms.split(","), lambda form: attention(form, E ** -0.5),
+                               lambda form: keep if form.endswith("bool") else additive,  # noqa: B023
+                               (q, k, v), ref_form="sdpa_additive", record=record, key={"S": seq, "pad": pad},
+                               reps=args.reps, deadline=deadline, seen=keep.any(-1, keepdim=True),
+                               no_error=("sdpa_causal",))
     print(tabulate([r for r in rows if "skipped" not in r], headers="keys", tablefmt="github"))
 
 
