@@ -48,7 +48,7 @@ def bias_mask(kind: str, heads: int, seq: int, dtype, device) -> torch.Tensor:
     return torch.where(causal, bias, torch.finfo(torch.float32).min)[None].to(dtype)
 
 
-def attention(form: str, scale: float, heads: int, seq: int, device):
+def attention(form: str, scale: float, heads: int, device):
     def sdpa_causal(q, k, v, mask):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
 
@@ -96,7 +96,7 @@ def main() -> None:
             q, k, v = (torch.randn(B, H, seq, E, device=device, dtype=dtype, generator=g) for _ in range(3))
             mask = bias_mask(kind, H, seq, dtype, device)
             forms = [f for f in args.forms.split(",") if kind == "alibi" or f != "flex_alibi_index"]
-            rows += time_forms(forms, lambda form: attention(form, E ** -0.5, H, seq, device),  # noqa: B023
+            rows += time_forms(forms, lambda form: attention(form, E ** -0.5, H, device),
                                lambda form: mask,  # noqa: B023
                                (q, k, v), ref_form="sdpa_bias", record=record, key={"S": seq, "bias": kind},
                                reps=args.reps, deadline=deadline, no_error=("sdpa_causal",))

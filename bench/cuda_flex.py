@@ -1,6 +1,6 @@
 """CUDA check of the FlexAttention target and attention sinks, forward and backward, compiled by Inductor:
-every catalog entry with soft-capping, sinks (gpt-oss's column, Granite SWA's log-sum-exp) or a sliding window, and tiny transformers Gemma 2 / gpt-oss /
-Mistral / Cohere 2 (window 6, S 16 and 48, padded and unpadded), in bf16 and fp16.
+every catalog entry with soft-capping, sinks (gpt-oss's column, Granite SWA's log-sum-exp) or a sliding window,
+and tiny transformers Gemma 2 / gpt-oss / Mistral / Cohere 2 (window 6, S 16 and 48, padded and unpadded), in bf16 and fp16.
 
 Each row compares the backend and the model's eager run in the same dtype against an fp32 eager reference: the
 rewrite is within rounding when its error is of the order of eager's own. Gradients are those of a loss over the

@@ -47,8 +47,8 @@ from tabulate import tabulate
 
 import sdpa_rewrite  # noqa: F401  (registers the backend)
 from bench import zoo
-from sdpa_rewrite import plan
 from bench.timing import Record, measure, versions
+from sdpa_rewrite import plan
 
 FORMS = ["eager", "native_sdpa", "backend_eager", "inductor_eager", "inductor_sdpa", "backend_inductor"]
 GENERATE_FORMS = ["eager", "native_sdpa", "backend_eager", "inductor_sdpa", "backend_inductor"]

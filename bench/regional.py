@@ -34,10 +34,10 @@ from tabulate import tabulate
 
 import sdpa_rewrite  # noqa: F401  (registers the backend)
 import sdpa_rewrite.runtime as runtime
-from sdpa_rewrite import plan
 from bench import zoo
 from bench.models import padding_mask, site_counts
 from bench.timing import Record, measure, profiled, versions
+from sdpa_rewrite import plan
 from bench.training import print_profile
 
 FORMS = ["inductor_sdpa", "backend_inductor", "backend_inductor_masks"]

@@ -333,11 +333,13 @@ def _cpu_as_fast(monkeypatch):
     return plan.Conditions(fast_on=("cuda", "cpu"), may_train=False)
 
 
-def _rewriting(conditions, reports, graphs):
+def _rewriting(conditions, reports, graphs, downstream=None):
+    """A backend that rewrites under `conditions`, keeps each report and graph, and runs the graph eagerly (or
+    compiled by `downstream`)."""
     def backend(gm, example_inputs):
         reports.append(sdpa_rewrite.rewrite(gm, conditions=conditions))
         graphs.append((gm, example_inputs))
-        return gm.forward
+        return gm.forward if downstream is None else downstream(gm, example_inputs)
     return backend
 
 
@@ -416,12 +418,8 @@ def test_padded_batch_on_flex_under_inductor(monkeypatch, side, per_row):
     monkeypatch.setattr(plan, "DENSE_FLEX_MIN", 8)
     monkeypatch.setattr(plan, "DENSE_FLEX_PER_ROW", per_row)
     when = plan.Conditions(fast_on=("cuda", "cpu"), cpu_inductor=True, may_train=False)
-    reports, built = [], []
-
-    def backend(gm, example_inputs):
-        reports.append(sdpa_rewrite.rewrite(gm, conditions=when))
-        built.extend(n.args for n in gm.graph.nodes if n.target is dense_block_mask)
-        return compile_fx(gm, example_inputs)
+    reports, graphs = [], []
+    backend = _rewriting(when, reports, graphs, downstream=compile_fx)
 
     torch.manual_seed(0)
     model = _padded_llama()
@@ -439,6 +437,7 @@ def test_padded_batch_on_flex_under_inductor(monkeypatch, side, per_row):
         out = torch.compile(model, backend=backend)(ids, attention_mask=mask).logits
     sites = _attention_sites(reports)
     assert len(sites) == 2 and all(s.target == "flex" and "BlockMask" in s.mask for s in sites), reports
+    built = [n.args for gm, _ in graphs for n in gm.graph.nodes if n.target is dense_block_mask]
     assert built and all(args[-1] is per_row for args in built), built
     assert_close_outputs(out, ref, tol=1e-4)
 
@@ -456,11 +455,7 @@ def test_chunked_attention_on_flex_skips_the_other_chunks(monkeypatch):
     monkeypatch.setattr(plan, "DENSE_FLEX_MIN", 8)
     when = plan.Conditions(fast_on=("cuda", "cpu"), cpu_inductor=True, may_train=False)
     reports = []
-
-    def backend(gm, example_inputs):
-        reports.append(sdpa_rewrite.rewrite(gm, conditions=when))
-        return compile_fx(gm, example_inputs)
-
+    backend = _rewriting(when, reports, [], downstream=compile_fx)
     g = torch.Generator().manual_seed(4)
     q, k, v = (torch.randn(1, 2, 384, 16, generator=g) for _ in range(3))
     module = ChunkedCausal(chunk_size=128).eval()
