@@ -8,11 +8,14 @@ forward and training step, side by side in one process (one process per model: c
     sdpa_inductor    attn_implementation="sdpa", torch.compile (Gemma 2: drops the soft-cap, not exact)
 
     PYTHONPATH=. python bench/flex_models.py gemma2w [--shape 1x8192] [--train-shape 1x4096] [--forms ...]
-                                             [--budget-s 500] [--json out.json] [--tiny]
+                                             [--train-dtype fp32|bf16] [--budget-s 500] [--json out.json] [--tiny]
 
 Forward rows: bf16 weights, no_grad, `rel_err` against the fp32 eager model's logits (eager_inductor's own error
-is the rounding bar). Training rows: fp32 weights, bf16 autocast, fused AdamW, `use_cache=False`. `compile_s` is
-the first call's wall time. A form that raises is recorded with its error; forms past `--budget-s` are skipped.
+is the rounding bar). Training rows: fp32 weights, bf16 autocast, fused AdamW, `use_cache=False`; or, with
+`--train-dtype bf16`, bf16 weights and no autocast (transformers' MoE layers then take their grouped-matmul path
+instead of the fallback that Inductor cannot compile backward). `compile_s` is the first call's wall time,
+`kernel_load_s` the part of it spent compiling Triton kernels. A form that raises is recorded with its error;
+forms past `--budget-s` are skipped.
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ warnings.filterwarnings("ignore", message=".*flex_attention called without torch
 
 def build(name, form, device, dtype, tiny, reports):
     torch._dynamo.reset()
+    _kernel_load_s()                               # a form's own compile only
     impl = {"flex_inductor": "flex_attention", "sdpa_inductor": "sdpa"}.get(form, "eager")
     model = zoo.build(name, impl, device=device, dtype=dtype, tiny=tiny)
     if form.startswith("backend"):
@@ -82,6 +86,7 @@ def forward_rows(name, batch, seq, forms, *, device, tiny, reps, record, deadlin
                 logits = compiled(**args).logits.float()
                 torch.cuda.synchronize()
                 row["compile_s"] = round(time.perf_counter() - start, 1)
+                row["kernel_load_s"] = _kernel_load_s()
                 row["rel_err"] = float(f"{((logits - ref).abs().max() / ref.abs().max()).item():.2e}")
                 del logits
                 t = measure(lambda: compiled(**args).logits, reps=reps, device=device)  # noqa: B023
@@ -93,21 +98,23 @@ def forward_rows(name, batch, seq, forms, *, device, tiny, reps, record, deadlin
         _free()
 
 
-def train_rows(name, batch, seq, forms, *, device, tiny, reps, record, deadline):
+def train_rows(name, batch, seq, forms, *, device, tiny, reps, record, deadline, weights=torch.float32):
     args = zoo.inputs(name, batch, seq, device=device, labels=True)
+    autocast = weights == torch.float32
     for form in forms:
         if time.perf_counter() > deadline:
             record.add("steps", {"model": name, "form": form, "skipped": "time budget"})
             continue
         reports = []
-        row = {"model": name, "shape": f"B{batch} S{seq}", "form": form}
+        row = {"model": name, "shape": f"B{batch} S{seq}", "form": form,
+               "weights": "fp32, bf16 autocast" if autocast else str(weights).removeprefix("torch.")}
         try:
-            model, compiled = build(name, form, device, torch.float32, tiny, reports)
+            model, compiled = build(name, form, device, weights, tiny, reports)
             model.train()
             opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
 
             def step():
-                with torch.autocast(device, dtype=torch.bfloat16):
+                with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
                     loss = compiled(**args, use_cache=False).loss  # noqa: B023
                 loss.backward()
                 opt.step()  # noqa: B023
@@ -128,6 +135,16 @@ def train_rows(name, batch, seq, forms, *, device, tiny, reps, record, deadline)
         _free()
 
 
+def _kernel_load_s():
+    """Seconds of the last compile spent loading (compiling) Triton kernels, from Dynamo's timing metrics: the part
+    of `compile_s` that grows with a kernel's size (a sort network over the block grid, for one)."""
+    from torch._dynamo.utils import compilation_time_metrics
+
+    spent = sum(compilation_time_metrics.get("PyCodeCache.load_by_key_path", []))
+    compilation_time_metrics.clear()
+    return round(spent, 1)
+
+
 def _free():
     gc.collect()
     torch.cuda.empty_cache()
@@ -139,6 +156,8 @@ def main() -> int:
     ap.add_argument("--forms", default=",".join(FORMS))
     ap.add_argument("--shape", default="", help="BxS of the forward rows (default: the zoo's shape; 'none')")
     ap.add_argument("--train-shape", default="1x4096", help="BxS of the training rows ('none' for none)")
+    ap.add_argument("--train-dtype", choices=["fp32", "bf16"], default="fp32",
+                    help="fp32 weights under bf16 autocast, or bf16 weights without autocast")
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--budget-s", type=float, default=500, help="skip the forms that would start after this")
     ap.add_argument("--tiny", action="store_true")
@@ -156,7 +175,7 @@ def main() -> int:
     if args.train_shape != "none":
         b, s = map(int, args.train_shape.split("x"))
         train_rows(args.model, b, s, forms, device=device, tiny=args.tiny, reps=args.reps, record=record,
-                   deadline=deadline)
+                   deadline=deadline, weights={"fp32": torch.float32, "bf16": torch.bfloat16}[args.train_dtype])
     for table, rows in record.tables.items():
         print(f"\n{table}")
         print(tabulate(rows, headers="keys", tablefmt="github"))

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The H200 measurements of generate(), training steps, the largest batch, and their profiles, grouped so that each
 # part fits one device call (under 10 minutes, at most 8 files back under $OUT):
-#     PYTHONPATH=. bash bench/h200_reruns.sh N      (N = 1 ... 19; bench/RESULTS.md says which rows each part made;
-#                                                    parts 12, 13 and 16-19 are the measurements not yet run)
+#     PYTHONPATH=. bash bench/h200_reruns.sh N      (N = 1 ... 20; bench/RESULTS.md says which rows each part made;
+#                                                    parts 13 and 20 are the measurements not yet run)
 # Each part measures the backend beside its own baseline in the same process, so its ratios hold on whatever GPU
 # runs it. Parts that say `with_524` run under transformers 5.24, carried as a wheel in .whl/
 # (`pip download --no-deps transformers==5.24.0 -d .whl`; name .whl in the call's carry).
@@ -75,13 +75,13 @@ case "${1:-1}" in
     # a BlockMask entry per batch row (each row's padding skipped) in a process of its own: it faulted before
     run 90 padded_attention_rows bench/padded_attention.py --seqs 4096,8192 --pads right,left \
         --forms sdpa_additive,flex_additive,flex_rows --reps 10 --budget-s 70 ;;
-12) # training steps of the FlexAttention models beside eager + Inductor and transformers' own flex path (gptossw's
-    # fp32-weight step under autocast hits transformers' MoE fallback, which Inductor fails on in every form:
-    # RESULTS.md, 2026-12-03)
-    for m in gemma2w gptossw; do
-        run 270 "flex_train_$m" bench/flex_models.py "$m" --shape none --train-shape 1x4096 \
-            --forms eager_inductor,backend,flex_inductor --budget-s 240
-    done ;;
+12) # training steps of the FlexAttention models beside eager + Inductor and transformers' own flex path; gptossw
+    # with bf16 weights: under autocast its fp32 experts take transformers' MoE fallback, whose backward Inductor
+    # fails on in every form (RESULTS.md, 2026-12-03)
+    run 270 flex_train_gemma2w bench/flex_models.py gemma2w --shape none --train-shape 1x4096 \
+        --forms eager_inductor,backend,flex_inductor --budget-s 240
+    run 270 flex_train_gptossw_bf16 bench/flex_models.py gptossw --shape none --train-shape 1x4096 --train-dtype bf16 \
+        --forms eager_inductor,backend,flex_inductor --budget-s 240 ;;
 13) # forward and backward of the flex sites against an fp32 reference (bf16, fp16); gpt-oss-like training
     # beside transformers' flex path (part 12 adds eager + Inductor and Gemma 2), then Mistral-like
     run 200 cuda_flex bench/cuda_flex.py
@@ -95,12 +95,20 @@ case "${1:-1}" in
 18) # ALiBi and a T5-style bias beside a causal mask: SDPA's dense float mask against flex reading it (and ALiBi
     # from the indices); decides whether a bias joins plan.py's dense-mask rule
     run 220 bias_attention bench/bias_attention.py --reps 10 --budget-s 190 ;;
-19) # a BlockMask entry per batch row inside models (plan.DENSE_FLEX_PER_ROW, off by default until this runs
-    # clean): errors against the union's form first, then native sdpa; whole model and each layer alone
+19) # a BlockMask entry per batch row inside models (plan.DENSE_FLEX_PER_ROW, the default since this part ran clean
+    # on 2026-12-03) against one BlockMask for the whole batch (_flex_union), then native sdpa; whole model and each
+    # layer alone
     run 200 padded_rows_whole bench/models.py llama8 --shapes 2x4096,4x4096 --padded \
-        --forms backend_inductor,backend_inductor_flex_rows,inductor_sdpa
+        --forms backend_inductor_flex_union,backend_inductor,inductor_sdpa
     run 150 padded_rows_regional bench/regional.py llama8 --shape 4x4096 --train-shape '' --padded left \
-        --forms backend_inductor,backend_inductor_flex_rows,inductor_sdpa --reps 10 ;;
+        --forms backend_inductor_flex_union,backend_inductor,inductor_sdpa --reps 10 ;;
+20) # compile time of the flex models since the band's tile lists became an opaque op (no Triton sort network),
+    # caches cold, beside transformers' sdpa and flex paths; forward only
+    export TORCHINDUCTOR_FORCE_DISABLE_CACHES=1
+    run 280 flex_compile_mistralw bench/flex_models.py mistralw --shape 1x16384 --train-shape none \
+        --forms sdpa_inductor,backend --reps 5 --budget-s 250
+    run 280 flex_compile_gemma2w bench/flex_models.py gemma2w --shape 1x8192 --train-shape none \
+        --forms sdpa_inductor,backend --reps 5 --budget-s 250 ;;
 16) # Mistral-like training
     run 300 flex_train_mistralw bench/flex_models.py mistralw --shape none --train-shape 1x8192 \
         --forms eager_inductor,backend,flex_inductor --budget-s 270 ;;

@@ -12,8 +12,8 @@ KV cache, in these forms:
                      key (padding queries) are left to the kernel, as transformers' sdpa path does
     backend_inductor_noflex        the same with options={"flex": False}: every site on SDPA (a padded batch's
                      mask read whole by SDPA, not as a FlexAttention BlockMask)
-    backend_inductor_flex_rows     the same with plan.DENSE_FLEX_PER_ROW on: a padded batch's BlockMask has an
-                     entry per batch row (not yet the default: sdpa_rewrite/plan.py says why)
+    backend_inductor_flex_union    the same with plan.DENSE_FLEX_PER_ROW off: a padded batch's BlockMask is one for
+                     the whole batch (the tiles every row hides), not an entry per batch row
 
 Usage (the models are in bench/zoo.py; `--tiny` runs 2-layer models, on the CPU if there is no GPU):
 
@@ -57,7 +57,7 @@ GENERATE_FORMS = ["eager", "native_sdpa", "backend_eager", "inductor_sdpa", "bac
 def compiled(fn, form: str, reports: list, dynamic=False):
     """`fn` (a model or its forward) compiled the way `form` says; uncompiled for eager / native_sdpa.
     `dynamic` as torch.compile takes it: False (a static compile per shape) or None (Dynamo's automatic)."""
-    plan.DENSE_FLEX_PER_ROW = form.endswith("_flex_rows")      # read when the graph compiles, on its first call
+    plan.DENSE_FLEX_PER_ROW = not form.endswith("_flex_union")  # read when the graph compiles, on its first call
     if form.startswith("backend"):
         options = {"report": reports.append}
         if form == "backend_eager":

@@ -10,8 +10,8 @@ is the measurement behind plan.DENSE_FLEX_MIN and the dense-mask rule of plan.py
     flex_bool        flex, BlockMask of the bool mask's visible tiles, partial tiles read through the mask_mod
                      (the rewrite's call for a bool keep-mask)
     flex_rows        flex_additive with one BlockMask entry per batch row (dense_block_mask(per_row=True)), each
-                     row's own padding skipped: the rewrite's call under plan.DENSE_FLEX_PER_ROW (off; a per-row
-                     BlockMask once made torch 2.11's kernel fault): run it last, in a process of its own
+                     row's own padding skipped: the rewrite's call for a float mask (plan.DENSE_FLEX_PER_ROW);
+                     flex_additive is the same with one BlockMask for the whole batch
 
 Each form is one torch.compile'd function of (q, k, v, mask), forward under no_grad and forward + backward, bf16,
 B8 H16 E128 by default; the mask is causal with left or right padding as bench/models.padding_mask makes it

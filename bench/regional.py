@@ -8,7 +8,8 @@ Forward and training step of each form, side by side in one process:
                              (the backend before run-time verdicts)
     backend_inductor_noflex  options={"flex": False}: a padded batch's mask read whole by SDPA, not as a
                              FlexAttention BlockMask of its visible tiles
-    backend_inductor_flex_rows  plan.DENSE_FLEX_PER_ROW on: that BlockMask with an entry per batch row
+    backend_inductor_flex_union  plan.DENSE_FLEX_PER_ROW off: that BlockMask one for the whole batch, not an
+                             entry per batch row
 
     PYTHONPATH=. python bench/regional.py llama8 gpt2 [--shape 4x2048] [--train-shape 4x1024] [--padded left]
                                           [--fsdp2] [--forms ...] [--json out.json] [--tiny]
@@ -56,7 +57,7 @@ def regional(model, form: str, reports: list, fsdp2: bool):
         for layer in layers(model):
             fully_shard(layer)
         fully_shard(model)
-    plan.DENSE_FLEX_PER_ROW = form.endswith("_flex_rows")      # read when the layers compile, on the first call
+    plan.DENSE_FLEX_PER_ROW = not form.endswith("_flex_union")  # read when the layers compile, on the first call
     for layer in layers(model):
         if form.startswith("backend"):
             options = {"report": reports.append}

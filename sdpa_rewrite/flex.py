@@ -22,10 +22,28 @@ BLOCK = 128        # FlexAttention's default sparse block size
 
 def band_block_mask(L: int, S: int, lo: int, hi: Optional[int], device: torch.device):
     """The BlockMask of `lo <= i - j <= hi` (hi None: no upper bound) over an (L, S) grid, built from the block
-    grid alone: a block is full, partial or empty by the extreme values of i - j over it. No L×S mask is ever
-    materialised (create_block_mask would evaluate every position)."""
+    grid alone (`band_tiles`): no L×S mask is ever materialised (create_block_mask would evaluate every
+    position)."""
     from torch.nn.attention.flex_attention import BlockMask
 
+    def mask_mod(b, h, q_idx, kv_idx):
+        d = q_idx - kv_idx
+        keep = d >= lo
+        return keep & (d <= hi) if hi is not None else keep
+
+    kv_num, kv_idx, full_num, full_idx = torch.ops.sdpa_rewrite.band_tiles(L, S, lo, hi, device)
+    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=BLOCK, mask_mod=mask_mod,
+                                    seq_lengths=(L, S))
+
+
+@torch.library.custom_op("sdpa_rewrite::band_tiles", mutates_args=())
+def band_tiles(L: int, S: int, lo: int, hi: Optional[int], device: torch.device) -> tuple[
+        torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(partial count, partial indices, full count, full indices) of the band's (1, 1, L/BLOCK, S/BLOCK) tile
+    grid: a tile is full, partial or empty by the extreme values of i - j over it. Opaque to the compiler on
+    purpose: traced, the kv lists' argsort became a Triton sort network whose compile time grows with S/BLOCK
+    (Mistral-like, S16384: 57 s of a 71 s first call, torch 2.11, bench/RESULTS.md); here it is one ATen argsort
+    a forward, on a grid of (S/128)² elements."""
     nq, nk = -(-L // BLOCK), -(-S // BLOCK)
     q_first = torch.arange(nq, device=device) * BLOCK
     k_first = torch.arange(nk, device=device) * BLOCK
@@ -39,16 +57,15 @@ def band_block_mask(L: int, S: int, lo: int, hi: Optional[int], device: torch.de
         full = full & (d_max <= hi)
         empty = empty | (d_min > hi)
     partial = ~full & ~empty
+    return (*_ordered(partial[None, None]), *_ordered(full[None, None]))
 
-    def mask_mod(b, h, q_idx, kv_idx):
-        d = q_idx - kv_idx
-        keep = d >= lo
-        return keep & (d <= hi) if hi is not None else keep
 
-    kv_num, kv_idx = _ordered(partial[None, None])
-    full_num, full_idx = _ordered(full[None, None])
-    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=BLOCK, mask_mod=mask_mod,
-                                    seq_lengths=(L, S))
+@band_tiles.register_fake
+def _(L: int, S: int, lo: int, hi: Optional[int], device: torch.device):
+    nq, nk = -(-L // BLOCK), -(-S // BLOCK)
+    count = torch.empty((1, 1, nq), dtype=torch.int32, device=device)
+    order = torch.empty((1, 1, nq, nk), dtype=torch.int32, device=device)
+    return count, order, torch.empty_like(count), torch.empty_like(order)
 
 
 def dense_block_mask(mask: torch.Tensor, L: int, S: int, per_row: bool = False):
@@ -59,12 +76,11 @@ def dense_block_mask(mask: torch.Tensor, L: int, S: int, per_row: bool = False):
     whole are full (no mask_mod there) and the others read it through the mask_mod; a float mask is added by the
     score_mod on every tile flex visits, so each tile it keeps is full.
 
-    One BlockMask for the whole batch (B = H = 1), not one per batch row: a per-row BlockMask built in the graph
-    that calls flex_attention made the CUDA kernel fault (illegal memory access, torch 2.11, bench/RESULTS.md),
-    and most of the skipped work is the causal triangle that every row shares. The tile lists come from an opaque
-    op (`visible_tiles`), like the mask the mod functions read (`laid_out`), so Inductor lowers flex with buffers
-    whose layout is fixed. `per_row=True` keeps one entry per batch row of the mask (each row's own padding
-    skipped): off unless plan.DENSE_FLEX_PER_ROW says otherwise."""
+    `per_row=True` (the rewrite's default, plan.DENSE_FLEX_PER_ROW) keeps one entry per batch row of the mask, so
+    each row also skips its own padding; False, one entry for the whole batch (B = H = 1): the tiles every row
+    hides. The tile lists come from an opaque op (`visible_tiles`), like the mask the mod functions read
+    (`laid_out`), so Inductor lowers flex with buffers whose layout is fixed: built in the graph, a per-row
+    BlockMask made torch 2.11's CUDA kernel fault (illegal memory access, bench/RESULTS.md)."""
     from torch.nn.attention.flex_attention import BlockMask, noop_mask
 
     keep = _four_d(mask)

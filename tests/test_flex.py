@@ -207,6 +207,34 @@ def test_inductor_cpu_forward(padded):
     assert_close_outputs(out, ref, tol=1e-4)
 
 
+def test_band_tile_lists_reach_the_compiler_as_one_opaque_op():
+    """The band's tile lists are one opaque op in the graph the downstream compiler gets, with no sort of ours:
+    traced, their argsort became a Triton sort network whose compile time grew with the sequence length. (The
+    sorts left are BlockMask's own transposes into q lists, which torch marks to run in ATen.)"""
+    from torch._functorch.aot_autograd import aot_module_simplified
+
+    graphs = []
+
+    def downstream(gm, example_inputs):
+        def keep(graph, _):
+            graphs.append(graph)
+            return graph
+        return aot_module_simplified(gm, example_inputs, fw_compiler=keep)
+
+    torch.manual_seed(0)
+    model = gemma2()
+    ids, _ = _ids_and_mask(False)
+    reports = []
+    with torch.no_grad():
+        out = torch.compile(model, backend="sdpa_rewrite",
+                            options={"downstream": downstream, "report": reports.append})(ids).logits
+        assert_close_outputs(out, model(ids).logits)
+    nodes = [n for g in graphs for n in g.graph.nodes if n.op == "call_function"]
+    assert "sdpa_rewrite.band_tiles.default" in [str(n.target) for n in nodes]
+    compiled_sorts = [n for n in nodes if "sort" in str(n.target) and not n.meta.get("custom", {}).get("fallback_to_eager")]
+    assert not compiled_sorts, "only torch's own q-list transposes sort, and torch keeps those in ATen"
+
+
 @pytest.mark.parametrize("downstream", ["eager", "aot_eager"])
 def test_dynamic_shapes(downstream):
     """dynamic=True: one graph for every length. The soft-cap read from a module attribute becomes a symbolic
