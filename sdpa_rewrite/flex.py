@@ -9,6 +9,7 @@ the identical calls).
 """
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Optional
 
@@ -24,26 +25,20 @@ def band_block_mask(L: int, S: int, lo: int, hi: Optional[int], device: torch.de
     """The BlockMask of `lo <= i - j <= hi` (hi None: no upper bound) over an (L, S) grid, built from the block
     grid alone (`band_tiles`): no L×S mask is ever materialised (create_block_mask would evaluate every
     position)."""
-    from torch.nn.attention.flex_attention import BlockMask
-
     def mask_mod(b, h, q_idx, kv_idx):
         d = q_idx - kv_idx
         keep = d >= lo
         return keep & (d <= hi) if hi is not None else keep
 
-    kv_num, kv_idx, full_num, full_idx = torch.ops.sdpa_rewrite.band_tiles(L, S, lo, hi, device)
-    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=BLOCK, mask_mod=mask_mod,
-                                    seq_lengths=(L, S))
+    return _block_mask(L, S, torch.ops.sdpa_rewrite.band_tiles(L, S, lo, hi, device), mask_mod)
 
 
 @torch.library.custom_op("sdpa_rewrite::band_tiles", mutates_args=())
-def band_tiles(L: int, S: int, lo: int, hi: Optional[int], device: torch.device) -> tuple[
-        torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(partial count, partial indices, full count, full indices) of the band's (1, 1, L/BLOCK, S/BLOCK) tile
-    grid: a tile is full, partial or empty by the extreme values of i - j over it. Opaque to the compiler on
-    purpose: traced, the kv lists' argsort became a Triton sort network whose compile time grows with S/BLOCK
-    (Mistral-like, S16384: 57 s of a 71 s first call, torch 2.11, bench/RESULTS.md); here it is one ATen argsort
-    a forward, on a grid of (S/128)² elements."""
+def band_tiles(L: int, S: int, lo: int, hi: Optional[int], device: torch.device) -> list[torch.Tensor]:
+    """The tile lists (`_tile_lists`) of the band's (1, 1, L/BLOCK, S/BLOCK) grid: a tile is full, partial or
+    empty by the extreme values of i - j over it. Opaque to the compiler on purpose: traced, the lists' argsort
+    became Triton sort networks whose compile time grows with S/BLOCK (Mistral-like, S16384: 57 s of a 71 s first
+    call, torch 2.11, bench/RESULTS.md); here it is ATen's argsort at run time, on grids of (S/128)² elements."""
     nq, nk = -(-L // BLOCK), -(-S // BLOCK)
     q_first = torch.arange(nq, device=device) * BLOCK
     k_first = torch.arange(nk, device=device) * BLOCK
@@ -57,15 +52,12 @@ def band_tiles(L: int, S: int, lo: int, hi: Optional[int], device: torch.device)
         full = full & (d_max <= hi)
         empty = empty | (d_min > hi)
     partial = ~full & ~empty
-    return (*_ordered(partial[None, None]), *_ordered(full[None, None]))
+    return _tile_lists(partial[None, None], full[None, None])
 
 
 @band_tiles.register_fake
 def _(L: int, S: int, lo: int, hi: Optional[int], device: torch.device):
-    nq, nk = -(-L // BLOCK), -(-S // BLOCK)
-    count = torch.empty((1, 1, nq), dtype=torch.int32, device=device)
-    order = torch.empty((1, 1, nq, nk), dtype=torch.int32, device=device)
-    return count, order, torch.empty_like(count), torch.empty_like(order)
+    return _tile_lists_like(1, -(-L // BLOCK), -(-S // BLOCK), device)
 
 
 def dense_block_mask(mask: torch.Tensor, L: int, S: int, per_row: bool = False):
@@ -81,20 +73,17 @@ def dense_block_mask(mask: torch.Tensor, L: int, S: int, per_row: bool = False):
     hides. The tile lists come from an opaque op (`visible_tiles`), like the mask the mod functions read
     (`laid_out`), so Inductor lowers flex with buffers whose layout is fixed: built in the graph, a per-row
     BlockMask made torch 2.11's CUDA kernel fault (illegal memory access, bench/RESULTS.md)."""
-    from torch.nn.attention.flex_attention import BlockMask, noop_mask
+    from torch.nn.attention.flex_attention import noop_mask
 
     keep = _four_d(mask)
-    kv_num, kv_idx, full_num, full_idx = torch.ops.sdpa_rewrite.visible_tiles(keep, L, S, per_row)
-    mask_mod = _reader(keep) if keep.dtype == torch.bool else noop_mask
-    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=BLOCK, mask_mod=mask_mod,
-                                    seq_lengths=(L, S))
+    lists = torch.ops.sdpa_rewrite.visible_tiles(keep, L, S, per_row)
+    return _block_mask(L, S, lists, _reader(keep) if keep.dtype == torch.bool else noop_mask)
 
 
 @torch.library.custom_op("sdpa_rewrite::visible_tiles", mutates_args=())
-def visible_tiles(keep: torch.Tensor, L: int, S: int, per_row: bool = False) -> tuple[torch.Tensor, torch.Tensor,
-                                                                                       torch.Tensor, torch.Tensor]:
-    """(partial count, partial indices, full count, full indices) of the (1, 1, L/BLOCK, S/BLOCK) tile grid of a
-    4-D mask, as dense_block_mask says ((B, 1, ...) with `per_row`)."""
+def visible_tiles(keep: torch.Tensor, L: int, S: int, per_row: bool = False) -> list[torch.Tensor]:
+    """The tile lists (`_tile_lists`) of the (1, 1, L/BLOCK, S/BLOCK) tile grid of a 4-D mask, as
+    dense_block_mask says ((B, 1, ...) with `per_row`)."""
     visible = keep if keep.dtype == torch.bool else keep > -MASKING
     visible = visible.expand(*visible.shape[:2], L, S)
     nq, nk = -(-L // BLOCK), -(-S // BLOCK)
@@ -109,15 +98,12 @@ def visible_tiles(keep: torch.Tensor, L: int, S: int, per_row: bool = False) -> 
         partial = seen & ~full
     else:
         full, partial = seen, torch.zeros_like(seen)
-    return (*_ordered(partial), *_ordered(full))
+    return _tile_lists(partial, full)
 
 
 @visible_tiles.register_fake
 def _(keep: torch.Tensor, L: int, S: int, per_row: bool = False):
-    nq, nk, rows = -(-L // BLOCK), -(-S // BLOCK), keep.shape[0] if per_row else 1
-    count = keep.new_empty((rows, 1, nq), dtype=torch.int32)
-    order = keep.new_empty((rows, 1, nq, nk), dtype=torch.int32)
-    return count, order, torch.empty_like(count), torch.empty_like(order)
+    return _tile_lists_like(keep.shape[0] if per_row else 1, -(-L // BLOCK), -(-S // BLOCK), keep.device)
 
 
 @torch.library.custom_op("sdpa_rewrite::laid_out", mutates_args=())
@@ -133,8 +119,53 @@ def _(mask: torch.Tensor):
     return torch.empty_like(mask)
 
 
+def _tile_lists(partial: torch.Tensor, full: torch.Tensor) -> list[torch.Tensor]:
+    """A BlockMask's eight lists from its (rows, 1, nq, nk) grids of partial and full tiles: (count, indices) of the
+    partial and full kv tiles of every query block, then of the partial and full query tiles of every kv block
+    (what the backward reads; BlockMask.from_kv_blocks would derive them by sorting inside the traced graph)."""
+    return [*_ordered(partial), *_ordered(full), *_ordered(partial.mT), *_ordered(full.mT)]
+
+
+def _tile_lists_like(rows: int, nq: int, nk: int, device) -> list[torch.Tensor]:
+    """Empty lists shaped as `_tile_lists`' are: the opaque ops' fake implementations."""
+    by_q = torch.empty((rows, 1, nq), dtype=torch.int32, device=device)
+    by_kv = torch.empty((rows, 1, nk), dtype=torch.int32, device=device)
+    kv_lists = torch.empty((rows, 1, nq, nk), dtype=torch.int32, device=device)
+    q_lists = torch.empty((rows, 1, nk, nq), dtype=torch.int32, device=device)
+    return [by_q, kv_lists, torch.empty_like(by_q), torch.empty_like(kv_lists),
+            by_kv, q_lists, torch.empty_like(by_kv), torch.empty_like(q_lists)]
+
+
+def _block_mask(L: int, S: int, lists, mask_mod):
+    """The BlockMask of `_tile_lists`' eight lists; on a torch whose BlockMask cannot take the q lists, of the kv
+    lists alone (it then derives the others)."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    kv_num, kv_idx, full_num, full_idx, q_num, q_idx, full_q_num, full_q_idx = lists
+    if not _TAKES_Q_LISTS:
+        return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=BLOCK, mask_mod=mask_mod,
+                                        seq_lengths=(L, S))
+    return BlockMask(seq_lengths=(L, S), kv_num_blocks=kv_num, kv_indices=kv_idx, full_kv_num_blocks=full_num,
+                     full_kv_indices=full_idx, q_num_blocks=q_num, q_indices=q_idx, full_q_num_blocks=full_q_num,
+                     full_q_indices=full_q_idx, BLOCK_SIZE=(BLOCK, BLOCK), mask_mod=mask_mod)
+
+
+def _takes_q_lists() -> bool:
+    try:
+        from torch.nn.attention.flex_attention import BlockMask
+    except ImportError:
+        return False
+    named = set(inspect.signature(BlockMask.__init__).parameters)
+    return {"seq_lengths", "kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices", "q_num_blocks",
+            "q_indices", "full_q_num_blocks", "full_q_indices", "BLOCK_SIZE", "mask_mod"} <= named
+
+
+_TAKES_Q_LISTS = _takes_q_lists()
+
+
 def _ordered(blocks: torch.Tensor) -> tuple:
-    """(count, indices) of the kept kv blocks of every query block, kept ones first: from_kv_blocks' layout."""
+    """(count, indices) of the kept tiles along the last dim, kept ones first, each in order: from_kv_blocks'
+    layout."""
     count = blocks.sum(-1).to(torch.int32)
     order = torch.argsort(blocks.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
     return count, order

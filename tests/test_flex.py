@@ -208,9 +208,9 @@ def test_inductor_cpu_forward(padded):
 
 
 def test_band_tile_lists_reach_the_compiler_as_one_opaque_op():
-    """The band's tile lists are one opaque op in the graph the downstream compiler gets, with no sort of ours:
-    traced, their argsort became a Triton sort network whose compile time grew with the sequence length. (The
-    sorts left are BlockMask's own transposes into q lists, which torch marks to run in ATen.)"""
+    """The band's tile lists, the q lists the backward reads among them, are one opaque op in the graph the
+    downstream compiler gets, with no sort: traced, their argsort became a Triton sort network whose compile time
+    grew with the sequence length."""
     from torch._functorch.aot_autograd import aot_module_simplified
 
     graphs = []
@@ -229,10 +229,28 @@ def test_band_tile_lists_reach_the_compiler_as_one_opaque_op():
         out = torch.compile(model, backend="sdpa_rewrite",
                             options={"downstream": downstream, "report": reports.append})(ids).logits
         assert_close_outputs(out, model(ids).logits)
-    nodes = [n for g in graphs for n in g.graph.nodes if n.op == "call_function"]
-    assert "sdpa_rewrite.band_tiles.default" in [str(n.target) for n in nodes]
-    compiled_sorts = [n for n in nodes if "sort" in str(n.target) and not n.meta.get("custom", {}).get("fallback_to_eager")]
-    assert not compiled_sorts, "only torch's own q-list transposes sort, and torch keeps those in ATen"
+    targets = [str(n.target) for g in graphs for n in g.graph.nodes if n.op == "call_function"]
+    assert "sdpa_rewrite.band_tiles.default" in targets
+    assert not [t for t in targets if "sort" in t], targets
+
+
+@pytest.mark.parametrize("build", ["band", "dense per row"])
+def test_block_mask_q_lists_are_the_transposed_kv_lists(build):
+    """The q lists the opaque ops hand over are exactly what BlockMask.from_kv_blocks derives from the kv lists
+    (tail tiles and per-row masks included)."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    from sdpa_rewrite.flex import dense_block_mask
+
+    if build == "band":
+        built = band_block_mask(300, 500, -200, None, torch.device("cpu"))
+    else:
+        keep = torch.rand(3, 1, 300, 420, generator=torch.Generator().manual_seed(0)) > 0.7
+        built = dense_block_mask(keep, 300, 420, per_row=True)
+    derived = BlockMask.from_kv_blocks(built.kv_num_blocks, built.kv_indices, built.full_kv_num_blocks,
+                                       built.full_kv_indices, BLOCK_SIZE=128, seq_lengths=built.seq_lengths)
+    for name in ("q_num_blocks", "q_indices", "full_q_num_blocks", "full_q_indices"):
+        assert torch.equal(getattr(built, name), getattr(derived, name)), name
 
 
 @pytest.mark.parametrize("downstream", ["eager", "aot_eager"])
