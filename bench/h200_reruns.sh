@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The H200 measurements of generate(), training steps, the largest batch, and their profiles, grouped so that each
 # part fits one device call (under 10 minutes, at most 8 files back under $OUT):
-#     PYTHONPATH=. bash bench/h200_reruns.sh N      (N = 1 ... 20; bench/RESULTS.md says which rows each part made;
-#                                                    parts 13 and 20 are the measurements not yet run)
+#     PYTHONPATH=. bash bench/h200_reruns.sh N      (N = 1 ... 21; bench/RESULTS.md says which rows each part made;
+#                                                    parts 13, 20 and 21 are the measurements not yet run)
 # Each part measures the backend beside its own baseline in the same process, so its ratios hold on whatever GPU
 # runs it. Parts that say `with_524` run under transformers 5.24, carried as a wheel in .whl/
 # (`pip download --no-deps transformers==5.24.0 -d .whl`; name .whl in the call's carry).
@@ -109,6 +109,11 @@ case "${1:-1}" in
         --forms sdpa_inductor,backend --reps 5 --budget-s 250
     run 280 flex_compile_gemma2w bench/flex_models.py gemma2w --shape 1x8192 --train-shape none \
         --forms sdpa_inductor,backend --reps 5 --budget-s 250 ;;
+21) # the first training step's compile since BlockMask's q lists come from the opaque ops too (torch 2.11 compiled
+    # their sort in training graphs), caches cold, beside transformers' flex path (part 16: 33.9 s against 44.4 s)
+    export TORCHINDUCTOR_FORCE_DISABLE_CACHES=1
+    run 300 flex_train_compile_mistralw bench/flex_models.py mistralw --shape none --train-shape 1x8192 \
+        --forms backend,flex_inductor --reps 5 --budget-s 270 ;;
 16) # Mistral-like training
     run 300 flex_train_mistralw bench/flex_models.py mistralw --shape none --train-shape 1x8192 \
         --forms eager_inductor,backend,flex_inductor --budget-s 270 ;;
