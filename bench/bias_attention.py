@@ -1,13 +1,16 @@
 """Attention alone with a position bias (ALiBi, T5-style) beside a causal mask: what SDPA costs reading the combined
 float mask, what FlexAttention costs reading the same tensor through its score_mod with the BlockMask of its
 visible tiles (the rewrite's dense-mask call, sdpa_rewrite.flex), and what flex costs computing ALiBi from the
-indices (reading no tensor: what a rule that reads the bias's algebra could give). This measurement decides
-whether a bias joins plan.py's dense-mask rule; until it runs, a bias stays an additive mask on SDPA.
+indices (reading no tensor: what a rule that reads the bias's algebra could give), and what flex costs reading
+ALiBi as Bloom lays it out, one row per head broadcast over the queries (what a rule for a bias constant along
+the query dim could give). The first run (bench/RESULTS.md) kept a bias an additive mask on SDPA.
 
     sdpa_causal        SDPA is_causal=True, no bias: the floor
     sdpa_bias          SDPA with the dense float mask: bias + (0 / finfo.min causal)
     flex_bias          flex, score_mod adding that dense mask, BlockMask of its visible tiles
     flex_alibi_index   flex, score_mod adding slope[h]·(kv − q), causal BlockMask (ALiBi only)
+    flex_alibi_keys    flex, score_mod reading an (H, S) tensor slope[h]·kv (Bloom's layout: softmax drops the
+                       row's shift −slope[h]·q), causal BlockMask (ALiBi only)
 
 Biases: `alibi` (Bloom's slopes, (1, H, L, S)), `t5` (a random (1, H, L, S) tensor standing for T5's bucketed
 table). Forward under no_grad and forward + backward (the bias itself without gradients), bf16, B4 H16 E128 by
@@ -29,7 +32,7 @@ from bench.attention_forms import time_forms
 from bench.timing import Record
 from sdpa_rewrite.flex import band_block_mask, dense_block_mask, flex_attention_site
 
-FORMS = ["sdpa_causal", "sdpa_bias", "flex_bias", "flex_alibi_index"]
+FORMS = ["sdpa_causal", "sdpa_bias", "flex_bias", "flex_alibi_index", "flex_alibi_keys"]
 
 
 def alibi_slopes(heads: int, device) -> torch.Tensor:
@@ -71,8 +74,20 @@ def attention(form: str, scale: float, heads: int, device):
         return flex_attention(q, k, v, score_mod=score_mod, block_mask=band_block_mask(L, S, 0, None, q.device),
                               scale=scale)
 
+    def flex_alibi_keys(q, k, v, mask):
+        from torch.nn.attention.flex_attention import flex_attention
+
+        L, S = q.shape[-2], k.shape[-2]
+        row = torch.ops.sdpa_rewrite.laid_out(slopes[:, None] * torch.arange(S, device=q.device))   # as the rewrite
+
+        def score_mod(score, b, h, q_idx, kv_idx):
+            return score + row[h, kv_idx]
+
+        return flex_attention(q, k, v, score_mod=score_mod, block_mask=band_block_mask(L, S, 0, None, q.device),
+                              scale=scale)
+
     fn = {"sdpa_causal": sdpa_causal, "sdpa_bias": sdpa_bias, "flex_bias": flex_bias,
-          "flex_alibi_index": flex_alibi_index}[form]
+          "flex_alibi_index": flex_alibi_index, "flex_alibi_keys": flex_alibi_keys}[form]
     return torch.compile(fn)
 
 
@@ -95,7 +110,7 @@ def main() -> None:
             g = torch.Generator(device).manual_seed(seq)
             q, k, v = (torch.randn(B, H, seq, E, device=device, dtype=dtype, generator=g) for _ in range(3))
             mask = bias_mask(kind, H, seq, dtype, device)
-            forms = [f for f in args.forms.split(",") if kind == "alibi" or f != "flex_alibi_index"]
+            forms = [f for f in args.forms.split(",") if kind == "alibi" or not f.startswith("flex_alibi")]
             rows += time_forms(forms, lambda form: attention(form, E ** -0.5, H, device),
                                lambda form: mask,  # noqa: B023
                                (q, k, v), ref_form="sdpa_bias", record=record, key={"S": seq, "bias": kind},

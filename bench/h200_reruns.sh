@@ -2,7 +2,8 @@
 # The H200 measurements of generate(), training steps, the largest batch, and their profiles, grouped so that each
 # part fits one device call (under 10 minutes, at most 8 files back under $OUT):
 #     PYTHONPATH=. bash bench/h200_reruns.sh N      (N = 1 ... 21; bench/RESULTS.md says which rows each part made;
-#                                                    parts 13, 20 and 21 are the measurements not yet run)
+#                                                    parts 13, 18 (its flex_alibi_keys form), 20 and 21
+#                                                    are the measurements not yet run)
 # Each part measures the backend beside its own baseline in the same process, so its ratios hold on whatever GPU
 # runs it. Parts that say `with_524` run under transformers 5.24, carried as a wheel in .whl/
 # (`pip download --no-deps transformers==5.24.0 -d .whl`; name .whl in the call's carry).
@@ -92,9 +93,10 @@ case "${1:-1}" in
     timeout 200 python bench/cuda_catalog.py > "$OUT/cuda_catalog.txt" 2>&1; tail -12 "$OUT/cuda_catalog.txt"
     timeout 60 python bench/cuda_masks.py > "$OUT/cuda_masks.txt" 2>&1; tail -8 "$OUT/cuda_masks.txt"
     run 280 whole_models bench/models.py gpt2 llama8 opt t5 --forms inductor_sdpa,backend_inductor --reps 20 ;;
-18) # ALiBi and a T5-style bias beside a causal mask: SDPA's dense float mask against flex reading it (and ALiBi
-    # from the indices); decides whether a bias joins plan.py's dense-mask rule
-    run 220 bias_attention bench/bias_attention.py --reps 10 --budget-s 190 ;;
+18) # ALiBi and a T5-style bias beside a causal mask: SDPA's dense float mask against flex reading it, ALiBi from the
+    # indices, and ALiBi read per key as Bloom lays it out (flex_alibi_keys, since the 2026-12-03 run): whether a bias
+    # constant along the query dim should go to flex
+    run 260 bias_attention bench/bias_attention.py --reps 10 --budget-s 230 ;;
 19) # a BlockMask entry per batch row inside models (plan.DENSE_FLEX_PER_ROW, the default since this part ran clean
     # on 2026-12-03) against one BlockMask for the whole batch (_flex_union), then native sdpa; whole model and each
     # layer alone
