@@ -64,27 +64,26 @@ def attention(form: str, scale: float, heads: int, device):
 
     slopes = alibi_slopes(heads, device)
 
-    def flex_alibi_index(q, k, v, mask):
+    def causal_flex(q, k, v, score_mod):
         from torch.nn.attention.flex_attention import flex_attention
-
-        def score_mod(score, b, h, q_idx, kv_idx):
-            return score + slopes[h] * (kv_idx - q_idx)
 
         L, S = q.shape[-2], k.shape[-2]
         return flex_attention(q, k, v, score_mod=score_mod, block_mask=band_block_mask(L, S, 0, None, q.device),
                               scale=scale)
 
-    def flex_alibi_keys(q, k, v, mask):
-        from torch.nn.attention.flex_attention import flex_attention
+    def flex_alibi_index(q, k, v, mask):
+        def score_mod(score, b, h, q_idx, kv_idx):
+            return score + slopes[h] * (kv_idx - q_idx)
 
-        L, S = q.shape[-2], k.shape[-2]
-        row = torch.ops.sdpa_rewrite.laid_out(slopes[:, None] * torch.arange(S, device=q.device))   # as the rewrite
+        return causal_flex(q, k, v, score_mod)
+
+    def flex_alibi_keys(q, k, v, mask):
+        row = torch.ops.sdpa_rewrite.laid_out(slopes[:, None] * torch.arange(k.shape[-2], device=q.device))
 
         def score_mod(score, b, h, q_idx, kv_idx):
             return score + row[h, kv_idx]
 
-        return flex_attention(q, k, v, score_mod=score_mod, block_mask=band_block_mask(L, S, 0, None, q.device),
-                              scale=scale)
+        return causal_flex(q, k, v, score_mod)
 
     fn = {"sdpa_causal": sdpa_causal, "sdpa_bias": sdpa_bias, "flex_bias": flex_bias,
           "flex_alibi_index": flex_alibi_index, "flex_alibi_keys": flex_alibi_keys}[form]
