@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The H200 measurements of generate(), training steps, the largest batch, and their profiles, grouped so that each
 # part fits one device call (under 10 minutes, at most 8 files back under $OUT):
-#     PYTHONPATH=. bash bench/h200_reruns.sh N      (N = 1 ... 21; bench/RESULTS.md says which rows each part made;
-#                                                    parts 13, 18 (its flex_alibi_keys form), 20 and 21
+#     PYTHONPATH=. bash bench/h200_reruns.sh N      (N = 1 ... 22; bench/RESULTS.md says which rows each part made;
+#                                                    parts 13, 18 (its flex_alibi_keys form), 20, 21 and 22
 #                                                    are the measurements not yet run)
 # Each part measures the backend beside its own baseline in the same process, so its ratios hold on whatever GPU
 # runs it. Parts that say `with_524` run under transformers 5.24, carried as a wheel in .whl/
@@ -83,11 +83,9 @@ case "${1:-1}" in
         --forms eager_inductor,backend,flex_inductor --budget-s 240
     run 270 flex_train_gptossw_bf16 bench/flex_models.py gptossw --shape none --train-shape 1x4096 --train-dtype bf16 \
         --forms eager_inductor,backend,flex_inductor --budget-s 240 ;;
-13) # forward and backward of the flex sites against an fp32 reference (bf16, fp16); gpt-oss-like training
-    # beside transformers' flex path (part 12 adds eager + Inductor and Gemma 2), then Mistral-like
-    run 200 cuda_flex bench/cuda_flex.py
-    run 330 flex_train_gptossw bench/flex_models.py gptossw --shape none --train-shape 1x4096 \
-        --forms backend,flex_inductor --budget-s 300 ;;
+13) # forward and backward of the flex sites against an fp32 reference in fp16 (the bf16 rows ran on 2026-12-03;
+    # the gpt-oss-like training step that used to follow is part 12's, with bf16 weights)
+    run 240 cuda_flex_fp16 bench/cuda_flex.py --dtypes float16 ;;
 17) # the catalog on CUDA (T5's position buckets and xglm's clamp since the last sweep), fully masked rows; the
     # whole-model forward rows that later changes must not regress (GPT-2 B8 S1024, Llama-style B4 S2048, OPT, T5)
     timeout 200 python bench/cuda_catalog.py > "$OUT/cuda_catalog.txt" 2>&1; tail -12 "$OUT/cuda_catalog.txt"
@@ -95,8 +93,13 @@ case "${1:-1}" in
     run 280 whole_models bench/models.py gpt2 llama8 opt t5 --forms inductor_sdpa,backend_inductor --reps 20 ;;
 18) # ALiBi and a T5-style bias beside a causal mask: SDPA's dense float mask against flex reading it, ALiBi from the
     # indices, and ALiBi read per key as Bloom lays it out (flex_alibi_keys, since the 2026-12-03 run): whether a bias
-    # constant along the query dim should go to flex
-    run 260 bias_attention bench/bias_attention.py --reps 10 --budget-s 230 ;;
+    # constant along the query dim should go to flex. `keys` runs only that question, beside its baselines
+    if [ "${2:-}" = keys ]; then
+        run 150 bias_attention_keys bench/bias_attention.py --biases alibi --reps 10 --budget-s 130 \
+            --forms sdpa_causal,sdpa_bias,flex_alibi_index,flex_alibi_keys
+    else
+        run 260 bias_attention bench/bias_attention.py --reps 10 --budget-s 230
+    fi ;;
 19) # a BlockMask entry per batch row inside models (plan.DENSE_FLEX_PER_ROW, the default since this part ran clean
     # on 2026-12-03) against one BlockMask for the whole batch (_flex_union), then native sdpa; whole model and each
     # layer alone
@@ -107,10 +110,15 @@ case "${1:-1}" in
 20) # compile time of the flex models since the band's tile lists became an opaque op (no Triton sort network),
     # caches cold, beside transformers' sdpa and flex paths; forward only
     export TORCHINDUCTOR_FORCE_DISABLE_CACHES=1
-    run 280 flex_compile_mistralw bench/flex_models.py mistralw --shape 1x16384 --train-shape none \
-        --forms sdpa_inductor,backend --reps 5 --budget-s 250
-    run 280 flex_compile_gemma2w bench/flex_models.py gemma2w --shape 1x8192 --train-shape none \
-        --forms sdpa_inductor,backend --reps 5 --budget-s 250 ;;
+    run 220 flex_compile_mistralw bench/flex_models.py mistralw --shape 1x16384 --train-shape none \
+        --forms sdpa_inductor,backend --reps 5 --budget-s 190
+    run 220 flex_compile_gemma2w bench/flex_models.py gemma2w --shape 1x8192 --train-shape none \
+        --forms sdpa_inductor,backend --reps 5 --budget-s 190 ;;
+22) # transformers' own flex path on the Mistral-like forward at S16384 (never run: the issue's anchor compiled it in
+    # 208 s), caches cold, beside its sdpa path
+    export TORCHINDUCTOR_FORCE_DISABLE_CACHES=1
+    run 420 flex_compile_mistralw_transformers bench/flex_models.py mistralw --shape 1x16384 --train-shape none \
+        --forms sdpa_inductor,flex_inductor --reps 5 --budget-s 150 ;;
 21) # the first training step's compile since BlockMask's q lists come from the opaque ops too (torch 2.11 compiled
     # their sort in training graphs), caches cold, beside transformers' flex path (part 16: 33.9 s against 44.4 s)
     export TORCHINDUCTOR_FORCE_DISABLE_CACHES=1
