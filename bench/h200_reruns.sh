@@ -85,7 +85,7 @@ case "${1:-1}" in
         --forms eager_inductor,backend,flex_inductor --budget-s 240 ;;
 13) # forward and backward of the flex sites against an fp32 reference in fp16 (the bf16 rows ran on 2026-12-03;
     # the gpt-oss-like training step that used to follow is part 12's, with bf16 weights)
-    run 240 cuda_flex_fp16 bench/cuda_flex.py --dtypes float16 ;;
+    run 170 cuda_flex_fp16 bench/cuda_flex.py --dtypes float16 ;;
 17) # the catalog on CUDA (T5's position buckets and xglm's clamp since the last sweep), fully masked rows; the
     # whole-model forward rows that later changes must not regress (GPT-2 B8 S1024, Llama-style B4 S2048, OPT, T5)
     timeout 200 python bench/cuda_catalog.py > "$OUT/cuda_catalog.txt" 2>&1; tail -12 "$OUT/cuda_catalog.txt"
@@ -117,7 +117,7 @@ case "${1:-1}" in
 22) # transformers' own flex path on the Mistral-like forward at S16384 (never run: the issue's anchor compiled it in
     # 208 s), caches cold, beside its sdpa path
     export TORCHINDUCTOR_FORCE_DISABLE_CACHES=1
-    run 420 flex_compile_mistralw_transformers bench/flex_models.py mistralw --shape 1x16384 --train-shape none \
+    run 400 flex_compile_mistralw_transformers bench/flex_models.py mistralw --shape 1x16384 --train-shape none \
         --forms sdpa_inductor,flex_inductor --reps 5 --budget-s 150 ;;
 21) # the first training step's compile since BlockMask's q lists come from the opaque ops too (torch 2.11 compiled
     # their sort in training graphs), caches cold, beside transformers' flex path (part 16: 33.9 s against 44.4 s)

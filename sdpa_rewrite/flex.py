@@ -165,10 +165,11 @@ _TAKES_Q_LISTS = _takes_q_lists()
 
 def _ordered(blocks: torch.Tensor) -> tuple:
     """(count, indices) of the kept tiles along the last dim, kept ones first, each in order: from_kv_blocks'
-    layout."""
+    layout. Contiguous, as the fake implementations say: argsort keeps a transposed grid's strides, and Inductor
+    asserts an opaque op's strides where its output is read (flex's backward reads the q lists)."""
     count = blocks.sum(-1).to(torch.int32)
     order = torch.argsort(blocks.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
-    return count, order
+    return count.contiguous(), order.contiguous()
 
 
 def band(L: int, S: int, causal: str, window: Optional[tuple]) -> tuple:

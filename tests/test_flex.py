@@ -234,6 +234,19 @@ def test_band_tile_lists_reach_the_compiler_as_one_opaque_op():
     assert not [t for t in targets if "sort" in t], targets
 
 
+@pytest.mark.parametrize("op, args", [
+    ("band_tiles", (300, 520, 0, None, torch.device("cpu"))),
+    ("band_tiles", (2048, 2048, -64, 200, torch.device("cpu"))),
+    ("visible_tiles", (torch.rand(2, 1, 300, 520) > 0.3, 300, 520, True)),
+    ("visible_tiles", (torch.rand(1, 1, 256, 384) - 0.5, 256, 384, False)),
+    ("laid_out", (torch.rand(2, 1, 8, 8).mT,)),
+])
+def test_opaque_ops_fake_implementations_match_their_outputs(op, args):
+    """Each opaque op's fake says the shapes, dtypes and strides its outputs really have: Inductor asserts them
+    where an output is read (a transposed grid's argsort once broke flex's compiled backward on the GPU)."""
+    torch.library.opcheck(getattr(torch.ops.sdpa_rewrite, op).default, args)
+
+
 @pytest.mark.parametrize("build", ["band", "dense per row"])
 def test_block_mask_q_lists_are_the_transposed_kv_lists(build):
     """The q lists the opaque ops hand over are exactly what BlockMask.from_kv_blocks derives from the kv lists
