@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The H200 measurements of generate(), training steps, the largest batch, and their profiles, grouped so that each
 # part fits one device call (under 10 minutes, at most 8 files back under $OUT):
-#     PYTHONPATH=. bash bench/h200_reruns.sh N      (N = 1 ... 22; bench/RESULTS.md says which rows each part made;
+#     PYTHONPATH=. bash bench/h200_reruns.sh N      (N = 1 ... 23; bench/RESULTS.md says which rows each part made;
 #                                                    parts 13, 18 (its flex_alibi_keys form), 20, 21 and 22
 #                                                    are the measurements not yet run)
 # Each part measures the backend beside its own baseline in the same process, so its ratios hold on whatever GPU
@@ -124,6 +124,14 @@ case "${1:-1}" in
     export TORCHINDUCTOR_FORCE_DISABLE_CACHES=1
     run 300 flex_train_compile_mistralw bench/flex_models.py mistralw --shape none --train-shape 1x8192 \
         --forms backend,flex_inductor --reps 5 --budget-s 270 ;;
+23) # the band's tile lists as traced tensor ops without a sort (the opaque op of parts 20-22 cost ~0.8 ms of launches
+    # a forward): ALiBi read per key beside its baselines, then the backend's forward with caches cold (its
+    # baselines: parts 20 and 22)
+    bash "$0" 18 keys
+    export TORCHINDUCTOR_FORCE_DISABLE_CACHES=1
+    run 90 flex_traced_gemma2w bench/flex_models.py gemma2w --shape 1x8192 --train-shape none --forms backend --reps 10
+    run 100 flex_traced_mistralw bench/flex_models.py mistralw --shape 1x16384 --train-shape none --forms backend \
+        --reps 10 ;;
 16) # Mistral-like training
     run 300 flex_train_mistralw bench/flex_models.py mistralw --shape none --train-shape 1x8192 \
         --forms eager_inductor,backend,flex_inductor --budget-s 270 ;;

@@ -30,15 +30,13 @@ def band_block_mask(L: int, S: int, lo: int, hi: Optional[int], device: torch.de
         keep = d >= lo
         return keep & (d <= hi) if hi is not None else keep
 
-    return _block_mask(L, S, torch.ops.sdpa_rewrite.band_tiles(L, S, lo, hi, device), mask_mod)
+    return _block_mask(L, S, band_tiles(L, S, lo, hi, device), mask_mod)
 
 
-@torch.library.custom_op("sdpa_rewrite::band_tiles", mutates_args=())
 def band_tiles(L: int, S: int, lo: int, hi: Optional[int], device: torch.device) -> list[torch.Tensor]:
     """The tile lists (`_tile_lists`) of the band's (1, 1, L/BLOCK, S/BLOCK) grid: a tile is full, partial or
-    empty by the extreme values of i - j over it. Opaque to the compiler on purpose: traced, the lists' argsort
-    became Triton sort networks whose compile time grows with S/BLOCK (Mistral-like, S16384: 57 s of a 71 s first
-    call, torch 2.11, bench/RESULTS.md); here it is ATen's argsort at run time, on grids of (S/128)² elements."""
+    empty by the extreme values of i - j over it. Traced into the graph, where Inductor fuses it into a few
+    kernels once a forward: no sort among them (`_ordered`)."""
     nq, nk = -(-L // BLOCK), -(-S // BLOCK)
     q_first = torch.arange(nq, device=device) * BLOCK
     k_first = torch.arange(nk, device=device) * BLOCK
@@ -53,11 +51,6 @@ def band_tiles(L: int, S: int, lo: int, hi: Optional[int], device: torch.device)
         empty = empty | (d_min > hi)
     partial = ~full & ~empty
     return _tile_lists(partial[None, None], full[None, None])
-
-
-@band_tiles.register_fake
-def _(L: int, S: int, lo: int, hi: Optional[int], device: torch.device):
-    return _tile_lists_like(1, -(-L // BLOCK), -(-S // BLOCK), device)
 
 
 def dense_block_mask(mask: torch.Tensor, L: int, S: int, per_row: bool = False):
@@ -127,7 +120,7 @@ def _tile_lists(partial: torch.Tensor, full: torch.Tensor) -> list[torch.Tensor]
 
 
 def _tile_lists_like(rows: int, nq: int, nk: int, device) -> list[torch.Tensor]:
-    """Empty lists shaped as `_tile_lists`' are: the opaque ops' fake implementations."""
+    """Empty lists shaped as `_tile_lists`' are: `visible_tiles`' fake implementation."""
     by_q = torch.empty((rows, 1, nq), dtype=torch.int32, device=device)
     by_kv = torch.empty((rows, 1, nk), dtype=torch.int32, device=device)
     kv_lists = torch.empty((rows, 1, nq, nk), dtype=torch.int32, device=device)
@@ -165,11 +158,16 @@ _TAKES_Q_LISTS = _takes_q_lists()
 
 def _ordered(blocks: torch.Tensor) -> tuple:
     """(count, indices) of the kept tiles along the last dim, kept ones first, each in order: from_kv_blocks'
-    layout. Contiguous, as the fake implementations say: argsort keeps a transposed grid's strides, and Inductor
-    asserts an opaque op's strides where its output is read (flex's backward reads the q lists)."""
-    count = blocks.sum(-1).to(torch.int32)
-    order = torch.argsort(blocks.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
-    return count.contiguous(), order.contiguous()
+    layout. A stable partition by running counts, not a sort: traced, an argsort became Triton sort networks whose
+    compile time grows with S/BLOCK (Mistral-like, S16384: 57 s of a 71 s first call, torch 2.11, bench/RESULTS.md),
+    and run in ATen it cost ~0.8 ms of launches a forward. Contiguous, as `_tile_lists_like` says."""
+    kept = blocks.to(torch.int64)
+    before = kept.cumsum(-1) - kept                 # kept tiles left of each one
+    count = kept.sum(-1)
+    index = torch.arange(blocks.shape[-1], device=blocks.device).expand_as(kept)
+    slot = torch.where(blocks, before, count[..., None] + index - before)
+    order = torch.zeros_like(kept).scatter(-1, slot, index)
+    return count.to(torch.int32).contiguous(), order.to(torch.int32).contiguous()
 
 
 def band(L: int, S: int, causal: str, window: Optional[tuple]) -> tuple:

@@ -207,10 +207,10 @@ def test_inductor_cpu_forward(padded):
     assert_close_outputs(out, ref, tol=1e-4)
 
 
-def test_band_tile_lists_reach_the_compiler_as_one_opaque_op():
-    """The band's tile lists, the q lists the backward reads among them, are one opaque op in the graph the
-    downstream compiler gets, with no sort: traced, their argsort became a Triton sort network whose compile time
-    grew with the sequence length."""
+def test_band_tile_lists_reach_the_compiler_without_a_sort():
+    """The band's tile lists, the q lists the backward reads among them, reach the downstream compiler as plain
+    tensor ops with no sort: a traced argsort became a Triton sort network whose compile time grew with the
+    sequence length, and an opaque op cost its launches at run time."""
     from torch._functorch.aot_autograd import aot_module_simplified
 
     graphs = []
@@ -230,13 +230,24 @@ def test_band_tile_lists_reach_the_compiler_as_one_opaque_op():
                             options={"downstream": downstream, "report": reports.append})(ids).logits
         assert_close_outputs(out, model(ids).logits)
     targets = [str(n.target) for g in graphs for n in g.graph.nodes if n.op == "call_function"]
-    assert "sdpa_rewrite.band_tiles.default" in targets
-    assert not [t for t in targets if "sort" in t], targets
+    assert "aten.cumsum.default" in targets
+    assert not [t for t in targets if "sort" in t or "band_tiles" in t], targets
+
+
+@pytest.mark.parametrize("width", [1, 5, 64, 300])
+def test_tile_order_is_a_stable_descending_argsort(width):
+    """`_ordered` lays out a grid's kept tiles as from_kv_blocks does (a stable descending argsort), without one."""
+    from sdpa_rewrite.flex import _ordered
+
+    grid = torch.rand(3, 2, 7, width, generator=torch.Generator().manual_seed(width)) > 0.6
+    count, order = _ordered(grid)
+    assert torch.equal(count, grid.sum(-1).to(torch.int32))
+    assert torch.equal(order, torch.argsort(grid.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32))
+    count_t, order_t = _ordered(grid.mT)
+    assert order_t.is_contiguous() and count_t.is_contiguous()
 
 
 @pytest.mark.parametrize("op, args", [
-    ("band_tiles", (300, 520, 0, None, torch.device("cpu"))),
-    ("band_tiles", (2048, 2048, -64, 200, torch.device("cpu"))),
     ("visible_tiles", (torch.rand(2, 1, 300, 520) > 0.3, 300, 520, True)),
     ("visible_tiles", (torch.rand(1, 1, 256, 384) - 0.5, 256, 384, False)),
     ("laid_out", (torch.rand(2, 1, 8, 8).mT,)),
@@ -249,7 +260,7 @@ def test_opaque_ops_fake_implementations_match_their_outputs(op, args):
 
 @pytest.mark.parametrize("build", ["band", "dense per row"])
 def test_block_mask_q_lists_are_the_transposed_kv_lists(build):
-    """The q lists the opaque ops hand over are exactly what BlockMask.from_kv_blocks derives from the kv lists
+    """The q lists the tile lists hand over are exactly what BlockMask.from_kv_blocks derives from the kv lists
     (tail tiles and per-row masks included)."""
     from torch.nn.attention.flex_attention import BlockMask
 
