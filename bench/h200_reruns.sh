@@ -2,8 +2,8 @@
 # The H200 measurements of generate(), training steps, the largest batch, and their profiles, grouped so that each
 # part fits one device call (under 10 minutes, at most 8 files back under $OUT):
 #     PYTHONPATH=. bash bench/h200_reruns.sh N      (N = 1 ... 23; bench/RESULTS.md says which rows each part made;
-#                                                    parts 13, 18 (its flex_alibi_keys form), 20, 21 and 22
-#                                                    are the measurements not yet run)
+#                                                    part 23's Mistral-like row and part 21 since the
+#                                                    tile lists are traced are the measurements not yet run)
 # Each part measures the backend beside its own baseline in the same process, so its ratios hold on whatever GPU
 # runs it. Parts that say `with_524` run under transformers 5.24, carried as a wheel in .whl/
 # (`pip download --no-deps transformers==5.24.0 -d .whl`; name .whl in the call's carry).
