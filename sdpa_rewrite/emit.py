@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from .find import Attention
 from .flex import band, band_block_mask, dense_block_mask, flex_attention_site
+from .kernel import dtype_at_call
 from .masks import MASKING
 from .plan import Plan
 from .sinks import with_sink_keys
@@ -51,6 +52,14 @@ def heads_dim(mask: torch.Tensor) -> torch.Tensor:
     return torch.atleast_2d(mask).unsqueeze(-3)
 
 
+def _autocast_casts_to(att: Attention, dt: torch.dtype) -> bool:
+    """Autocast runs the call in `dt` (an fp32 q under bf16 autocast: Llama's and Gemma's RoPE upcast it): V in `dt`
+    then needs no upcast, which autocast would only cast back, and whose fp32 copy and gradient a training step
+    would keep."""
+    value = meta_value(att.q.node)
+    return isinstance(value, torch.Tensor) and dtype_at_call(att, value.device) == dt
+
+
 def emit(gm: fx.GraphModule, att: Attention, plan: Plan = Plan("sdpa")) -> fx.Node:
     """Splice the call `plan` chose for `att` (SDPA, SDPA with sink keys, or FlexAttention) into the graph."""
     g = gm.graph
@@ -63,7 +72,7 @@ def emit(gm: fx.GraphModule, att: Attention, plan: Plan = Plan("sdpa")) -> fx.No
                 q = b.method("to", q, att.compute_dtype)
         k = b.operand(att.k, att.batch, att.gqa, att)
         v = b.operand(att.v, att.batch, att.gqa)
-        if dtype(att.v.node) != att.compute_dtype:
+        if dtype(att.v.node) != att.compute_dtype and not _autocast_casts_to(att, dtype(att.v.node)):
             v = b.method("to", v, att.compute_dtype)
         mask = None if plan.band else _mask(b, att)    # a band goes to flex as a BlockMask, the dense mask unread
         seen_rows = None                   # query rows to keep; the others see no key and get zeros (eager: NaN)
