@@ -54,8 +54,8 @@ def heads_dim(mask: torch.Tensor) -> torch.Tensor:
 
 def _autocast_casts_to(att: Attention, dt: torch.dtype) -> bool:
     """Autocast runs the call in `dt` (an fp32 q under bf16 autocast: Llama's and Gemma's RoPE upcast it): V in `dt`
-    then needs no upcast, which autocast would only cast back, and whose fp32 copy and gradient a training step
-    would keep."""
+    then needs no upcast: autocast would only cast it back, and a training step would pay for its fp32 copy and
+    its fp32 gradient."""
     value = meta_value(att.q.node)
     return isinstance(value, torch.Tensor) and dtype_at_call(att, value.device) == dt
 

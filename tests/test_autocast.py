@@ -41,6 +41,8 @@ def _casts_to_fp32(node) -> int:
 
 @pytest.mark.parametrize("inner", [False, True], ids=["autocast-around-the-compile", "autocast-in-the-graph"])
 def test_value_is_not_upcast_where_autocast_runs_the_call_in_its_dtype(inner):
+    """Autocast around the compiled call or inside the graph: SDPA gets V as it is (bf16), and the output equals
+    eager's under the same autocast within bf16 rounding."""
     graphs = []
 
     def downstream(gm, example_inputs):
