@@ -47,8 +47,8 @@ DENSE_FLEX_MIN = 2048
 # The dense mask's BlockMask with an entry per batch row, so each row skips its own padding too, not only what the
 # rows share: on the H200 (bench/RESULTS.md), against one BlockMask for the batch, attention alone ran 1.34-1.44x
 # faster and a left-padded Llama-style forward 1.06-1.12x (whole model, B2 and B4 S4096; 1.17-1.20x native sdpa)
-# and 1.06x (each layer alone), with no fault since the tile lists come from an opaque op. False keeps one BlockMask for the whole batch (bench/'s
-# `_flex_union` forms).
+# and 1.06x (each layer alone), with no fault since the tile lists come from an opaque op. False keeps one
+# BlockMask for the whole batch (bench/'s `_flex_union` forms).
 DENSE_FLEX_PER_ROW = True
 
 
