@@ -1,6 +1,8 @@
 """CUDA check of the FlexAttention target and attention sinks, forward and backward, compiled by Inductor:
-every catalog entry with soft-capping, sinks (gpt-oss's column, Granite SWA's log-sum-exp) or a sliding window,
-and tiny transformers Gemma 2 / gpt-oss / Mistral / Cohere 2 (window 6, S 16 and 48, padded and unpadded), in bf16 and fp16.
+every catalog entry with soft-capping, sinks (gpt-oss's column, Granite SWA's log-sum-exp), a sliding window or
+ALiBi built in the graph, and tiny transformers Gemma 2 / gpt-oss / Mistral / Cohere 2 (window 6) and Bloom / MPT
+(ALiBi; S 16 and 48, padded and unpadded), in bf16 and fp16. ALiBi's rows go to flex at any length here
+(plan.KEY_ROW_FLEX_MIN lowered), so that the tiny cases reach the rule.
 
 Each row compares the backend and the model's eager run in the same dtype against an fp32 eager reference: the
 rewrite is within rounding when its error is of the order of eager's own. Gradients are those of a loss over the
@@ -8,7 +10,7 @@ real tokens (padding queries' outputs weigh 0, as in training: on rows that see 
 terms its own rounding removed from the forward, the backend does not). Prints a table; exits 1 when an
 output or gradient error exceeds 4x eager's own (plus 1e-3), or a site that should be flex is not.
 
-    PYTHONPATH=. python bench/cuda_flex.py [--json rows.json]
+    PYTHONPATH=. python bench/cuda_flex.py [--json rows.json] [--dtypes bfloat16,float16] [--cases alibi/,bloom]
 """
 from __future__ import annotations
 
@@ -24,9 +26,11 @@ from tabulate import tabulate
 
 import sdpa_rewrite  # noqa: F401  (registers the backend)
 from patterns import all_entries
+from sdpa_rewrite import plan
 
 warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
-FAMILIES = ("gemma2/", "gpt_oss/", "granite_swa/", "masks/sliding_window")
+FAMILIES = ("gemma2/", "gpt_oss/", "granite_swa/", "masks/sliding_window", "alibi/")
+TINY = ("gemma2", "gpt_oss", "mistral", "cohere2", "bloom", "mpt")
 
 
 def rel(a, b):
@@ -98,8 +102,13 @@ def tiny(name, window=6):
                                         num_experts_per_tok=4, **common)     # every expert: no routing flips
     elif name == "mistral":
         cfg = transformers.MistralConfig(intermediate_size=128, **common)
-    else:
+    elif name == "cohere2":
         cfg = transformers.Cohere2Config(intermediate_size=128, **common)
+    elif name == "bloom":
+        cfg = transformers.BloomConfig(n_layer=2, hidden_size=64, n_head=4, vocab_size=128, attn_implementation="eager")
+    else:
+        cfg = transformers.MptConfig(n_layers=2, d_model=64, n_heads=4, vocab_size=128, max_seq_len=64,
+                                     attn_implementation="eager")
     torch.manual_seed(0)
     return transformers.AutoModelForCausalLM.from_config(cfg).train(False)
 
@@ -108,8 +117,14 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--json")
     parser.add_argument("--dtypes", default="bfloat16,float16")
+    parser.add_argument("--cases", default="", help="comma-separated name prefixes of the cases to run (default all)")
     args = parser.parse_args()
     rows = []
+
+    def chosen(name):
+        return not args.cases or name.startswith(tuple(args.cases.split(",")))
+
+    plan.KEY_ROW_FLEX_MIN = plan.KEY_ROW_FLEX_MIN_TRAIN = 1
 
     def record(name, dt, row):
         row = {"case": name, "dtype": str(dt).replace("torch.", ""), **row}
@@ -120,10 +135,10 @@ def main():
 
     for dt in [getattr(torch, d) for d in args.dtypes.split(",")]:
         for e in all_entries():
-            if e.near_miss or not e.name.startswith(FAMILIES):
+            if e.near_miss or not e.name.startswith(FAMILIES) or not chosen(e.name):
                 continue
             record(e.name, dt, run_one(e.module, e.inputs(), dt))
-        for name in ("gemma2", "gpt_oss", "mistral", "cohere2"):
+        for name in (n for n in TINY if chosen(n)):
             for seq, padded in ((16, False), (48, True)):
                 ids = torch.randint(0, 128, (2, seq), generator=torch.Generator().manual_seed(0))
                 mask = torch.ones(2, seq, dtype=torch.long)

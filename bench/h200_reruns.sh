@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # The H200 measurements of generate(), training steps, the largest batch, and their profiles, grouped so that each
 # part fits one device call (under 10 minutes, at most 8 files back under $OUT):
-#     PYTHONPATH=. bash bench/h200_reruns.sh N      (N = 1 ... 23; bench/RESULTS.md says which rows each part made;
-#                                                    part 23's Mistral-like row and part 21 since the
-#                                                    tile lists are traced are the measurements not yet run)
+#     PYTHONPATH=. bash bench/h200_reruns.sh N      (N = 1 ... 26; bench/RESULTS.md says which rows each part made,
+#                                                    and under "Not measured" which are still to run)
 # Each part measures the backend beside its own baseline in the same process, so its ratios hold on whatever GPU
 # runs it. Parts that say `with_524` run under transformers 5.24, carried as a wheel in .whl/
 # (`pip download --no-deps transformers==5.24.0 -d .whl`; name .whl in the call's carry).
@@ -132,6 +131,20 @@ case "${1:-1}" in
     run 90 flex_traced_gemma2w bench/flex_models.py gemma2w --shape 1x8192 --train-shape none --forms backend --reps 10
     run 100 flex_traced_mistralw bench/flex_models.py mistralw --shape 1x16384 --train-shape none --forms backend \
         --reps 10 ;;
+24) # ALiBi read as rows along the keys (key_rows.py): first the CUDA check of the rows on flex, forward and backward
+    # (catalog entries, tiny Bloom and MPT); then a Bloom-like model's forward and training step, the backend beside its
+    # SDPA-only form (the dense bias) and eager + Inductor (transformers' Bloom has no sdpa or flex path)
+    run 150 cuda_flex_alibi bench/cuda_flex.py --cases alibi/,bloom,mpt
+    run 300 alibi_bloomw bench/flex_models.py bloomw --shape 1x8192 --train-shape 1x4096 \
+        --forms eager_inductor,backend_sdpa,backend --budget-s 270 ;;
+26) # the Bloom-like model twice as long: forward at S16384, training step at S8192, the backend beside its SDPA form
+    run 280 alibi_bloomw_long bench/flex_models.py bloomw --shape 1x16384 --train-shape 1x8192 \
+        --forms backend_sdpa,backend --budget-s 250 ;;
+25) # the Mistral-like forward with the band's tile lists traced (part 23's row that the budget cut), then part 21
+    export TORCHINDUCTOR_FORCE_DISABLE_CACHES=1
+    run 110 flex_traced_mistralw bench/flex_models.py mistralw --shape 1x16384 --train-shape none --forms backend \
+        --reps 10
+    bash "$0" 21 ;;
 16) # Mistral-like training
     run 300 flex_train_mistralw bench/flex_models.py mistralw --shape none --train-shape 1x8192 \
         --forms eager_inductor,backend,flex_inductor --budget-s 270 ;;

@@ -11,6 +11,7 @@
     mistralw Mistral-like         4 layers, d2048, 16 heads / 4 kv heads, window 4096, vocab 32000
     gptossw gpt-oss-like          4 layers, d2048, 32 heads / 8 kv heads, head dim 64, sinks, window 128 on every
                                   other layer, 4 experts all active (no bf16 routing flips), vocab 32000
+    bloomw  Bloom-like            4 layers, d2048, 16 heads, ALiBi (one row of key offsets per head), vocab 32000
 
 `tiny=True` shrinks every model to 2 layers and width 64 so a script can be checked on a CPU first.
 """
@@ -95,6 +96,12 @@ def _gptossw(impl, tiny):
                                      max_position_embeddings=32768, attn_implementation=impl)
 
 
+def _bloomw(impl, tiny):
+    size = (dict(n_layer=2, hidden_size=64, n_head=4, vocab_size=512) if tiny else
+            dict(n_layer=4, hidden_size=2048, n_head=16, vocab_size=32000))
+    return transformers.BloomConfig(**size, attn_implementation=impl)
+
+
 MODELS = {
     "gpt2": Entry("GPT-2 124M", _gpt2, False, ((1, 1024), (8, 1024))),
     "opt": Entry("OPT-350M-sized", _opt, False, ((1, 1024), (8, 1024))),
@@ -104,6 +111,7 @@ MODELS = {
     "gemma2w": Entry("Gemma2-like 4 layers, soft-cap 50, window 4096", _gemma2w, False, ((1, 8192),)),
     "mistralw": Entry("Mistral-like 4 layers, window 4096", _mistralw, False, ((1, 16384),)),
     "gptossw": Entry("gpt-oss-like 4 layers, sinks, window 128", _gptossw, False, ((1, 8192),)),
+    "bloomw": Entry("Bloom-like 4 layers, ALiBi", _bloomw, False, ((1, 8192),)),
 }
 
 

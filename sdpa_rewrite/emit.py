@@ -74,17 +74,20 @@ def emit(gm: fx.GraphModule, att: Attention, plan: Plan = Plan("sdpa")) -> fx.No
         v = b.operand(att.v, att.batch, att.gqa)
         if dtype(att.v.node) != att.compute_dtype and not _autocast_casts_to(att, dtype(att.v.node)):
             v = b.method("to", v, att.compute_dtype)
-        mask = None if plan.band else _mask(b, att)    # a band goes to flex as a BlockMask, the dense mask unread
+        if plan.key_rows:                              # flex: the rows for the score_mod, the rest a BlockMask
+            mask = _key_rows(b, att)
+        else:                                          # a band goes to flex as a BlockMask, the dense mask unread
+            mask = None if plan.band else _mask(b, att)
         seen_rows = None                   # query rows to keep; the others see no key and get zeros (eager: NaN)
-        if plan.band:
-            pass                                       # a causal band has no row without a key
+        if plan.band or plan.key_rows:
+            pass                                       # a causal band has no row without a key; rows hide none
         elif att.uniform_rows:
             q, mask = _uniform_rows(b, att, q, mask)
         elif att.empty_rows and _float_mask(att):
             q, mask, seen_rows = _absorbed_rows(b, att, q, mask)
         elif att.empty_rows:
             seen_rows = b.method("any", mask, -1, True)                # bool keep-mask: a row with a key
-        assert plan.band or (seen_rows is not None) == att.zeroes_rows
+        assert plan.band or plan.key_rows or (seen_rows is not None) == att.zeroes_rows
         kwargs = {"attn_mask": mask, "dropout_p": _dropout_p(b, att),
                   "is_causal": att.causal == "top-left", "scale": att.scale}
         if att.gqa > 1:
@@ -158,9 +161,9 @@ def _flex_call(b: "_Builder", att: Attention, plan: Plan, qkv: tuple, kwargs: di
     block, mask = None, kwargs["attn_mask"]
     L, S = att.q_shape[-2], att.k_shape[-2]
     if plan.band:
-        lo, hi = band(L, S, att.causal, att.verdict.window if att.verdict is not None else None)
+        lo, hi = band(L, S, *_band_of(att, plan))
         block = b.call(band_block_mask, L, S, lo, hi, meta_value(att.q.node).device)
-    elif mask is not None:                             # the mod functions read a copy Inductor can lower (flex.py)
+    if mask is not None:                               # the mod functions read a copy Inductor can lower (flex.py)
         mask = b.call(torch.ops.sdpa_rewrite.laid_out.default, mask)
     if plan.dense:
         block = b.call(dense_block_mask, mask, L, S, plan.per_row)
@@ -174,6 +177,34 @@ def _flex_call(b: "_Builder", att: Attention, plan: Plan, qkv: tuple, kwargs: di
     if att.lse_readers:
         flex_kwargs["lse"] = True
     return b.g.call_function(flex_attention_site, qkv, flex_kwargs)
+
+
+def _band_of(att: Attention, plan: Plan) -> tuple:
+    """(causal, window) of the band a BlockMask says: the site's, or the rest of a mask split into rows."""
+    verdict = att.key_rows.band if plan.key_rows else att.verdict
+    if plan.key_rows:
+        causal = {"causal": "top-left", "causal lower-right": "lower-right"}.get(verdict.kind, "")
+    else:
+        causal = att.causal
+    return causal, verdict.window if verdict is not None else None
+
+
+def _key_rows(b: "_Builder", att: Attention) -> fx.Node:
+    """Σ cᵢ·Rᵢ over the terms constant along the queries, laid out (..., 1, S) like the scores: what the score_mod
+    adds (key_rows.py)."""
+    final = tuple(att.top_shape[:-2]) + (1, att.top_shape[-1])
+    row = None
+    for term in att.key_rows.terms:
+        at = term.at or att.top_shape
+        x = term.node
+        if tuple(at[:-2]) != tuple(final[:-2]):        # regrouped like the scores (B·H <-> B, H)
+            x = b.method("reshape", b.method("expand", x, *at[:-2], 1, at[-1]), *final)
+        if term.coeff != 1:
+            x = b.call(operator.mul, x, term.coeff)
+        row = x if row is None else b.call(operator.add, row, x)
+    if any(dtype(t.node) != att.compute_dtype for t in att.key_rows.terms):
+        row = b.method("to", row, att.compute_dtype)
+    return row
 
 
 def _sink(b: "_Builder", att: Attention, lead: int) -> fx.Node:

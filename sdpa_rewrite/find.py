@@ -18,6 +18,7 @@ import torch.fx as fx
 
 from .bounds import never_minus_inf
 from .fold import Folder
+from .key_rows import KeyRows, key_rows
 from .masks import MASKING, Verdict, judge, mask_nodes
 from .scores import NoMatch, Operand, Scores, _regroups_batch, read_scores, read_value_einsum, scale_note
 from .scores import _single as single_use
@@ -86,6 +87,7 @@ class Attention:
     cap_factors: tuple = ()            # (('mul' | 'div', symbolic scalar node), ...) the cap also takes (dynamic=True)
     sink: Optional[fx.Node] = None     # sink logits (..., L, n): a column block per row that takes weight, no value
     lse_readers: tuple = ()            # logsumexp(S, -1) nodes beside the softmax: served by the kernel's log-sum-exp
+    key_rows: Optional[KeyRows] = None # a bias mask split into rows along the keys and a band (key_rows.py)
 
     @property
     def zeroes_rows(self) -> bool:
@@ -340,6 +342,9 @@ def _assemble(gm, node, top, sc: Scores, pv, p_node, drop, down, modules, folder
         sc = dataclasses.replace(sc, terms=(), fills=())
     elif verdict is not None and verdict.window is not None:     # flex may say it as a BlockMask instead
         folded = frozenset().union(*(folder.cone(n) for n in mask_nodes(sc)))
+    rows = key_rows(sc, top_shape, folder, top) if verdict is not None and verdict.kind == "bias" else None
+    if rows is not None:                                         # flex may read the rows and say the rest as a band
+        folded = frozenset().union(*(folder.cone(n) for n in rows.rest))
     if sc.clamp is not None and sc.fills:
         raise NoMatch("a masked fill under a max(S, finfo.min) clamp: fully masked rows would differ from eager")
     keep, absorbing, uniform = _classify_fills(sc, drop, cdt)
@@ -359,7 +364,7 @@ def _assemble(gm, node, top, sc: Scores, pv, p_node, drop, down, modules, folder
         qk_shape=tuple(sc.qk_shape), top_shape=top_shape, q_shape=qs, k_shape=ks, v_shape=vs, mask_kind=_mask_kind(sc, keep, absorbing, uniform),
         consumed=(node,) + down + sc.consumed, verdict=verdict, causal=causal, folded=folded, clamp=sc.clamp,
         mask_finite=not keep and (sc.clamp is not None or _finite_mask(sc.terms, absorbing, cdt, modules, gm)),
-        cap=sc.cap, cap_factors=sc.cap_factors, sink=sc.sink)
+        cap=sc.cap, cap_factors=sc.cap_factors, sink=sc.sink, key_rows=rows)
 
 
 

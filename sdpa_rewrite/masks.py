@@ -167,9 +167,10 @@ def _visible(sc: Scores, top_shape: tuple, values: dict) -> Optional[torch.Tenso
     return pattern[0]
 
 
-def visible_pattern(form: MaskForm, top_shape: tuple, vals: list) -> Optional[tuple]:
+def visible_pattern(form: MaskForm, top_shape: tuple, vals: list, masking: float = MASKING) -> Optional[tuple]:
     """(visible, is_mask): True where eager's softmax can give weight, and a 0-d tensor saying whether every
-    additive value is 0 or masking (read without a host sync); None when a fill is not a masking one."""
+    additive value is 0 or masking (at or below -`masking`; read without a host sync); None when a fill is not a
+    masking one."""
     additive = None
     for slot, coeff, factors, at in form.terms:
         x = vals[slot]
@@ -182,14 +183,14 @@ def visible_pattern(form: MaskForm, top_shape: tuple, vals: list) -> Optional[tu
         additive = x if additive is None else additive + x
     masked = None
     for slot, masked_when, value, terms_after, at in form.fills:
-        if not (value <= -MASKING) or terms_after:
+        if not (value <= -masking) or terms_after:
             return None
         cond = _laid_out(vals[slot].to(torch.bool), at, top_shape)
         m = cond if masked_when else ~cond
         masked = m if masked is None else masked | m
     if additive is not None:
         visible = additive == 0
-        is_mask = (visible | (additive <= -MASKING)).all()
+        is_mask = (visible | (additive <= -masking)).all()
         return (visible if masked is None else visible & ~masked), is_mask
     return ~masked, torch.ones((), dtype=torch.bool, device=masked.device)
 

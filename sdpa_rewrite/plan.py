@@ -1,6 +1,6 @@
 """Stage 4c, plan: decide what a found site calls — SDPA, or FlexAttention where SDPA cannot say it (soft-capping)
-or says it slowly (a sliding window, attention sinks, a long padded batch's mask on CUDA) — and why, in words the
-report shows.
+or says it slowly (a sliding window, attention sinks, a long padded batch's mask or ALiBi's rows on CUDA) — and why,
+in words the report shows.
 
 It reads an `Attention` record (what the site *is*) and the conditions the graph will run under; it neither
 matches nor mutates. FlexAttention has no dropout and no backward on the CPU, and Inductor's CPU flex kernel
@@ -26,6 +26,8 @@ class Plan:
     sink_key: bool = False         # sdpa: sinks as extra all-zero keys whose mask columns hold the sink logits
     dense: bool = False            # flex: a BlockMask built from the dense mask at run time skips the tiles it hides
     per_row: bool = False          # dense: one BlockMask entry per batch row (each row's own padding skipped too)
+    key_rows: bool = False         # flex: a bias constant along the queries read as rows by the score_mod, the
+                                   # rest of the mask (a band, or nothing) as a BlockMask (key_rows.py)
 
 
 @dataclass(frozen=True)
@@ -52,12 +54,26 @@ DENSE_FLEX_MIN = 2048
 DENSE_FLEX_PER_ROW = True
 
 
+# A bias constant along the queries beside a causal band (ALiBi as Bloom lays it out) goes to flex, which reads one
+# row of S values per head and skips the band's hidden tiles, when L and S are both at least this (with gradients,
+# the second figure): SDPA reads a dense (B, H, L, S) float mask instead. Attention alone on the H200
+# (bench/RESULTS.md, B4 H16 E128 bf16, against SDPA with the dense bias): forward 0.95x at 2048, 1.35x at 4096,
+# 1.97x at 8192; forward and backward 1.34x, 1.85x, 2.20x.
+KEY_ROW_FLEX_MIN = 4096
+KEY_ROW_FLEX_MIN_TRAIN = 2048
+
+
 def plan(att: Attention, when: Conditions = Conditions()) -> Union[Plan, Miss]:
     window = att.verdict is not None and att.verdict.window is not None
     fast = _device(att) in when.fast_on
     if att.lse_readers:
         return _with_log_sum_exp(att, when)
     if att.cap is None and att.sink is None and not window:
+        if _long_key_rows(att, when) and fast and not _flex_blocked(att, when):
+            band = att.key_rows.band.kind != "none"
+            return Plan("flex", "a bias constant along the queries (ALiBi): the score_mod reads one row per head" +
+                        (f", the {att.key_rows.band.kind} band is a BlockMask" if band else ""),
+                        band=band, key_rows=True)
         if _long_dense_mask(att) and fast and not _requires_grad(att, when) and not _flex_blocked(att, when):
             return Plan("flex", "a dense mask: a BlockMask built from it at run time skips the tiles it hides",
                         dense=True, per_row=DENSE_FLEX_PER_ROW)
@@ -66,6 +82,10 @@ def plan(att: Attention, when: Conditions = Conditions()) -> Union[Plan, Miss]:
     if att.cap is not None:
         if blocked:
             return Miss(att.location, att.softmax, f"soft-capping (tanh) needs FlexAttention, and {blocked}")
+        if att.key_rows is not None and _rows_need_no_grad(att, when):     # rows, not the dense bias, on any length
+            band = att.key_rows.band.kind != "none"
+            return Plan("flex", "soft-capping: score_mod, with a bias constant along the queries read as rows",
+                        band=band, key_rows=True)
         return Plan("flex", "soft-capping: score_mod", band=_band(att))
     if att.sink is not None:
         if not blocked and fast:
@@ -103,6 +123,26 @@ def _long_dense_mask(att: Attention) -> bool:
         return False
     L, S = att.q_shape[-2], att.k_shape[-2]
     return isinstance(L, int) and isinstance(S, int) and min(L, S) >= DENSE_FLEX_MIN
+
+
+def _long_key_rows(att: Attention, when: Conditions) -> bool:
+    """Rows along the keys (key_rows.py) that need no gradient of their own, over static L, S long enough for flex
+    to beat SDPA's dense float mask (KEY_ROW_FLEX_MIN, or _TRAIN where the call may need a backward)."""
+    if att.key_rows is None or not _rows_need_no_grad(att, when):
+        return False
+    L, S = att.q_shape[-2], att.k_shape[-2]
+    least = KEY_ROW_FLEX_MIN_TRAIN if _requires_grad(att, when) else KEY_ROW_FLEX_MIN
+    return isinstance(L, int) and isinstance(S, int) and min(L, S) >= least
+
+
+def _rows_need_no_grad(att: Attention, when: Conditions) -> bool:
+    """The rows fold to constants, or Dynamo traced them without requires_grad: flex reads them as plain buffers."""
+    if att.key_rows.constant:
+        return True
+    values = [t.node.meta.get("example_value") for t in att.key_rows.terms]
+    if all(isinstance(v, torch.Tensor) for v in values):
+        return not any(v.requires_grad for v in values)
+    return not when.may_train
 
 
 def _flex_blocked(att: Attention, when: Conditions) -> str:

@@ -71,6 +71,9 @@ def _mask_text(f, plan=None) -> str:
     check for rows with no visible key: a cost a person can see here and remove with empty_rows='kernel'."""
     if f.verdict is None:
         return "none"
+    if plan is not None and plan.key_rows:
+        band = f.key_rows.band.kind
+        return f"{f.verdict} -> rows along the keys" + (f" + {band} BlockMask" if band != "none" else "")
     if plan is not None and plan.band:
         return f"{f.verdict} -> BlockMask"
     if f.causal or f.mask_kind == "none":

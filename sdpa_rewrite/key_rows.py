@@ -1,0 +1,118 @@
+"""Stage 4b, masks (continued): a bias constant along the queries, split off a causal band.
+
+ALiBi as Bloom lays it out is one row of key offsets per head, slope[h]·j, broadcast over the queries (the
+paper's slope[h]·(j - i) differs from it by a shift per query, which softmax drops), summed with the causal mask.
+Folded whole it is a bias, and SDPA reads it as a dense (B, H, L, S) float mask. Split, it is two things
+FlexAttention says cheaply: the rows (H·S values, added by the score_mod) and the band (a BlockMask that skips
+the tiles it hides).
+
+The split is exact when
+- each row term has size 1 at the query dim, and no tensor factor after it;
+- the rows' values are finite, with room to spare in every dtype the sum is taken in (folded, or bounded by
+  bounds.py): flex adds them as eager does, and a row that lowers a key far below the others (MPT's slope·(j - S + 1)
+  reaches -5792 at S 8192) lowers it there too, where the band still leaves each query a key;
+- the rest (the other terms and the fills) folds to a band (none, causal, lower-right or a sliding window) whose
+  hidden values stay masking once a row is added: at or below -(MASKING + the rows' span).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .bounds import value_bounds
+from .fold import Folder
+from .masks import MASKING, Verdict, classify, mask_form, mask_nodes, visible_pattern
+from .scores import Scores, Term
+from .view import dtype, shape
+from .view import hashable as _h
+
+BAND_KINDS = ("none", "causal", "causal lower-right", "sliding window")
+
+
+@dataclass(frozen=True)
+class KeyRows:
+    terms: tuple          # the additive Terms constant along the queries
+    band: Verdict         # what the rest of the mask is: one of BAND_KINDS
+    rest: tuple           # the rest's mask nodes (folded constants)
+    constant: bool        # the rows fold to constants too (ALiBi from the slopes): no gradient reaches them
+
+
+def key_rows(sc: Scores, top_shape: tuple, folder: Optional[Folder], reader) -> Optional[KeyRows]:
+    """The site's additive mask as rows along the keys plus a band, or None when it is not one."""
+    if folder is None or sc.clamp is not None or not all(isinstance(d, int) for d in top_shape[-2:]):
+        return None
+    rows = [i for i, t in enumerate(sc.terms) if along_keys(t, top_shape)]
+    if not rows or any(sc.terms[i].factors for i in rows):
+        return None
+    key = ("key rows", tuple((t.node, t.coeff, _h(t.at)) for t in sc.terms),
+           tuple((f.cond, f.masked_when, f.value, f.terms_after, _h(f.at)) for f in sc.fills), _h(top_shape),
+           reader if folder.inplace else None)
+    if key not in folder.verdicts:
+        try:
+            folder.verdicts[key] = _split(sc, top_shape, folder, reader, rows)
+        except Exception:                      # keeping the whole mask is always exact
+            folder.verdicts[key] = None
+    return folder.verdicts[key]
+
+
+def along_keys(term: Term, top_shape: tuple) -> bool:
+    """The term's value is the same for every query: size 1 (or no dim) at the scores' query dim."""
+    s, at = shape(term.node), term.at or top_shape
+    if s is None or len(s) > len(at) or tuple(at[-2:]) != tuple(top_shape[-2:]):
+        return False
+    return len(s) < 2 or (isinstance(s[-2], int) and s[-2] == 1)
+
+
+def _split(sc: Scores, top_shape: tuple, folder: Folder, reader, rows: list) -> Optional[KeyRows]:
+    span, constant = _span([sc.terms[i] for i in rows], folder, reader)
+    top = min(torch.finfo(d).max for d in {dtype(sc.q.node), *(dtype(sc.terms[i].node) for i in rows)}
+              if d is not None and d.is_floating_point) / 4       # finite in every dtype the sum is taken in
+    if span is None or not (-top < span[0] and span[1] < top):
+        return None
+    n = len(sc.terms)
+    rest_terms = tuple(t for i, t in enumerate(sc.terms) if i not in rows)
+    fills = tuple(dataclasses.replace(f, terms_after=sum(1 for i in range(n - f.terms_after, n) if i not in rows))
+                  for f in sc.fills)
+    rest = dataclasses.replace(sc, terms=rest_terms, fills=fills)
+    nodes = mask_nodes(rest)
+    if not nodes:
+        return KeyRows(tuple(sc.terms[i] for i in rows), Verdict("none", "no mask beside the rows"), (), constant)
+    values = {}
+    for m in nodes:
+        values[m] = folder.value(m, reader)
+        if values[m] is None:
+            return None
+    form, slots = mask_form(rest)
+    pattern = visible_pattern(form, top_shape, [values[m] for m in slots], MASKING + span[1] - span[0])
+    if pattern is None or not bool(pattern[1]):
+        return None
+    band = classify(pattern[0], top_shape[-2], top_shape[-1])
+    if band.kind not in BAND_KINDS:
+        return None
+    return KeyRows(tuple(sc.terms[i] for i in rows), band, tuple(dict.fromkeys(nodes)), constant)
+
+
+def _span(rows: list, folder: Folder, reader) -> tuple:
+    """((lo, hi) bounding every value of Σ coeffᵢ·rowᵢ, or None; whether every row folds to a constant): the folded
+    values, else bounds.py's interval."""
+    lo = hi = 0.0
+    constant = True
+    for t in rows:
+        value = folder.value(t.node, reader)
+        constant = constant and value is not None
+        if value is not None:
+            v = value.double() * t.coeff
+            a, b = float(v.min()), float(v.max())
+        else:
+            bounds = value_bounds(t.node)
+            if bounds is None:
+                return None, False
+            a, b = sorted((bounds[0] * t.coeff, bounds[1] * t.coeff))
+        if math.isnan(a) or math.isnan(b):
+            return None, False
+        lo, hi = lo + a, hi + b
+    return (lo, hi), constant
