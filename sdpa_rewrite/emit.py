@@ -402,10 +402,18 @@ def _absorbed_rows(b: _Builder, att: Attention, q: fx.Node, mask: fx.Node):
       changes nothing but the rounding.
     Returns the query, the mask, and which rows hold a finite value (rows of -inf alone get zeros), or None for
     a mask that bounds.py proves never -inf: then no select on the output, which in training would keep a
-    second copy of the attention output for the backward."""
+    second copy of the attention output for the backward.
+
+    Which keys sit at a swamped row's maximum is read from the mask as eager rounds it, in its dtype: a sum of
+    terms that Inductor fuses is computed in fp32 and rounded only where it is stored (fp16: finfo.min + ALiBi's
+    10 stays -65494 in fp32, and rounds to -65504 in eager), so the decisions read a copy stored in the dtype
+    (`laid_out`), and a swamped row hands the kernel exactly 0 at its maximum and -inf elsewhere."""
     info = torch.finfo(att.compute_dtype)
     swamping = -min(2 / info.eps, info.max / 4)      # 2**(mantissa bits + 1); scaled by log2(e), still finite
-    top = b.method("amax", mask, -1, True)
+    stored = mask
+    if info.bits < 32 and _computed_mask(att):
+        stored = b.call(torch.ops.sdpa_rewrite.laid_out.default, b.method("detach", mask))
+    top = b.method("amax", stored, -1, True)
     finite = None if att.mask_finite else b.call(operator.gt, top, -math.inf)
     hidden = b.call(operator.le, top, -MASKING)
     if finite is not None:
@@ -415,10 +423,17 @@ def _absorbed_rows(b: _Builder, att: Attention, q: fx.Node, mask: fx.Node):
     if finite is not None:
         mask = b.call(torch.where, finite, mask, 0.0)  # -inf alone: attend evenly, zeroed after (finite gradients)
         swamped = b.call(torch.logical_or, swamped, b.call(torch.logical_not, finite))
-    below_top = b.call(torch.logical_and, swamped, b.call(operator.lt, mask, 0.0))
-    mask = b.call(torch.masked_fill, mask, below_top, -math.inf)
+    below_top = b.call(torch.logical_and, swamped, b.call(operator.lt, stored, top))
+    mask = b.call(torch.masked_fill, b.call(torch.where, swamped, 0.0, mask), below_top, -math.inf)
     q = b.call(torch.where, swamped, 0.0, q)
     return q, mask, finite
+
+
+def _computed_mask(att: Attention) -> bool:
+    """`_mask` computes the float mask from more than one stored tensor, or scales or casts one: a compiler may keep
+    the result in higher precision than eager's stored values."""
+    return len(att.terms) + len(att.absorbing) > 1 or any(
+        t.coeff != 1 or t.factors or dtype(t.node) != att.compute_dtype for t in att.terms)
 
 
 def _pure(n: fx.Node) -> bool:

@@ -241,6 +241,33 @@ def test_additive_mask_rows_with_no_visible_key_follow_eager_arithmetic():
     torch.testing.assert_close(dv, ref_dv, rtol=0, atol=2e-3)
 
 
+class BiasAndPadding(nn.Module):
+    """Bloom's fp16 spelling: scores + a bias row per key + an additive padding mask, softmax in fp32."""
+
+    def forward(self, q, k, v, bias, mask):
+        return torch.softmax((q @ k.transpose(-1, -2) * 0.25 + bias + mask).float(), dim=-1).to(v.dtype) @ v
+
+
+def test_swamped_rows_read_the_mask_as_its_dtype_rounds_it():
+    """fp16: a padding row of finfo.min plus a bias of 0..10 rounds to -65504 at every key, so eager spreads the
+    row's weight over all keys. Inductor fuses the sum and keeps it in fp32 (-65504 + 10 = -65494), where the key with
+    the largest bias alone looked like the row's maximum and took all the weight; the decision now reads the mask as
+    stored in fp16."""
+    g = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(2, 2, 8, 16, generator=g).half() * 0.1 for _ in range(3))
+    bias = torch.linspace(0, 10, 8).half().expand(1, 2, 1, 8)
+    mask = torch.zeros(2, 1, 8, 8, dtype=torch.float16)
+    mask[0, :, :3] = torch.finfo(torch.float16).min           # three padding queries: no key visible
+    mask[1, :, :, 6:] = torch.finfo(torch.float16).min
+    model = BiasAndPadding()
+    ref = model(q, k, v, bias, mask)
+    torch._dynamo.reset()
+    out = torch.compile(model, backend="sdpa_rewrite")(q, k, v, bias, mask)
+    torch.testing.assert_close(out[0, :, :3].float(), v[0].float().mean(-2, keepdim=True).expand(2, 3, 16),
+                               rtol=0, atol=2e-3)
+    torch.testing.assert_close(out.float(), ref.float(), rtol=0, atol=2e-3)
+
+
 def test_causal_folded_mask_adds_no_row_fix():
     """A mask proven causal has no empty rows: the graph is the bare SDPA call, nothing after it."""
     gm = torch.fx.symbolic_trace(CausalTril())
