@@ -9,6 +9,7 @@ forward and training step, side by side in one process (one process per model: c
 
     PYTHONPATH=. python bench/flex_models.py gemma2w [--shape 1x8192] [--train-shape 1x4096] [--forms ...]
                                              [--train-dtype fp32|bf16] [--budget-s 500] [--json out.json] [--tiny]
+                                             [--ones-mask]
 
 Forward rows: bf16 weights, no_grad, `rel_err` against the fp32 eager model's logits (eager_inductor's own error
 is the rounding bar). Training rows: fp32 weights, bf16 autocast, fused AdamW, `use_cache=False`; or, with
@@ -66,8 +67,10 @@ def targets(reports) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
 
 
-def forward_rows(name, batch, seq, forms, *, device, tiny, reps, record, deadline):
+def forward_rows(name, batch, seq, forms, *, device, tiny, reps, record, deadline, ones_mask=False):
     args = zoo.inputs(name, batch, seq, device=device)
+    if ones_mask:                                  # as a tokenizer hands a prompt over: the mask is a graph input
+        args["attention_mask"] = torch.ones_like(args["input_ids"])
     with torch.no_grad():
         model = zoo.build(name, "eager", device=device, dtype=torch.float32, tiny=tiny)
         ref = model(**args).logits.float()
@@ -78,7 +81,8 @@ def forward_rows(name, batch, seq, forms, *, device, tiny, reps, record, deadlin
             record.add("forward", {"model": name, "form": form, "skipped": "time budget"})
             continue
         reports = []
-        row = {"model": name, "shape": f"B{batch} S{seq}", "form": form}
+        row = {"model": name, "shape": f"B{batch} S{seq}" + (" all-ones attention_mask" if ones_mask else ""),
+               "form": form}
         try:
             _, compiled = build(name, form, device, torch.bfloat16, tiny, reports)
             with torch.no_grad():
@@ -161,6 +165,7 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--budget-s", type=float, default=500, help="skip the forms that would start after this")
     ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--ones-mask", action="store_true", help="forward rows with an all-ones attention_mask input")
     ap.add_argument("--json")
     args = ap.parse_args()
     device = "cuda"
@@ -171,7 +176,7 @@ def main() -> int:
     if shape != "none":
         b, s = map(int, shape.split("x"))
         forward_rows(args.model, b, s, forms, device=device, tiny=args.tiny, reps=args.reps, record=record,
-                     deadline=deadline)
+                     deadline=deadline, ones_mask=args.ones_mask)
     if args.train_shape != "none":
         b, s = map(int, args.train_shape.split("x"))
         train_rows(args.model, b, s, forms, device=device, tiny=args.tiny, reps=args.reps, record=record,

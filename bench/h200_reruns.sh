@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The H200 measurements of generate(), training steps, the largest batch, and their profiles, grouped so that each
 # part fits one device call (under 10 minutes, at most 8 files back under $OUT):
-#     PYTHONPATH=. bash bench/h200_reruns.sh N      (N = 1 ... 26; bench/RESULTS.md says which rows each part made,
+#     PYTHONPATH=. bash bench/h200_reruns.sh N      (N = 1 ... 27; bench/RESULTS.md says which rows each part made,
 #                                                    and under "Not measured" which are still to run)
 # Each part measures the backend beside its own baseline in the same process, so its ratios hold on whatever GPU
 # runs it. Parts that say `with_524` run under transformers 5.24, carried as a wheel in .whl/
@@ -140,6 +140,11 @@ case "${1:-1}" in
 26) # the Bloom-like model twice as long: forward at S16384, training step at S8192, the backend beside its SDPA form
     run 280 alibi_bloomw_long bench/flex_models.py bloomw --shape 1x16384 --train-shape 1x8192 \
         --forms backend_sdpa,backend --budget-s 250 ;;
+27) # ALiBi's rows read from an all-ones attention_mask (the split taken at run time), the Bloom-like forward beside
+    # the SDPA form; the fp16 padded rows of tiny Bloom / MPT since the swamped-row fix, with the rows' check
+    run 200 alibi_bloomw_ones_mask bench/flex_models.py bloomw --shape 1x8192 --train-shape none --ones-mask \
+        --forms backend_sdpa,backend --budget-s 180
+    run 150 cuda_flex_bloom_mpt bench/cuda_flex.py --cases bloom,mpt ;;
 25) # the Mistral-like forward with the band's tile lists traced (part 23's row that the budget cut), then part 21
     export TORCHINDUCTOR_FORCE_DISABLE_CACHES=1
     run 110 flex_traced_mistralw bench/flex_models.py mistralw --shape 1x16384 --train-shape none --forms backend \

@@ -61,7 +61,7 @@ def sdpa_rewrite_backend(gm: fx.GraphModule, example_inputs: list, options: Opti
     try:
         report = rewrite(gm, example_inputs, **rewrite_options)
         if pristine is not None:
-            found = probes_for(report, gm, pristine, example_inputs, fold_buffers)
+            found = probes_for(report, gm, pristine, example_inputs, fold_buffers, flex=bool(flex))
     except Exception as e:
         if strict:
             raise

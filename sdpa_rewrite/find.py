@@ -342,7 +342,8 @@ def _assemble(gm, node, top, sc: Scores, pv, p_node, drop, down, modules, folder
         sc = dataclasses.replace(sc, terms=(), fills=())
     elif verdict is not None and verdict.window is not None:     # flex may say it as a BlockMask instead
         folded = frozenset().union(*(folder.cone(n) for n in mask_nodes(sc)))
-    rows = key_rows(sc, top_shape, folder, top) if verdict is not None and verdict.kind == "bias" else None
+    rows = key_rows(sc, top_shape, folder, top, verdict) if verdict is not None and \
+        verdict.kind in ("bias", "input mask") else None
     if rows is not None:                                         # flex may read the rows and say the rest as a band
         folded = frozenset().union(*(folder.cone(n) for n in rows.rest))
     if sc.clamp is not None and sc.fills:

@@ -25,9 +25,9 @@ import torch
 
 from .bounds import value_bounds
 from .fold import Folder
-from .masks import MASKING, Verdict, classify, mask_form, mask_nodes, visible_pattern
+from .masks import MASKING, Verdict, classify, mask_form, mask_nodes, runtime_key, visible_pattern
 from .scores import Scores, Term
-from .view import dtype, shape
+from .view import dtype, meta_value, shape
 from .view import hashable as _h
 
 BAND_KINDS = ("none", "causal", "causal lower-right", "sliding window")
@@ -41,8 +41,11 @@ class KeyRows:
     constant: bool        # the rows fold to constants too (ALiBi from the slopes): no gradient reaches them
 
 
-def key_rows(sc: Scores, top_shape: tuple, folder: Optional[Folder], reader) -> Optional[KeyRows]:
-    """The site's additive mask as rows along the keys plus a band, or None when it is not one."""
+def key_rows(sc: Scores, top_shape: tuple, folder: Optional[Folder], reader,
+             verdict: Optional[Verdict] = None) -> Optional[KeyRows]:
+    """The site's additive mask as rows along the keys plus a band, or None when it is not one. Where the rows or
+    the rest read the graph's inputs (Bloom's ALiBi from `attention_mask`), the rest's verdict and the rows' span
+    are taken at run time (runtime.py), and a variant compiled for a band gets the split."""
     if folder is None or sc.clamp is not None or not all(isinstance(d, int) for d in top_shape[-2:]):
         return None
     rows = [i for i, t in enumerate(sc.terms) if along_keys(t, top_shape)]
@@ -53,7 +56,7 @@ def key_rows(sc: Scores, top_shape: tuple, folder: Optional[Folder], reader) -> 
            reader if folder.inplace else None)
     if key not in folder.verdicts:
         try:
-            folder.verdicts[key] = _split(sc, top_shape, folder, reader, rows)
+            folder.verdicts[key] = _split(sc, top_shape, folder, reader, rows, verdict)
         except Exception:                      # keeping the whole mask is always exact
             folder.verdicts[key] = None
     return folder.verdicts[key]
@@ -67,25 +70,24 @@ def along_keys(term: Term, top_shape: tuple) -> bool:
     return len(s) < 2 or (isinstance(s[-2], int) and s[-2] == 1)
 
 
-def _split(sc: Scores, top_shape: tuple, folder: Folder, reader, rows: list) -> Optional[KeyRows]:
-    span, constant = _span([sc.terms[i] for i in rows], folder, reader)
-    top = min(torch.finfo(d).max for d in {dtype(sc.q.node), *(dtype(sc.terms[i].node) for i in rows)}
-              if d is not None and d.is_floating_point) / 4       # finite in every dtype the sum is taken in
-    if span is None or not (-top < span[0] and span[1] < top):
-        return None
+def _split(sc: Scores, top_shape: tuple, folder: Folder, reader, rows: list, verdict) -> Optional[KeyRows]:
+    row_terms = tuple(sc.terms[i] for i in rows)
     n = len(sc.terms)
     rest_terms = tuple(t for i, t in enumerate(sc.terms) if i not in rows)
     fills = tuple(dataclasses.replace(f, terms_after=sum(1 for i in range(n - f.terms_after, n) if i not in rows))
                   for f in sc.fills)
     rest = dataclasses.replace(sc, terms=rest_terms, fills=fills)
     nodes = mask_nodes(rest)
+    span, constant = _span(row_terms, folder, reader)
+    values = {m: folder.value(m, reader) for m in nodes}
+    if span is None or any(v is None for v in values.values()):
+        return _at_run_time(rest, row_terms, top_shape, folder, reader, verdict)
+    top = min(torch.finfo(d).max for d in {dtype(sc.q.node), *(dtype(t.node) for t in row_terms)}
+              if d is not None and d.is_floating_point) / 4       # finite in every dtype the sum is taken in
+    if not (-top < span[0] and span[1] < top):
+        return None
     if not nodes:
-        return KeyRows(tuple(sc.terms[i] for i in rows), Verdict("none", "no mask beside the rows"), (), constant)
-    values = {}
-    for m in nodes:
-        values[m] = folder.value(m, reader)
-        if values[m] is None:
-            return None
+        return KeyRows(row_terms, Verdict("none", "no mask beside the rows"), (), constant)
     form, slots = mask_form(rest)
     pattern = visible_pattern(form, top_shape, [values[m] for m in slots], MASKING + span[1] - span[0])
     if pattern is None or not bool(pattern[1]):
@@ -93,7 +95,33 @@ def _split(sc: Scores, top_shape: tuple, folder: Folder, reader, rows: list) -> 
     band = classify(pattern[0], top_shape[-2], top_shape[-1])
     if band.kind not in BAND_KINDS:
         return None
-    return KeyRows(tuple(sc.terms[i] for i in rows), band, tuple(dict.fromkeys(nodes)), constant)
+    return KeyRows(row_terms, band, tuple(dict.fromkeys(nodes)), constant)
+
+
+# Devices where a split read at run time is asked for (one more run-time verdict, and a variant compiled when it
+# holds): where plan.py chooses flex for rows (Conditions.fast_on's default).
+RUN_TIME_ON = ("cuda",)
+
+
+def _at_run_time(rest: Scores, rows: tuple, top_shape: tuple, folder: Folder, reader, verdict) -> Optional[KeyRows]:
+    """The split of a mask that reads the graph's inputs: in a variant compiled for the rest's run-time verdict (a
+    band, the rows' span cleared: masks.visible_pattern), the KeyRows; otherwise None, and the rest registered for a
+    run-time verdict where the split could pay (long enough for plan.KEY_ROW_FLEX_MIN_TRAIN, on RUN_TIME_ON)."""
+    from .plan import KEY_ROW_FLEX_MIN_TRAIN
+
+    nodes = tuple(dict.fromkeys(mask_nodes(rest)))
+    if not nodes:
+        return None
+    key = runtime_key(rest, top_shape)
+    assumed = folder.assumed.get(key)
+    if assumed is not None:
+        return KeyRows(rows, assumed, nodes, False) if assumed.kind in BAND_KINDS else None
+    value = meta_value(rest.q.node)
+    device = value.device.type if isinstance(value, torch.Tensor) else "cpu"
+    if verdict is not None and verdict.kind == "input mask" and device in RUN_TIME_ON and \
+            min(top_shape[-2:]) >= KEY_ROW_FLEX_MIN_TRAIN:
+        folder.input_masks.setdefault(key, (rest, top_shape, reader, verdict, rows))
+    return None
 
 
 def _span(rows: list, folder: Folder, reader) -> tuple:

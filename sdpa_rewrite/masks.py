@@ -71,7 +71,8 @@ def judge(sc: Scores, top_shape: tuple, folder: Optional[Folder], reader: fx.Nod
         except Exception as e:                   # keeping the mask is always exact: never fail a site here
             folder.verdicts[key] = Verdict("mask", f"not classified ({type(e).__name__}: {e})")
         if folder.verdicts[key].kind == "input mask":         # runtime.py may take its verdict at run time
-            folder.input_masks.setdefault(runtime_key(sc, top_shape), (sc, top_shape, reader, folder.verdicts[key]))
+            folder.input_masks.setdefault(runtime_key(sc, top_shape),
+                                          (sc, top_shape, reader, folder.verdicts[key], ()))
     return folder.verdicts[key]
 
 
@@ -145,17 +146,18 @@ class MaskForm:
     of the graph (runtime.py evaluates it on run-time values, and compiles it)."""
     terms: tuple     # (slot, coeff, factors ((kind, slot or None, number), ...), at)
     fills: tuple     # (slot, masked_when, value, terms_after, at)
+    rows: tuple = ()  # (slot, coeff): rows along the keys split off this mask (key_rows.py), read for their span
 
 
-def mask_form(sc: Scores) -> tuple:
-    """(MaskForm, the nodes its slots number)."""
-    nodes = list(dict.fromkeys(mask_nodes(sc)))
+def mask_form(sc: Scores, rows: tuple = ()) -> tuple:
+    """(MaskForm, the nodes its slots number); `rows`: Terms split off the mask whose span its masking must clear."""
+    nodes = list(dict.fromkeys(mask_nodes(sc) + [t.node for t in rows]))
     slot = {n: i for i, n in enumerate(nodes)}
     terms = tuple((slot[t.node], t.coeff, tuple((kind, slot.get(f) if isinstance(f, fx.Node) else None,
                                                  None if isinstance(f, fx.Node) else f) for kind, f in t.factors),
                    _h(t.at)) for t in sc.terms)
     fills = tuple((slot[f.cond], f.masked_when, f.value, f.terms_after, _h(f.at)) for f in sc.fills)
-    return MaskForm(terms, fills), nodes
+    return MaskForm(terms, fills, tuple((slot[t.node], t.coeff) for t in rows)), nodes
 
 
 def _visible(sc: Scores, top_shape: tuple, values: dict) -> Optional[torch.Tensor]:
@@ -170,7 +172,18 @@ def _visible(sc: Scores, top_shape: tuple, values: dict) -> Optional[torch.Tenso
 def visible_pattern(form: MaskForm, top_shape: tuple, vals: list, masking: float = MASKING) -> Optional[tuple]:
     """(visible, is_mask): True where eager's softmax can give weight, and a 0-d tensor saying whether every
     additive value is 0 or masking (at or below -`masking`; read without a host sync); None when a fill is not a
-    masking one."""
+    masking one. With `form.rows`, masking must also clear the rows' span (key_rows.py), and the rows must be finite
+    with room to spare: both read on the device, into is_mask."""
+    checks = []
+    if form.rows:
+        lo = hi = 0.0
+        for slot, coeff in form.rows:
+            x = vals[slot].to(torch.float64) * coeff
+            lo, hi = lo + x.amin(), hi + x.amax()
+            if vals[slot].is_floating_point():
+                room = torch.finfo(vals[slot].dtype).max / 4
+                checks.append((lo > -room) & (hi < room))
+        masking = masking + (hi - lo)
     additive = None
     for slot, coeff, factors, at in form.terms:
         x = vals[slot]
@@ -183,7 +196,11 @@ def visible_pattern(form: MaskForm, top_shape: tuple, vals: list, masking: float
         additive = x if additive is None else additive + x
     masked = None
     for slot, masked_when, value, terms_after, at in form.fills:
-        if not (value <= -masking) or terms_after:
+        if terms_after:
+            return None
+        if isinstance(masking, torch.Tensor):
+            checks.append(value <= -masking)
+        elif not value <= -masking:
             return None
         cond = _laid_out(vals[slot].to(torch.bool), at, top_shape)
         m = cond if masked_when else ~cond
@@ -191,8 +208,12 @@ def visible_pattern(form: MaskForm, top_shape: tuple, vals: list, masking: float
     if additive is not None:
         visible = additive == 0
         is_mask = (visible | (additive <= -masking)).all()
-        return (visible if masked is None else visible & ~masked), is_mask
-    return ~masked, torch.ones((), dtype=torch.bool, device=masked.device)
+        visible = visible if masked is None else visible & ~masked
+    else:
+        visible, is_mask = ~masked, torch.ones((), dtype=torch.bool, device=masked.device)
+    for check in checks:
+        is_mask = is_mask & check.to(is_mask.device)
+    return visible, is_mask
 
 
 class _SymbolicRegroup(Exception):

@@ -137,12 +137,12 @@ def _flags_function(form: MaskForm, top_shape: tuple, compiled: bool):
 
 
 def probes_for(report, owner: fx.GraphModule, graph: fx.Graph, example_inputs: Optional[Sequence] = None,
-               fold_buffers: bool = True) -> list:
+               fold_buffers: bool = True, flex: bool = True) -> list:
     """The probes of `graph` (unrewritten; `owner` holds its submodules) whose rewrite gave `report`, with the
     report's sites marked and a note saying what the run-time verdict costs. Nothing is searched without input masks."""
     if not any(s.mask.startswith("input mask") for s in report.rewritten):
         return []
-    found = probes(fx.GraphModule(owner, snapshot(graph)), example_inputs, fold_buffers)
+    found = probes(fx.GraphModule(owner, snapshot(graph)), example_inputs, fold_buffers, flex)
     sites = {loc for p in found for loc in p.sites}
     if not sites:
         return found
@@ -151,24 +151,30 @@ def probes_for(report, owner: fx.GraphModule, graph: fx.Graph, example_inputs: O
     report.notes.append(
         f"{len(sites)} sites read a mask that is a graph input ({', '.join(sorted({p.input_name for p in found}))}): "
         "its verdict is taken at run time, once per distinct mask tensor (one host sync), and a causal or "
-        "all-visible mask reaches SDPA as is_causal or no mask. options={'runtime_verdicts': False} turns it off")
+        "all-visible mask reaches SDPA as is_causal or no mask" +
+        ("; a causal mask beside rows along the keys (ALiBi) reaches flex as the rows and a BlockMask"
+         if any(p.form.rows for p in found) else "") + ". options={'runtime_verdicts': False} turns it off")
     return found
 
 
-def probes(gm: fx.GraphModule, example_inputs: Optional[Sequence] = None, fold_buffers: bool = True) -> list:
+def probes(gm: fx.GraphModule, example_inputs: Optional[Sequence] = None, fold_buffers: bool = True,
+           flex: bool = True) -> list:
     """One probe per distinct graph-input mask whose verdict can be taken at run time: static L > 1, no
-    gradient into the mask, nothing written into it in the graph, computed from the graph's inputs alone."""
+    gradient into the mask, nothing written into it in the graph, computed from the graph's inputs alone. The rest
+    of a mask split from its rows (key_rows.py) only where flex may run: the split serves nothing else."""
     folder = Folder(gm, example_inputs, fold_buffers=fold_buffers)
     findings = [f for f in find(gm, folder) if isinstance(f, Attention)]
     found = []
-    for key, (sc, top_shape, reader, verdict) in folder.input_masks.items():
+    for key, (sc, top_shape, reader, verdict, rows) in folder.input_masks.items():
+        if rows and not flex:
+            continue
         sites = tuple(f.location for f in findings if f.verdict is verdict)
         L, S = top_shape[-2:]
         if not sites or not (isinstance(L, int) and isinstance(S, int)) or L == 1:
             continue                     # symbolic lengths; a decode step pays no sync (its mask is cheap)
         if any(f.factors_after for f in sc.fills):
             continue
-        form, roots = mask_form(sc)
+        form, roots = mask_form(sc, rows)
         top_shape = hashable(top_shape)    # a symbolic batch by name: only L and S are read, unless a term regroups
         if not all(isinstance(d, int) for d in top_shape) and \
                 not all(same_batch(at, top_shape) for at in [t[3] for t in form.terms] + [f[4] for f in form.fills]):

@@ -165,3 +165,89 @@ def test_soft_capped_site_reads_rows_at_any_length():
     (call,) = sdpa_calls_of(graphs)
     assert (call["cap"], call["mask"], call["block_mask"]) == (30.0, "float", True), call
     assert_close_outputs(out, ref)
+
+
+@pytest.mark.parametrize("name", ["bloom", "mpt"])
+def test_rows_read_from_attention_mask_split_at_run_time(monkeypatch, name):
+    """With an attention_mask the rows and the causal mask read the graph's input: the rest's verdict (causal for an
+    all-ones mask) and the rows' span are taken at run time, and the variant compiled for it reads the rows on flex
+    with a causal BlockMask. A left-padded batch keeps the general graph (its rest is no band). Logits equal eager's
+    both ways."""
+    import functools
+
+    import sdpa_rewrite.backend as backend
+    import sdpa_rewrite.key_rows as key_rows
+
+    monkeypatch.setattr(plan, "KEY_ROW_FLEX_MIN", 8)
+    monkeypatch.setattr(plan, "KEY_ROW_FLEX_MIN_TRAIN", 8)
+    monkeypatch.setattr(key_rows, "RUN_TIME_ON", ("cuda", "cpu"))
+    monkeypatch.setattr(backend, "Conditions", functools.partial(plan.Conditions, fast_on=("cuda", "cpu")))
+    model = _tiny(name)
+    ids = torch.randint(0, 128, (2, 40), generator=torch.Generator().manual_seed(4))
+    for padded in (False, True):
+        mask = torch.ones(2, 40, dtype=torch.long)
+        if padded:
+            mask[0, :9] = 0
+        graphs = []
+
+        def downstream(gm, example_inputs):
+            graphs.append((gm, example_inputs))
+            return gm.forward
+
+        torch._dynamo.reset()
+        with torch.no_grad():
+            ref = model(ids, attention_mask=mask).logits
+            out = torch.compile(model, backend="sdpa_rewrite", options={"downstream": downstream, "strict": True})(
+                ids, attention_mask=mask).logits
+        assert_close_outputs(out, ref)
+        calls = [sdpa_calls_of([g]) for g in graphs]
+        targets = [[c["target"] for c in cs] for cs in calls]
+        if padded:
+            assert targets == [["sdpa", "sdpa"]], calls                # the general graph alone
+        else:
+            assert targets == [["sdpa", "sdpa"], ["flex", "flex"]], calls     # then the variant for a causal rest
+            assert all(c["block_mask"] and c["mask"] == "float" for c in calls[1]), calls
+
+
+class RowAndMaskInputs(nn.Module):
+    """scores + a row along the keys + an additive mask, both graph inputs."""
+
+    def forward(self, q, k, v, row, mask):
+        return torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) + row + mask, dim=-1) @ v
+
+
+@pytest.mark.parametrize("slope,fill,split", [
+    (0.5, torch.finfo(torch.float32).min, True),
+    (80.0, -1100.0, False),           # rows spanning 1200: a hidden key up to 100 above a visible one in eager
+], ids=["alibi_finfo_min", "row_outweighs_the_fill"])
+def test_run_time_split_reads_the_rows_span(monkeypatch, slope, fill, split):
+    """The run-time verdict of the rest clears the rows' span, read from the rows' values at run time: a causal fill
+    of -1100 masks alone, not once rows spanning 1200 are added; the general graph then keeps the whole sum."""
+    import functools
+
+    import sdpa_rewrite.backend as backend
+    import sdpa_rewrite.key_rows as key_rows
+
+    monkeypatch.setattr(plan, "KEY_ROW_FLEX_MIN", 8)
+    monkeypatch.setattr(plan, "KEY_ROW_FLEX_MIN_TRAIN", 8)
+    monkeypatch.setattr(key_rows, "RUN_TIME_ON", ("cuda", "cpu"))
+    monkeypatch.setattr(backend, "Conditions", functools.partial(plan.Conditions, fast_on=("cuda", "cpu")))
+    g = torch.Generator().manual_seed(8)
+    q, k, v = (torch.randn(1, 2, 16, 16, generator=g) for _ in range(3))
+    row = (torch.arange(16.0) * slope).expand(1, 2, 1, 16).contiguous()
+    mask = torch.zeros(1, 1, 16, 16).masked_fill(torch.ones(16, 16, dtype=torch.bool).triu(1), fill)
+    graphs = []
+
+    def downstream(gm, example_inputs):
+        graphs.append((gm, example_inputs))
+        return gm.forward
+
+    model = RowAndMaskInputs()
+    torch._dynamo.reset()
+    with torch.no_grad():
+        ref = model(q, k, v, row, mask)
+        out = torch.compile(model, backend="sdpa_rewrite", options={"downstream": downstream, "strict": True})(
+            q, k, v, row, mask)
+    assert_close_outputs(out, ref)
+    targets = [[c["target"] for c in sdpa_calls_of([gr])] for gr in graphs]
+    assert targets == ([["sdpa"], ["flex"]] if split else [["sdpa"]]), targets
