@@ -181,12 +181,9 @@ def _flex_call(b: "_Builder", att: Attention, plan: Plan, qkv: tuple, kwargs: di
 
 def _band_of(att: Attention, plan: Plan) -> tuple:
     """(causal, window) of the band a BlockMask says: the site's, or the rest of a mask split into rows."""
-    verdict = att.key_rows.band if plan.key_rows else att.verdict
     if plan.key_rows:
-        causal = {"causal": "top-left", "causal lower-right": "lower-right"}.get(verdict.kind, "")
-    else:
-        causal = att.causal
-    return causal, verdict.window if verdict is not None else None
+        return att.key_rows.band.alignment, att.key_rows.band.window
+    return att.causal, att.verdict.window if att.verdict is not None else None
 
 
 def _key_rows(b: "_Builder", att: Attention) -> fx.Node:

@@ -337,7 +337,7 @@ def _assemble(gm, node, top, sc: Scores, pv, p_node, drop, down, modules, folder
     verdict = judge(sc, top_shape, folder, top)
     causal, folded = "", frozenset()
     if verdict is not None and verdict.drops_mask and not any(f.factors_after for f in sc.fills):
-        causal = {"causal": "top-left", "causal lower-right": "lower-right"}.get(verdict.kind, "")
+        causal = verdict.alignment
         folded = frozenset().union(*(folder.cone(n) for n in mask_nodes(sc)))
         sc = dataclasses.replace(sc, terms=(), fills=())
     elif verdict is not None and verdict.window is not None:     # flex may say it as a BlockMask instead

@@ -37,8 +37,13 @@ BAND_KINDS = ("none", "causal", "causal lower-right", "sliding window")
 class KeyRows:
     terms: tuple          # the additive Terms constant along the queries
     band: Verdict         # what the rest of the mask is: one of BAND_KINDS
-    rest: tuple           # the rest's mask nodes (folded constants)
+    rest: tuple           # the rest's mask nodes (erased once unused)
     constant: bool        # the rows fold to constants too (ALiBi from the slopes): no gradient reaches them
+
+    @property
+    def has_band(self) -> bool:
+        """The rest hides keys: a BlockMask says it (else the rows are the whole mask)."""
+        return self.band.kind != "none"
 
 
 def key_rows(sc: Scores, top_shape: tuple, folder: Optional[Folder], reader,

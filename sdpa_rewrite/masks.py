@@ -44,6 +44,11 @@ class Verdict:
                                         # = S - L when lower_right else 0
 
     @property
+    def alignment(self) -> str:
+        """The causal flag a causal verdict gives: "top-left", "lower-right", or "" for any other verdict."""
+        return {"causal": "top-left", "causal lower-right": "lower-right"}.get(self.kind, "")
+
+    @property
     def drops_mask(self) -> bool:
         """The mask can be replaced by flags: SDPA gets no attn_mask at all."""
         return self.kind in ("none", "causal", "causal lower-right")

@@ -70,10 +70,10 @@ def plan(att: Attention, when: Conditions = Conditions()) -> Union[Plan, Miss]:
         return _with_log_sum_exp(att, when)
     if att.cap is None and att.sink is None and not window:
         if _long_key_rows(att, when) and fast and not _flex_blocked(att, when):
-            band = att.key_rows.band.kind != "none"
+            rows = att.key_rows
             return Plan("flex", "a bias constant along the queries (ALiBi): the score_mod reads one row per head" +
-                        (f", the {att.key_rows.band.kind} band is a BlockMask" if band else ""),
-                        band=band, key_rows=True)
+                        (f", the {rows.band.kind} band is a BlockMask" if rows.has_band else ""),
+                        band=rows.has_band, key_rows=True)
         if _long_dense_mask(att) and fast and not _requires_grad(att, when) and not _flex_blocked(att, when):
             return Plan("flex", "a dense mask: a BlockMask built from it at run time skips the tiles it hides",
                         dense=True, per_row=DENSE_FLEX_PER_ROW)
@@ -83,9 +83,8 @@ def plan(att: Attention, when: Conditions = Conditions()) -> Union[Plan, Miss]:
         if blocked:
             return Miss(att.location, att.softmax, f"soft-capping (tanh) needs FlexAttention, and {blocked}")
         if att.key_rows is not None and _rows_need_no_grad(att, when):     # rows, not the dense bias, on any length
-            band = att.key_rows.band.kind != "none"
             return Plan("flex", "soft-capping: score_mod, with a bias constant along the queries read as rows",
-                        band=band, key_rows=True)
+                        band=att.key_rows.has_band, key_rows=True)
         return Plan("flex", "soft-capping: score_mod", band=_band(att))
     if att.sink is not None:
         if not blocked and fast:

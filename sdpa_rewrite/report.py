@@ -72,8 +72,8 @@ def _mask_text(f, plan=None) -> str:
     if f.verdict is None:
         return "none"
     if plan is not None and plan.key_rows:
-        band = f.key_rows.band.kind
-        return f"{f.verdict} -> rows along the keys" + (f" + {band} BlockMask" if band != "none" else "")
+        band = f" + {f.key_rows.band.kind} BlockMask" if f.key_rows.has_band else ""
+        return f"{f.verdict} -> rows along the keys{band}"
     if plan is not None and plan.band:
         return f"{f.verdict} -> BlockMask"
     if f.causal or f.mask_kind == "none":
