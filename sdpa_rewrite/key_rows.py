@@ -111,8 +111,8 @@ RUN_TIME_ON = ("cuda",)
 def _at_run_time(rest: Scores, rows: tuple, top_shape: tuple, folder: Folder, reader, verdict) -> Optional[KeyRows]:
     """The split of a mask that reads the graph's inputs: in a variant compiled for the rest's run-time verdict (a
     band, the rows' span cleared: masks.visible_pattern), the KeyRows; otherwise None, and the rest registered for a
-    run-time verdict where the split could pay (long enough for plan.KEY_ROW_FLEX_MIN_TRAIN, on RUN_TIME_ON)."""
-    from .plan import KEY_ROW_FLEX_MIN_TRAIN
+    run-time verdict where the split could pay (on RUN_TIME_ON, L and S long enough for plan.py to choose it)."""
+    from .plan import KEY_ROW_FLEX_MIN, KEY_ROW_FLEX_MIN_TRAIN
 
     nodes = tuple(dict.fromkeys(mask_nodes(rest)))
     if not nodes:
@@ -122,9 +122,11 @@ def _at_run_time(rest: Scores, rows: tuple, top_shape: tuple, folder: Folder, re
     if assumed is not None:
         return KeyRows(rows, assumed, nodes, False) if assumed.kind in BAND_KINDS else None
     value = meta_value(rest.q.node)
-    device = value.device.type if isinstance(value, torch.Tensor) else "cpu"
-    if verdict is not None and verdict.kind == "input mask" and device in RUN_TIME_ON and \
-            min(top_shape[-2:]) >= KEY_ROW_FLEX_MIN_TRAIN:
+    if not isinstance(value, torch.Tensor):
+        return None
+    least = KEY_ROW_FLEX_MIN_TRAIN if value.requires_grad else KEY_ROW_FLEX_MIN
+    if verdict is not None and verdict.kind == "input mask" and value.device.type in RUN_TIME_ON and \
+            min(top_shape[-2:]) >= least:
         folder.input_masks.setdefault(key, (rest, top_shape, reader, verdict, rows))
     return None
 

@@ -172,7 +172,7 @@ def test_rows_read_from_attention_mask_split_at_run_time(monkeypatch, name):
     """With an attention_mask the rows and the causal mask read the graph's input: the rest's verdict (causal for an
     all-ones mask) and the rows' span are taken at run time, and the variant compiled for it reads the rows on flex
     with a causal BlockMask. A left-padded batch keeps the general graph (its rest is no band). Logits equal eager's
-    both ways."""
+    both ways. Without gradients and shorter than plan.KEY_ROW_FLEX_MIN, the split is not even asked for."""
     import functools
 
     import sdpa_rewrite.backend as backend
@@ -184,7 +184,8 @@ def test_rows_read_from_attention_mask_split_at_run_time(monkeypatch, name):
     monkeypatch.setattr(backend, "Conditions", functools.partial(plan.Conditions, fast_on=("cuda", "cpu")))
     model = _tiny(name)
     ids = torch.randint(0, 128, (2, 40), generator=torch.Generator().manual_seed(4))
-    for padded in (False, True):
+    for padded, long_enough in ((False, True), (True, True), (False, False)):
+        monkeypatch.setattr(plan, "KEY_ROW_FLEX_MIN", 8 if long_enough else 4096)
         mask = torch.ones(2, 40, dtype=torch.long)
         if padded:
             mask[0, :9] = 0
@@ -202,7 +203,7 @@ def test_rows_read_from_attention_mask_split_at_run_time(monkeypatch, name):
         assert_close_outputs(out, ref)
         calls = [sdpa_calls_of([g]) for g in graphs]
         targets = [[c["target"] for c in cs] for cs in calls]
-        if padded:
+        if padded or not long_enough:      # no band at run time; or too short to ask (no gradients: the 4096 bar)
             assert targets == [["sdpa", "sdpa"]], calls                # the general graph alone
         else:
             assert targets == [["sdpa", "sdpa"], ["flex", "flex"]], calls     # then the variant for a causal rest
