@@ -39,6 +39,7 @@ class Program:
     sites: int             # 1, or 2 stacked (the second site's q is the first's output)
     near_miss: str         # "" or softcap | post_softmax | head_mix | other_dim | weights_returned
     cap: float = 0.0       # soft-capping cap·tanh(s / cap) after the scale, before the mask (0: none): a flex site
+    row: float = 0.0       # ALiBi as Bloom lays it out: + slope·(h + 1)·j over the keys, built in the graph (0: none)
 
     @property
     def kv_heads(self) -> int:
@@ -177,6 +178,9 @@ class Attention(nn.Module):
             s = s * self.temperature
         if p.cap:
             s = torch.tanh(s / p.cap) * p.cap
+        if p.row:
+            n, heads = s.size(-1), torch.arange(1, s.size(1) + 1, dtype=s.dtype, device=s.device)
+            s = s + p.row * heads[:, None, None] * torch.arange(n, dtype=s.dtype, device=s.device)
         if not p.mask_before_scale:
             s = self.masked(s, mask)
         if p.near_miss == "softcap":

@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import sdpa_rewrite
 from programs import Attention, Program, capped_programs, inputs, programs, swamps_scores
@@ -258,6 +259,38 @@ def test_found_duck_sized_regroup_under_dynamic():
                 empty_rows=False, upcast="none", softmax="functional", dropout="none", sites=1, near_miss="")
     with torch._dynamo.config.patch(specialize_float=True):
         rewritten_and_exact(p, compile_path=True, symbolic_lengths=True)
+
+
+@settings(max_examples=COMPILE_EXAMPLES, **COMMON)
+@given(programs(), st.sampled_from([0.5, -0.25, 60.0]))
+def test_key_rows_on_flex_equal_eager(p: Program, slope: float):
+    """Every random program with ALiBi-like rows added to its scores (slope·(h + 1)·j, built in the graph), planned
+    as on CUDA without gradients and no length bar: where the rest of the mask folds to a band, the site reads the
+    rows on flex; wherever it does or not, the outputs equal eager's (fp32; eager's NaN rows are zeros)."""
+    from dataclasses import replace
+    from unittest import mock
+
+    import sdpa_rewrite.plan as plan
+
+    p = replace(p, row=slope)
+    model = Attention(p).eval()
+    args = inputs(p)
+    when = plan.Conditions(fast_on=("cuda", "cpu"), may_train=False)
+    with torch.no_grad(), mock.patch.object(plan, "KEY_ROW_FLEX_MIN", 1):
+        ref = model(*args)
+        gm = torch.fx.symbolic_trace(model)
+        report = sdpa_rewrite.rewrite(gm, example_inputs=args, conditions=when)
+        out = gm(*args)
+    if p.near_miss:
+        assert not report.rewritten, f"near-miss rewritten:\n{report}\n{p}"
+        return
+    for site in report.skipped:       # openai-gpt's s·b + c·(1 − b) then multiplies the rows by b; a finite fill
+        assert allowed_skip(p, site.reason) or p.mask == "causal_arith" or (   # beside a bias: its reasons
+            "finite masked fill" in site.reason), f"missed site: {site.reason}\n{p}"
+    for site in report.rewritten:
+        if "rows along the keys" in site.mask:
+            assert site.target == "flex", site
+    check_numbers(p, out, ref, None, None, bool(report.rewritten))
 
 
 @settings(max_examples=COMPILE_EXAMPLES, **COMMON)
