@@ -261,6 +261,24 @@ def test_found_duck_sized_regroup_under_dynamic():
         rewritten_and_exact(p, compile_path=True, symbolic_lengths=True)
 
 
+def planned_as_on_cuda(p: Program, length_bar: str) -> tuple:
+    """(eager's output, the rewritten graph's, the report) of `p` through symbolic_trace, planned as on CUDA without
+    gradients, with plan's `length_bar` at 1 so that every length counts as long."""
+    from unittest import mock
+
+    import sdpa_rewrite.plan as plan
+
+    model = Attention(p).eval()
+    args = inputs(p)
+    when = plan.Conditions(fast_on=("cuda", "cpu"), may_train=False)
+    with torch.no_grad(), mock.patch.object(plan, length_bar, 1):
+        ref = model(*args)
+        gm = torch.fx.symbolic_trace(model)
+        report = sdpa_rewrite.rewrite(gm, example_inputs=args, conditions=when)
+        out = gm(*args)
+    return ref, out, report
+
+
 @settings(max_examples=COMPILE_EXAMPLES, **COMMON)
 @given(programs(), st.sampled_from([0.5, -0.25, 60.0]))
 def test_key_rows_on_flex_equal_eager(p: Program, slope: float):
@@ -268,19 +286,9 @@ def test_key_rows_on_flex_equal_eager(p: Program, slope: float):
     as on CUDA without gradients and no length bar: where the rest of the mask folds to a band, the site reads the
     rows on flex; wherever it does or not, the outputs equal eager's (fp32; eager's NaN rows are zeros)."""
     from dataclasses import replace
-    from unittest import mock
-
-    import sdpa_rewrite.plan as plan
 
     p = replace(p, row=slope)
-    model = Attention(p).eval()
-    args = inputs(p)
-    when = plan.Conditions(fast_on=("cuda", "cpu"), may_train=False)
-    with torch.no_grad(), mock.patch.object(plan, "KEY_ROW_FLEX_MIN", 1):
-        ref = model(*args)
-        gm = torch.fx.symbolic_trace(model)
-        report = sdpa_rewrite.rewrite(gm, example_inputs=args, conditions=when)
-        out = gm(*args)
+    ref, out, report = planned_as_on_cuda(p, "KEY_ROW_FLEX_MIN")
     if p.near_miss:
         assert not report.rewritten, f"near-miss rewritten:\n{report}\n{p}"
         return
@@ -299,18 +307,7 @@ def test_dense_masks_on_flex_equal_eager(p: Program):
     """Every random program, planned as on CUDA without gradients with no length threshold: each site whose mask is a
     dense mask calls flex with a BlockMask built from it, and the outputs still equal eager's (fp32; eager's NaN rows
     are zeros) — tiles skipped only where no row sees a position, finite fills, BERT's -1e4 and fully masked rows."""
-    from unittest import mock
-
-    import sdpa_rewrite.plan as plan
-
-    model = Attention(p).eval()
-    args = inputs(p)
-    when = plan.Conditions(fast_on=("cuda", "cpu"), may_train=False)
-    with torch.no_grad(), mock.patch.object(plan, "DENSE_FLEX_MIN", 1):
-        ref = model(*args)
-        gm = torch.fx.symbolic_trace(model)
-        report = sdpa_rewrite.rewrite(gm, example_inputs=args, conditions=when)
-        out = gm(*args)
+    ref, out, report = planned_as_on_cuda(p, "DENSE_FLEX_MIN")
     check_report(p, report, len(report.rewritten))
     for site in report.rewritten:
         # flex has no dropout (a module call may drop) and takes (B, H, L, E) at most
