@@ -9,10 +9,11 @@ forward and training step, side by side in one process (one process per model: c
 
     PYTHONPATH=. python bench/flex_models.py gemma2w [--shape 1x8192] [--train-shape 1x4096] [--forms ...]
                                              [--train-dtype fp32|bf16] [--budget-s 500] [--json out.json] [--tiny]
-                                             [--ones-mask]
+                                             [--ones-mask | --left-pad N]
 
-Forward rows: bf16 weights, no_grad, `rel_err` against the fp32 eager model's logits (eager_inductor's own error
-is the rounding bar). Training rows: fp32 weights, bf16 autocast, fused AdamW, `use_cache=False`; or, with
+Forward rows: bf16 weights, no_grad, `rel_err` against the fp32 eager model's logits at the tokens that are not
+padding (eager_inductor's own error is the rounding bar; a padding query's row is swamped differently in fp32 and
+bf16). Training rows: fp32 weights, bf16 autocast, fused AdamW, `use_cache=False`; or, with
 `--train-dtype bf16`, bf16 weights and no autocast (transformers' MoE layers then take their grouped-matmul path
 instead of the fallback that Inductor cannot compile backward). `compile_s` is the first call's wall time,
 `kernel_load_s` the part of it spent compiling Triton kernels. A form that raises is recorded with its error;
@@ -67,13 +68,15 @@ def targets(reports) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
 
 
-def forward_rows(name, batch, seq, forms, *, device, tiny, reps, record, deadline, ones_mask=False):
+def forward_rows(name, batch, seq, forms, *, device, tiny, reps, record, deadline, ones_mask=False, left_pad=0):
     args = zoo.inputs(name, batch, seq, device=device)
-    if ones_mask:                                  # as a tokenizer hands a prompt over: the mask is a graph input
+    if ones_mask or left_pad:                      # as a tokenizer hands a prompt over: the mask is a graph input
         args["attention_mask"] = torch.ones_like(args["input_ids"])
+        args["attention_mask"][:, :left_pad] = 0
+    masked = " all-ones attention_mask" if ones_mask else f" left padding {left_pad}" if left_pad else ""
     with torch.no_grad():
         model = zoo.build(name, "eager", device=device, dtype=torch.float32, tiny=tiny)
-        ref = model(**args).logits.float()
+        ref = model(**args).logits.float()[:, left_pad:]
         del model
         _free()
     for form in forms:
@@ -81,13 +84,12 @@ def forward_rows(name, batch, seq, forms, *, device, tiny, reps, record, deadlin
             record.add("forward", {"model": name, "form": form, "skipped": "time budget"})
             continue
         reports = []
-        row = {"model": name, "shape": f"B{batch} S{seq}" + (" all-ones attention_mask" if ones_mask else ""),
-               "form": form}
+        row = {"model": name, "shape": f"B{batch} S{seq}" + masked, "form": form}
         try:
             _, compiled = build(name, form, device, torch.bfloat16, tiny, reports)
             with torch.no_grad():
                 start = time.perf_counter()
-                logits = compiled(**args).logits.float()
+                logits = compiled(**args).logits.float()[:, left_pad:]
                 torch.cuda.synchronize()
                 row["compile_s"] = round(time.perf_counter() - start, 1)
                 row["kernel_load_s"] = _kernel_load_s()
@@ -166,6 +168,7 @@ def main() -> int:
     ap.add_argument("--budget-s", type=float, default=500, help="skip the forms that would start after this")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--ones-mask", action="store_true", help="forward rows with an all-ones attention_mask input")
+    ap.add_argument("--left-pad", type=int, default=0, help="forward rows whose attention_mask pads N tokens on the left")
     ap.add_argument("--json")
     args = ap.parse_args()
     device = "cuda"
@@ -176,7 +179,7 @@ def main() -> int:
     if shape != "none":
         b, s = map(int, shape.split("x"))
         forward_rows(args.model, b, s, forms, device=device, tiny=args.tiny, reps=args.reps, record=record,
-                     deadline=deadline, ones_mask=args.ones_mask)
+                     deadline=deadline, ones_mask=args.ones_mask, left_pad=args.left_pad)
     if args.train_shape != "none":
         b, s = map(int, args.train_shape.split("x"))
         train_rows(args.model, b, s, forms, device=device, tiny=args.tiny, reps=args.reps, record=record,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The H200 measurements of generate(), training steps, the largest batch, and their profiles, grouped so that each
 # part fits one device call (under 10 minutes, at most 8 files back under $OUT):
-#     PYTHONPATH=. bash bench/h200_reruns.sh N      (N = 1 ... 27; bench/RESULTS.md says which rows each part made,
+#     PYTHONPATH=. bash bench/h200_reruns.sh N      (N = 1 ... 29; bench/RESULTS.md says which rows each part made,
 #                                                    and under "Not measured" which are still to run)
 # Each part measures the backend beside its own baseline in the same process, so its ratios hold on whatever GPU
 # runs it. Parts that say `with_524` run under transformers 5.24, carried as a wheel in .whl/
@@ -145,6 +145,18 @@ case "${1:-1}" in
     run 200 alibi_bloomw_ones_mask bench/flex_models.py bloomw --shape 1x8192 --train-shape none --ones-mask \
         --forms backend_sdpa,backend --budget-s 180
     run 150 cuda_flex_bloom_mpt bench/cuda_flex.py --cases bloom,mpt ;;
+28) # part 27's second half (the fp16 padded rows of tiny Bloom / MPT since the swamped-row fix); then what is live at
+    # the peak of a Gemma2-like training step, the backend beside transformers' flex path (+32 MiB in part 12)
+    run 150 cuda_flex_bloom_mpt bench/cuda_flex.py --cases bloom,mpt
+    timeout 330 python bench/step_memory.py gemma2w --shape 1x4096 --at-peak --top 16 \
+        --forms inductor_flex,backend_inductor > "$OUT/step_peak_gemma2w.log" 2>&1
+    grep -vE "Warning|warn" "$OUT/step_peak_gemma2w.log" | cut -c1-220 | tail -45 ;;
+29) # a padded Bloom-like batch (no split: the rest is causal + padding) at the lengths where its "input mask" goes to
+    # the dense-mask flex path: the backend beside its SDPA form
+    run 190 alibi_bloomw_padded_4096 bench/flex_models.py bloomw --shape 1x4096 --left-pad 1024 --train-shape none \
+        --forms eager_inductor,backend_sdpa,backend --budget-s 160
+    run 160 alibi_bloomw_padded_8192 bench/flex_models.py bloomw --shape 1x8192 --left-pad 2048 --train-shape none \
+        --forms backend_sdpa,backend --budget-s 140 ;;
 25) # the Mistral-like forward with the band's tile lists traced (part 23's row that the budget cut), then part 21
     export TORCHINDUCTOR_FORCE_DISABLE_CACHES=1
     run 110 flex_traced_mistralw bench/flex_models.py mistralw --shape 1x16384 --train-shape none --forms backend \

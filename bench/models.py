@@ -7,6 +7,7 @@ KV cache, in these forms:
     backend_eager    eager model + torch.compile(backend="sdpa_rewrite", downstream eager)
     inductor_eager   eager model + torch.compile (Inductor)
     inductor_sdpa    native-sdpa model + torch.compile (Inductor)
+    inductor_flex    attn_implementation="flex_attention" + torch.compile: transformers' own flex path
     backend_inductor eager model + torch.compile(backend="sdpa_rewrite")  (Inductor downstream)
     backend_inductor_kernel_rows   the same with options={"empty_rows": "kernel"}: query rows that see no
                      key (padding queries) are left to the kernel, as transformers' sdpa path does
@@ -75,7 +76,10 @@ def compiled(fn, form: str, reports: list, dynamic=False):
 
 
 def impl(form: str) -> str:
-    return "sdpa" if form.endswith("sdpa") else "eager"
+    """The attn_implementation a form's model is built with."""
+    if form.endswith("sdpa"):
+        return "sdpa"
+    return "flex_attention" if form == "inductor_flex" else "eager"
 
 
 def padding_mask(batch: int, seq: int, device: str) -> torch.Tensor:

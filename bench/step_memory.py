@@ -4,6 +4,10 @@ and the backward's own peaks, and the live blocks after the forward grouped by t
 
     PYTHONPATH=. python bench/step_memory.py opt --shape 8x1024 --forms inductor_sdpa,backend_inductor [--top 12]
 
+`--at-peak` (CUDA) instead replays the allocator's trace of one whole step (forward, backward, optimizer) and lists
+the blocks live at its peak that the step allocated, grouped the same way: where two forms' peaks differ by a
+transient, this names it.
+
 `--saved` (any device; `--tiny` and `--padding N` for a CPU check) instead sums the unique storages the forward
 saves for the backward, as autograd's saved-tensor hooks see them.
 """
@@ -57,6 +61,51 @@ def step_memory(trainer: Trainer, args: dict, top: int) -> dict:
             "backward_peak_mib": _mib(backward_peak), "live_blocks_mib": _mib(sum(s * c for (_, s), c in groups.items()))}
 
 
+def step_peak(trainer: Trainer, args: dict, top: int) -> dict:
+    for _ in range(2):
+        trainer.step(args)
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    torch.cuda.memory._record_memory_history(max_entries=1_000_000, stacks="python")
+    trainer.step(args)
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    events = [e for trace in torch.cuda.memory._snapshot()["device_traces"] for e in trace
+              if e["action"] in ("alloc", "free_completed")]
+    torch.cuda.memory._record_memory_history(enabled=None)
+    at_peak = _replay(events, stop=None)
+    live = _replay(events, stop=at_peak["index"])["live"]
+    groups = collections.Counter()
+    for e in live.values():
+        if e["size"] >= 2**20:
+            groups[(_where(e.get("frames", [])), e["size"])] += 1
+    print(f"-- {trainer.form}: step peak {_mib(peak)} MiB above the step's start (trace: {_mib(at_peak['high'])}); "
+          f"the allocation that reached it: {_where(events[at_peak['index']].get('frames', []))}")
+    for (where, size), count in sorted(groups.items(), key=lambda kv: -kv[0][1] * kv[1])[:top]:
+        print(f"   {count:3d} x {_mib(size):8.1f} MiB  {where}")
+    return {"form": trainer.form, "step_peak_mib": _mib(peak), "trace_peak_mib": _mib(at_peak["high"]),
+            "live_at_peak_mib": _mib(sum(e["size"] for e in live.values())), "live_at_peak_blocks": len(live)}
+
+
+def _replay(events: list, stop: int | None) -> dict:
+    """Allocated bytes through the trace (relative to its start): the index of the event at the highest point, and
+    the blocks allocated in the trace that are live after event `stop`."""
+    live, now, high, index = {}, 0, 0, 0
+    for i, e in enumerate(events):
+        if e["action"] == "alloc":
+            live[e["addr"]] = e
+            now += e["size"]
+        else:
+            live.pop(e["addr"], None)
+            now -= e["size"]
+        if now > high:
+            high, index = now, i
+        if i == stop:
+            break
+    return {"high": high, "index": index, "live": live}
+
+
 def saved_mib(trainer: Trainer, args: dict) -> dict:
     """The unique storages one forward saves for the backward (after a warm-up step), in MiB."""
     trainer.step(args)
@@ -91,6 +140,7 @@ def main() -> int:
     ap.add_argument("--shape", default="8x1024")
     ap.add_argument("--forms", default="inductor_sdpa,backend_inductor")
     ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--at-peak", action="store_true", help="the blocks live at a whole step's peak (CUDA)")
     ap.add_argument("--saved", action="store_true", help="only the storages saved for the backward (any device)")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--padding", type=int, default=0, help="left padding of batch row 1 (an attention_mask input)")
@@ -105,7 +155,10 @@ def main() -> int:
         if args.padding:
             inputs["attention_mask"] = torch.ones(batch, seq, dtype=torch.long, device=device)
             inputs["attention_mask"][1, :args.padding] = 0
-        rows.append(saved_mib(trainer, inputs) if args.saved or device != "cuda" else step_memory(trainer, inputs, args.top))
+        if args.saved or device != "cuda":
+            rows.append(saved_mib(trainer, inputs))
+        else:
+            rows.append((step_peak if args.at_peak else step_memory)(trainer, inputs, args.top))
         del trainer
         gc.collect()
         if device == "cuda":

@@ -18,7 +18,7 @@ import torch.fx as fx
 
 from .bounds import never_minus_inf
 from .fold import Folder
-from .key_rows import KeyRows, key_rows
+from .key_rows import KeyRows, bias_along_keys, key_rows
 from .masks import MASKING, Verdict, judge, mask_nodes
 from .scores import NoMatch, Operand, Scores, _regroups_batch, read_scores, read_value_einsum, scale_note
 from .scores import _single as single_use
@@ -88,6 +88,7 @@ class Attention:
     sink: Optional[fx.Node] = None     # sink logits (..., L, n): a column block per row that takes weight, no value
     lse_readers: tuple = ()            # logsumexp(S, -1) nodes beside the softmax: served by the kernel's log-sum-exp
     key_rows: Optional[KeyRows] = None # a bias mask split into rows along the keys and a band (key_rows.py)
+    key_bias: bool = False             # the mask holds a visible bias along the keys (ALiBi's rows), split or not
 
     @property
     def zeroes_rows(self) -> bool:
@@ -346,6 +347,8 @@ def _assemble(gm, node, top, sc: Scores, pv, p_node, drop, down, modules, folder
         verdict.kind in ("bias", "input mask") else None
     if rows is not None:                                         # flex may read the rows and say the rest as a band
         folded = frozenset().union(*(folder.cone(n) for n in rows.rest))
+    key_bias = rows is not None or verdict is not None and verdict.kind == "input mask" and \
+        bias_along_keys(sc, top_shape, folder, top)
     if sc.clamp is not None and sc.fills:
         raise NoMatch("a masked fill under a max(S, finfo.min) clamp: fully masked rows would differ from eager")
     keep, absorbing, uniform = _classify_fills(sc, drop, cdt)
@@ -365,7 +368,7 @@ def _assemble(gm, node, top, sc: Scores, pv, p_node, drop, down, modules, folder
         qk_shape=tuple(sc.qk_shape), top_shape=top_shape, q_shape=qs, k_shape=ks, v_shape=vs, mask_kind=_mask_kind(sc, keep, absorbing, uniform),
         consumed=(node,) + down + sc.consumed, verdict=verdict, causal=causal, folded=folded, clamp=sc.clamp,
         mask_finite=not keep and (sc.clamp is not None or _finite_mask(sc.terms, absorbing, cdt, modules, gm)),
-        cap=sc.cap, cap_factors=sc.cap_factors, sink=sc.sink, key_rows=rows)
+        cap=sc.cap, cap_factors=sc.cap_factors, sink=sc.sink, key_rows=rows, key_bias=key_bias)
 
 
 

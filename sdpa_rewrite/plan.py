@@ -117,8 +117,15 @@ def _band(att: Attention) -> bool:
 
 def _long_dense_mask(att: Attention) -> bool:
     """A mask SDPA would read whole (no causal flag drops it, it is no bias), over static L, S both long enough for
-    skipped tiles to pay for the BlockMask's build (DENSE_FLEX_MIN)."""
-    if att.verdict is None or att.verdict.kind not in ("input mask", "constant mask", "mask") or att.causal:
+    skipped tiles to pay for the BlockMask's build (DENSE_FLEX_MIN).
+
+    An input mask beside a row along the keys that holds a visible bias (ALiBi beside a padded batch's mask, where no
+    band splits the rest off) is a bias too, and stays on SDPA: on the H200 (bench/RESULTS.md) a left-padded
+    Bloom-like forward ran 7.63 / 20.37 ms on the dense-mask flex path against 7.19 / 19.22 ms on SDPA (S4096 /
+    8192). Rows known only as the graph runs (Bloom's, from a cumsum of attention_mask) are not known to be a bias,
+    and keep the dense-mask path (key_rows.bias_along_keys)."""
+    if att.verdict is None or att.verdict.kind not in ("input mask", "constant mask", "mask") or att.causal \
+            or att.key_bias:
         return False
     L, S = att.q_shape[-2], att.k_shape[-2]
     return isinstance(L, int) and isinstance(S, int) and min(L, S) >= DENSE_FLEX_MIN

@@ -210,6 +210,54 @@ def test_rows_read_from_attention_mask_split_at_run_time(monkeypatch, name):
             assert all(c["block_mask"] and c["mask"] == "float" for c in calls[1]), calls
 
 
+class RowsBesideInputMask(nn.Module):
+    """scores + rows along the keys built in the graph from constants + an additive mask that is a graph input."""
+
+    def __init__(self, rows):
+        super().__init__()
+        self.rows = rows
+
+    def forward(self, q, k, v, mask):
+        return torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) + self.rows() + mask, dim=-1) @ v
+
+
+@pytest.mark.parametrize("rows,target", [
+    (lambda: (torch.arange(16.0) * 0.5).view(1, 1, 1, 16), "sdpa"),                  # ALiBi-like: a bias
+    (lambda: torch.zeros(1, 1, 1, 16).masked_fill(torch.arange(16) < 3, -1e9), "flex"),  # padding: a keep-pattern
+    (lambda: torch.zeros(1, 1, 1, 16), "flex"),                                       # nothing
+], ids=["bias_rows", "padding_rows", "zero_rows"])
+def test_input_mask_beside_a_bias_along_the_keys_stays_on_sdpa(monkeypatch, fast, rows, target):
+    """A mask read at run time that no band splits (a padded batch) goes to flex's dense-mask path where it is a
+    keep-pattern; beside finite, nonzero rows along the keys it is a bias, which SDPA reads faster, so it stays on
+    SDPA. Numbers equal eager's either way."""
+    monkeypatch.setattr(plan, "DENSE_FLEX_MIN", 8)
+    g = torch.Generator().manual_seed(9)
+    q, k, v = (torch.randn(2, 2, 16, 16, generator=g) for _ in range(3))
+    mask = torch.zeros(2, 1, 16, 16).masked_fill(torch.ones(16, 16, dtype=torch.bool).triu(1), float("-inf"))
+    mask[1, ..., 11:] = float("-inf")                                   # right padding: no row sees no key
+    model = RowsBesideInputMask(rows)
+    with torch.no_grad():
+        ref = model(q, k, v, mask)
+        out, sites, _ = _compiled(model, fast, q, k, v, mask)
+    assert [(s.rewritten, s.target) for s in sites] == [(True, target)], sites
+    assert_close_outputs(out, ref)
+
+
+def test_padded_mpt_stays_on_sdpa(monkeypatch, fast):
+    """MPT's constant ALiBi rows beside a left-padded batch's mask: no band splits the rest, and the mask, a bias,
+    stays on SDPA where a padding mask alone would go to flex's dense-mask path. Logits equal eager's."""
+    monkeypatch.setattr(plan, "DENSE_FLEX_MIN", 8)
+    model = _tiny("mpt")
+    ids = torch.randint(0, 128, (2, 40), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones(2, 40, dtype=torch.long)
+    mask[0, :9] = 0
+    with torch.no_grad():
+        ref = model(ids, attention_mask=mask).logits
+        out, sites, _ = _compiled(model, fast, ids, attention_mask=mask)
+    assert [(s.rewritten, s.target) for s in sites] == [(True, "sdpa")] * 2, sites
+    assert_close_outputs(out.logits[:, 9:], ref[:, 9:])
+
+
 class RowAndMaskInputs(nn.Module):
     """scores + a row along the keys + an additive mask, both graph inputs."""
 
