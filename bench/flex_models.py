@@ -168,7 +168,8 @@ def main() -> int:
     ap.add_argument("--budget-s", type=float, default=500, help="skip the forms that would start after this")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--ones-mask", action="store_true", help="forward rows with an all-ones attention_mask input")
-    ap.add_argument("--left-pad", type=int, default=0, help="forward rows whose attention_mask pads N tokens on the left")
+    ap.add_argument("--left-pad", type=int, default=0,
+                    help="forward rows whose attention_mask pads N tokens on the left")
     ap.add_argument("--json")
     args = ap.parse_args()
     device = "cuda"

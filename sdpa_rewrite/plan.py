@@ -75,6 +75,8 @@ def plan(att: Attention, when: Conditions = Conditions()) -> Union[Plan, Miss]:
                         (f", the {rows.band.kind} band is a BlockMask" if rows.has_band else ""),
                         band=rows.has_band, key_rows=True)
         if _long_dense_mask(att) and fast and not _requires_grad(att, when) and not _flex_blocked(att, when):
+            if att.key_bias:
+                return Plan("sdpa", "a dense mask holding a bias along the keys (ALiBi): SDPA reads it faster")
             return Plan("flex", "a dense mask: a BlockMask built from it at run time skips the tiles it hides",
                         dense=True, per_row=DENSE_FLEX_PER_ROW)
         return Plan("sdpa")
@@ -120,12 +122,11 @@ def _long_dense_mask(att: Attention) -> bool:
     skipped tiles to pay for the BlockMask's build (DENSE_FLEX_MIN).
 
     An input mask beside a row along the keys that holds a visible bias (ALiBi beside a padded batch's mask, where no
-    band splits the rest off) is a bias too, and stays on SDPA: on the H200 (bench/RESULTS.md) a left-padded
-    Bloom-like forward ran 7.63 / 20.37 ms on the dense-mask flex path against 7.19 / 19.22 ms on SDPA (S4096 /
-    8192). Rows known only as the graph runs (Bloom's, from a cumsum of attention_mask) are not known to be a bias,
-    and keep the dense-mask path (key_rows.bias_along_keys)."""
-    if att.verdict is None or att.verdict.kind not in ("input mask", "constant mask", "mask") or att.causal \
-            or att.key_bias:
+    band splits the rest off) is a bias too, and plan() keeps it on SDPA with that reason: on the H200
+    (bench/RESULTS.md) a left-padded Bloom-like forward ran 7.63 / 20.37 ms on the dense-mask flex path against
+    7.19 / 19.22 ms on SDPA (S4096 / 8192). Rows known only as the graph runs (Bloom's, from a cumsum of
+    attention_mask) are not known to be a bias, and keep the dense-mask path (key_rows.bias_along_keys)."""
+    if att.verdict is None or att.verdict.kind not in ("input mask", "constant mask", "mask") or att.causal:
         return False
     L, S = att.q_shape[-2], att.k_shape[-2]
     return isinstance(L, int) and isinstance(S, int) and min(L, S) >= DENSE_FLEX_MIN

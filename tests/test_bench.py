@@ -99,6 +99,37 @@ def test_step_memory_names_the_allocating_line(tmp_path):
     assert _where([]) == "?"
 
 
+def test_step_peak_replays_the_allocator_trace_to_its_highest_point():
+    """bench/step_memory.py --at-peak: the allocator's alloc / free events replayed give the highest point and the
+    blocks the trace allocated that are live there (a free of a block from before the trace lowers the count)."""
+    from bench.step_memory import _replay
+
+    events = [{"action": "alloc", "addr": 1, "size": 10}, {"action": "alloc", "addr": 2, "size": 5},
+              {"action": "free_completed", "addr": 1, "size": 10}, {"action": "alloc", "addr": 3, "size": 20},
+              {"action": "free_completed", "addr": 9, "size": 3}, {"action": "alloc", "addr": 4, "size": 2},
+              {"action": "free_completed", "addr": 3, "size": 20}]
+    peak = _replay(events, stop=None)
+    assert (peak["high"], peak["index"]) == (25, 3)
+    assert sorted(_replay(events, stop=peak["index"])["live"]) == [2, 3]
+
+
+def test_flex_plot_reads_the_last_row_of_each_form(tmp_path):
+    """bench/plot_flex.py takes every row of every list in its files; a form measured again later replaces the
+    earlier row, and training rows with bf16 weights are a group of their own."""
+    from bench.plot_flex import rows_of
+
+    first, later = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps({"m": {"forward": [{"model": "m", "shape": "B1 S8", "form": "backend", "ms": 2.0,
+                                                    "peak_mib": 9}, {"model": "m", "form": "x", "skipped": "time"}]}}))
+    later.write_text(json.dumps({"k": [{"model": "m", "shape": "B1 S8", "form": "backend", "ms": 1.5, "peak_mib": 8},
+                                       {"model": "m", "shape": "B1 S8", "form": "backend", "step_ms": 3.0,
+                                        "peak_mib": 7, "weights": "bfloat16"}]}))
+    found = rows_of([str(first), str(later)])
+    assert found[("forward", "m", "B1 S8")]["backend"]["ms"] == 1.5
+    assert found[("step", "m", "B1 S8 bf16")]["backend"]["step_ms"] == 3.0
+    assert len(found) == 2
+
+
 def test_saved_for_backward_drops_one_attention_output_per_layer_for_a_finite_mask(monkeypatch):
     """bench/step_memory.py --saved on the CPU: with a padding mask built in the graph from finite constants
     (transformers 5.x), the backend saves one attention output per layer less for the backward than when the

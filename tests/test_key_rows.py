@@ -240,6 +240,7 @@ def test_input_mask_beside_a_bias_along_the_keys_stays_on_sdpa(monkeypatch, fast
         ref = model(q, k, v, mask)
         out, sites, _ = _compiled(model, fast, q, k, v, mask)
     assert [(s.rewritten, s.target) for s in sites] == [(True, target)], sites
+    assert ("bias along the keys" in sites[0].target_reason) == (target == "sdpa"), sites
     assert_close_outputs(out, ref)
 
 
