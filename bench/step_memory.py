@@ -62,6 +62,7 @@ def step_memory(trainer: Trainer, args: dict, top: int) -> dict:
 
 
 def step_peak(trainer: Trainer, args: dict, top: int) -> dict:
+    """The blocks of at least 1 MiB that one step (after two warm-up steps) allocated and holds at its peak."""
     for _ in range(2):
         trainer.step(args)
     torch.cuda.synchronize()

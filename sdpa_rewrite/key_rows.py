@@ -81,6 +81,8 @@ def bias_along_keys(sc: Scores, top_shape: tuple, folder: Optional[Folder], read
 
 
 def _visible_bias(term: Term, folder: Folder, reader) -> bool:
+    """Some value of coeff·term lies strictly between 0 and MASKING in size, so it shifts a visible logit (folded);
+    or bounds.py keeps every value within MASKING and the term is not provably zero (a performance choice only)."""
     value = folder.value(term.node, reader)
     if value is not None:
         v = value.double().abs() * abs(term.coeff)
