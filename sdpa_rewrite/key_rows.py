@@ -53,8 +53,8 @@ def key_rows(sc: Scores, top_shape: tuple, folder: Optional[Folder], reader,
     are taken at run time (runtime.py), and a variant compiled for a band gets the split."""
     if folder is None or sc.clamp is not None or not all(isinstance(d, int) for d in top_shape[-2:]):
         return None
-    rows = _row_terms(sc, top_shape)
-    if not rows:
+    rows = [i for i, t in enumerate(sc.terms) if along_keys(t, top_shape)]
+    if not rows or any(sc.terms[i].factors for i in rows):
         return None
     key = ("key rows", tuple((t.node, t.coeff, _h(t.at)) for t in sc.terms),
            tuple((f.cond, f.masked_when, f.value, f.terms_after, _h(f.at)) for f in sc.fills), _h(top_shape),
@@ -75,7 +75,7 @@ def bias_along_keys(sc: Scores, top_shape: tuple, folder: Optional[Folder], read
     if folder is None:
         return False
     try:
-        return any(_visible_bias(sc.terms[i], folder, reader) for i in _row_terms(sc, top_shape))
+        return any(_visible_bias(t, folder, reader) for t in sc.terms if along_keys(t, top_shape) and not t.factors)
     except Exception:                          # unknown: the mask is read as it always was
         return False
 
@@ -89,12 +89,6 @@ def _visible_bias(term: Term, folder: Folder, reader) -> bool:
         return bool(((v > 0) & (v < MASKING)).any())
     bounds = value_bounds(term.node)
     return bounds is not None and tuple(bounds) != (0, 0) and max(map(abs, bounds)) * abs(term.coeff) < MASKING
-
-
-def _row_terms(sc: Scores, top_shape: tuple) -> list:
-    """The indices of the additive terms constant along the queries; none where one of them has a factor after it."""
-    rows = [i for i, t in enumerate(sc.terms) if along_keys(t, top_shape)]
-    return [] if any(sc.terms[i].factors for i in rows) else rows
 
 
 def along_keys(term: Term, top_shape: tuple) -> bool:

@@ -314,3 +314,28 @@ def test_dense_masks_on_flex_equal_eager(p: Program):
         if site.mask.startswith("input mask") and p.dropout != "module_eval" and len(site.q) <= 4:
             assert site.target == "flex" and "BlockMask" in site.mask, f"{site}\n{p}"
     check_numbers(p, out, ref, None, None, bool(report.rewritten))
+
+
+@settings(max_examples=COMPILE_EXAMPLES, **COMMON)
+@given(programs(), st.sampled_from([0.5, -0.25]))
+def test_dense_masks_beside_rows_stay_on_sdpa(p: Program, slope: float):
+    """Every random program with ALiBi-like rows added to its scores, planned as on CUDA without gradients with no
+    dense-mask length bar: a mask read at run time beside those rows is a bias (over more than one key), so its site
+    stays on SDPA and says why (the rows fold to constants), and the outputs still equal eager's (fp32; eager's NaN
+    rows are zeros)."""
+    from dataclasses import replace
+
+    p = replace(p, row=slope)
+    ref, out, report = planned_as_on_cuda(p, "DENSE_FLEX_MIN")
+    if p.near_miss:
+        assert not report.rewritten, f"near-miss rewritten:\n{report}\n{p}"
+        return
+    for site in report.skipped:
+        assert allowed_skip(p, site.reason) or p.mask == "causal_arith" or (
+            "finite masked fill" in site.reason), f"missed site: {site.reason}\n{p}"
+    for site in report.rewritten:
+        if site.mask.startswith("input mask") and p.s > 1:        # over one key the rows are 0: no bias
+            assert site.target == "sdpa", f"{site}\n{p}"
+            if p.dropout != "module_eval" and len(site.q) <= 4:   # where flex could run, the report says why not
+                assert "bias along the keys" in site.target_reason, f"{site}\n{p}"
+    check_numbers(p, out, ref, None, None, bool(report.rewritten))
