@@ -50,13 +50,9 @@ def step_memory(trainer: Trainer, args: dict, top: int) -> dict:
     trainer.opt.zero_grad(set_to_none=True)
     del loss
     print(f"-- {trainer.form}: live after forward by allocating line (blocks >= 1 MiB)")
-    groups = collections.Counter()
-    for segment in snapshot["segments"]:
-        for block in segment["blocks"]:
-            if block["state"] == "active_allocated" and block["size"] >= 2**20:
-                groups[(_where(block.get("frames", [])), block["size"])] += 1
-    for (where, size), count in sorted(groups.items(), key=lambda kv: -kv[0][1] * kv[1])[:top]:
-        print(f"   {count:3d} x {_mib(size):8.1f} MiB  {where}")
+    groups = _by_line(b for segment in snapshot["segments"] for b in segment["blocks"]
+                      if b["state"] == "active_allocated")
+    _print_top(groups, top)
     return {"form": trainer.form, "saved_mib": _mib(saved), "forward_peak_mib": _mib(forward_peak),
             "backward_peak_mib": _mib(backward_peak), "live_blocks_mib": _mib(sum(s * c for (_, s), c in groups.items()))}
 
@@ -77,16 +73,21 @@ def step_peak(trainer: Trainer, args: dict, top: int) -> dict:
     torch.cuda.memory._record_memory_history(enabled=None)
     at_peak = _replay(events, stop=None)
     live = _replay(events, stop=at_peak["index"])["live"]
-    groups = collections.Counter()
-    for e in live.values():
-        if e["size"] >= 2**20:
-            groups[(_where(e.get("frames", [])), e["size"])] += 1
     print(f"-- {trainer.form}: step peak {_mib(peak)} MiB above the step's start (trace: {_mib(at_peak['high'])}); "
           f"the allocation that reached it: {_where(events[at_peak['index']].get('frames', []))}")
-    for (where, size), count in sorted(groups.items(), key=lambda kv: -kv[0][1] * kv[1])[:top]:
-        print(f"   {count:3d} x {_mib(size):8.1f} MiB  {where}")
+    _print_top(_by_line(live.values()), top)
     return {"form": trainer.form, "step_peak_mib": _mib(peak), "trace_peak_mib": _mib(at_peak["high"]),
             "live_at_peak_mib": _mib(sum(e["size"] for e in live.values())), "live_at_peak_blocks": len(live)}
+
+
+def _by_line(blocks) -> collections.Counter:
+    """{(allocating line, size): count} of the blocks of at least 1 MiB (snapshot blocks or trace events)."""
+    return collections.Counter((_where(b.get("frames", [])), b["size"]) for b in blocks if b["size"] >= 2**20)
+
+
+def _print_top(groups: collections.Counter, top: int) -> None:
+    for (where, size), count in sorted(groups.items(), key=lambda kv: -kv[0][1] * kv[1])[:top]:
+        print(f"   {count:3d} x {_mib(size):8.1f} MiB  {where}")
 
 
 def _replay(events: list, stop: int | None) -> dict:
