@@ -23,6 +23,21 @@ def fast(monkeypatch):
     return plan.Conditions(fast_on=("cuda", "cpu"), may_train=False)
 
 
+@pytest.fixture
+def split_at_run_time(monkeypatch):
+    """The backend asks for the run-time split on this CPU as on CUDA, and plans as there, with short sequences
+    counting as long (with gradients or not)."""
+    import functools
+
+    import sdpa_rewrite.backend as backend
+    import sdpa_rewrite.key_rows as key_rows
+
+    monkeypatch.setattr(plan, "KEY_ROW_FLEX_MIN", 8)
+    monkeypatch.setattr(plan, "KEY_ROW_FLEX_MIN_TRAIN", 8)
+    monkeypatch.setattr(key_rows, "RUN_TIME_ON", ("cuda", "cpu"))
+    monkeypatch.setattr(backend, "Conditions", functools.partial(plan.Conditions, fast_on=("cuda", "cpu")))
+
+
 def _compiled(model, conditions, *args, **kwargs):
     """Run `model` through torch.compile with a backend that rewrites under `conditions` and runs the graph eagerly;
     (output, reports, graphs)."""
@@ -168,20 +183,11 @@ def test_soft_capped_site_reads_rows_at_any_length():
 
 
 @pytest.mark.parametrize("name", ["bloom", "mpt"])
-def test_rows_read_from_attention_mask_split_at_run_time(monkeypatch, name):
+def test_rows_read_from_attention_mask_split_at_run_time(monkeypatch, split_at_run_time, name):
     """With an attention_mask the rows and the causal mask read the graph's input: the rest's verdict (causal for an
     all-ones mask) and the rows' span are taken at run time, and the variant compiled for it reads the rows on flex
     with a causal BlockMask. A left-padded batch keeps the general graph (its rest is no band). Logits equal eager's
     both ways. Without gradients and shorter than plan.KEY_ROW_FLEX_MIN, the split is not even asked for."""
-    import functools
-
-    import sdpa_rewrite.backend as backend
-    import sdpa_rewrite.key_rows as key_rows
-
-    monkeypatch.setattr(plan, "KEY_ROW_FLEX_MIN", 8)
-    monkeypatch.setattr(plan, "KEY_ROW_FLEX_MIN_TRAIN", 8)
-    monkeypatch.setattr(key_rows, "RUN_TIME_ON", ("cuda", "cpu"))
-    monkeypatch.setattr(backend, "Conditions", functools.partial(plan.Conditions, fast_on=("cuda", "cpu")))
     model = _tiny(name)
     ids = torch.randint(0, 128, (2, 40), generator=torch.Generator().manual_seed(4))
     for padded, long_enough in ((False, True), (True, True), (False, False)):
@@ -271,18 +277,9 @@ class RowAndMaskInputs(nn.Module):
     (0.5, torch.finfo(torch.float32).min, True),
     (80.0, -1100.0, False),           # rows spanning 1200: a hidden key up to 100 above a visible one in eager
 ], ids=["alibi_finfo_min", "row_outweighs_the_fill"])
-def test_run_time_split_reads_the_rows_span(monkeypatch, slope, fill, split):
+def test_run_time_split_reads_the_rows_span(split_at_run_time, slope, fill, split):
     """The run-time verdict of the rest clears the rows' span, read from the rows' values at run time: a causal fill
     of -1100 masks alone, not once rows spanning 1200 are added; the general graph then keeps the whole sum."""
-    import functools
-
-    import sdpa_rewrite.backend as backend
-    import sdpa_rewrite.key_rows as key_rows
-
-    monkeypatch.setattr(plan, "KEY_ROW_FLEX_MIN", 8)
-    monkeypatch.setattr(plan, "KEY_ROW_FLEX_MIN_TRAIN", 8)
-    monkeypatch.setattr(key_rows, "RUN_TIME_ON", ("cuda", "cpu"))
-    monkeypatch.setattr(backend, "Conditions", functools.partial(plan.Conditions, fast_on=("cuda", "cpu")))
     g = torch.Generator().manual_seed(8)
     q, k, v = (torch.randn(1, 2, 16, 16, generator=g) for _ in range(3))
     row = (torch.arange(16.0) * slope).expand(1, 2, 1, 16).contiguous()
