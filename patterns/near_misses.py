@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import Entry, Heads, hidden
+from . import Entry, Heads, hidden, qkv
 
 
 class OutputAttentions(Heads):
@@ -103,3 +103,36 @@ ENTRIES = [
           lambda: TalkingHeadAttn().eval(), lambda: hidden(2, 8, 64, seed=44),
           None, reason="not a ·V matmul"),
 ]
+
+
+class PseudoInverseWeights(nn.Module):
+    """nystrom-attention: the landmark kernel softmax(q̃·k̃ᵀ) is inverted by Moore-Penrose iterations, not multiplied
+    by a value; its weights are read by abs, a transpose and matmuls."""
+
+    def forward(self, q, k, v):
+        kernel = (q @ k.transpose(-1, -2) * 0.25).softmax(-1)
+        z = kernel.transpose(-1, -2) / (kernel.abs().sum(-1).amax() * kernel.abs().sum(-2).amax())
+        return (kernel @ z) @ v
+
+
+ENTRIES.append(Entry("near_misses/nystrom_pseudo_inverse", "lucidrains/nystrom-attention: nystrom_attention.py: "
+                     "moore_penrose_iter_pinv", PseudoInverseWeights, lambda: qkv(seed=208), None,
+                     reason="used outside the ·V product"))
+
+
+class ConvTalkingHeads(nn.Module):
+    """lucidrains/x-transformers Attend (pre_talking_heads): a 1x1 convolution over the heads dim of the scores
+    before the softmax: each head's weights depend on every head's scores."""
+
+    def __init__(self, heads=4):
+        super().__init__()
+        self.mix = nn.Conv2d(heads, heads, 1, bias=False)
+
+    def forward(self, q, k, v):
+        sim = self.mix(q @ k.transpose(-1, -2) * 0.25)
+        return sim.softmax(-1) @ v
+
+
+ENTRIES.append(Entry("near_misses/x_transformers_pre_softmax_talking_heads",
+                     "lucidrains/x-transformers: x_transformers/attend.py: Attend (pre_talking_heads)",
+                     ConvTalkingHeads, lambda: qkv(seed=209), None, reason="mixes the scores across heads"))

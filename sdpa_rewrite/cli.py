@@ -5,6 +5,8 @@
     sdpa-rewrite scan gpt2 llama t5  each model_type built tiny from its config (offline), compiled with
                                      the backend and compared with eager: report table + verdict line
     sdpa-rewrite scan --all          every model_type transformers knows, with a summary at the end
+    sdpa-rewrite scan --corpus       the third-party corpus: libraries that write attention by hand
+                                     (scan/corpus.py; one entry by name: scan segment-anything/image-encoder)
     sdpa-rewrite scan pkg.mod:fn     your factory: returns a model with a transformers config (dummy
                                      inputs are made for it) or (model, inputs), inputs a kwargs dict
                                      or a tuple of positional args
@@ -64,7 +66,7 @@ def scan(args, argv: list) -> int:
     except ImportError:
         print("scan builds transformers models: pip install transformers", file=sys.stderr)
         return 2
-    from .scan import coverage, summary
+    from .scan import coverage, summary, thirdparty
     from .scan.run import scan_model
 
     logging.set_verbosity_error()
@@ -73,35 +75,52 @@ def scan(args, argv: list) -> int:
         from transformers import CONFIG_MAPPING
 
         targets = sorted(CONFIG_MAPPING.keys())
+    elif args.corpus:
+        from .scan.corpus import ENTRIES
+
+        targets = [e.name for e in ENTRIES]
     else:
         targets = args.targets
     if not targets:
-        print("sdpa-rewrite scan: name model types (gpt2 llama ...), module:function factories, or --all",
-              file=sys.stderr)
+        print("sdpa-rewrite scan: name model types (gpt2 llama ...), module:function factories, corpus entries, "
+              "--all or --corpus", file=sys.stderr)
         return 2
+    long_run = args.all or args.corpus
     results = []
     for i, target in enumerate(targets):
-        if args.all:
+        if long_run:
             _progress(i, len(targets), target)
         result = scan_model(target, padded=args.padded, timeout=args.timeout)
         results.append(result)
-        if not args.all:
+        if not long_run:
             if result.report is not None and result.report.sites:
                 print(result.report)
             print(summary.verdict(result), end="\n\n", flush=True)
         if args.json:       # written after every model, so a long --all run leaves its results so far
             with open(args.json, "w") as f:
                 json.dump([r.to_dict() for r in results], f, indent=1)
-    if args.all:
+    if long_run:
         _progress(len(targets), len(targets), "")
-        print(summary.table(results))
+        print(summary.table(results) if args.all else thirdparty_table(results))
         print()
-    if len(results) > 1:
+    if args.corpus:
+        print("\n".join(thirdparty.totals(results)))
+    elif len(results) > 1:
         print("\n".join(summary.Totals.of(results).lines()))
-    if args.coverage:
+    if args.coverage and args.corpus:
+        coverage.write_corpus(args.coverage, results, command="sdpa-rewrite " + " ".join(argv))
+    elif args.coverage:
         coverage.write(args.coverage, results, command="sdpa-rewrite " + " ".join(argv), padded=args.padded)
     failed = [r for r in results if r.status == "wrong result" or r.note.startswith("sdpa_rewrite:")]
     return 1 if failed else 0
+
+
+def thirdparty_table(results) -> str:
+    from tabulate import tabulate
+
+    from .scan import thirdparty
+
+    return tabulate(thirdparty.rows(results), headers=thirdparty.HEADERS, disable_numparse=True)
 
 
 def _progress(done: int, total: int, name: str, width: int = 30) -> None:
@@ -123,6 +142,9 @@ def main(argv=None) -> int:
                    help="a transformers model_type (gpt2, t5, ...) or module:function returning a model "
                         "or (model, inputs)")
     s.add_argument("--all", action="store_true", help="every model_type in transformers' CONFIG_MAPPING")
+    s.add_argument("--corpus", action="store_true",
+                   help="the third-party corpus (libraries that write attention by hand); with --coverage, "
+                        "rewrites the page's third-party table")
     s.add_argument("--json", metavar="PATH", help="write the results as JSON")
     s.add_argument("--coverage", metavar="PATH", help="write the markdown coverage page")
     s.add_argument("--padded", choices=["left", "right"], help="pad the first row: the attention mask is input data")
@@ -133,7 +155,7 @@ def main(argv=None) -> int:
     if args.command == "demo":
         return demo(args.model)
     if args.command == "scan":
-        if args.all and args.timeout is None:
+        if (args.all or args.corpus) and args.timeout is None:
             args.timeout = 600.0
         return scan(args, argv)
     return 2

@@ -21,7 +21,8 @@ from .masks import MASKING
 from .plan import Plan
 from .sinks import with_sink_keys
 from .scores import Operand
-from .view import _SCALAR_FUNCTIONS, dtype, is_inplace, meta_value, reads_only_metadata, shape, view
+from .view import (_SCALAR_FUNCTIONS, dead_readers, dtype, is_inplace, meta_value, rank, reads_only_metadata, same_batch,
+                   shape, view)
 
 
 def dropout_p_of(module: torch.nn.Module) -> float:
@@ -125,6 +126,8 @@ def emit(gm: fx.GraphModule, att: Attention, plan: Plan = Plan("sdpa")) -> fx.No
             out = b.method("squeeze", out, 0 if lead == 2 else 1)
         if seen_rows is not None:
             out = b.call(torch.where, seen_rows, out, 0.0)
+        if att.out_unflatten is not None:
+            out = b.method("unflatten", out, -1, att.out_unflatten)
         if att.out_permute is not None:
             out = b.method("permute", out, *att.out_permute)
         if att.out_dtype != att.compute_dtype:
@@ -274,6 +277,12 @@ class _Builder:
         if x.permute is not None:
             node = self.method("permute", node, *x.permute)
             s = [s[i] for i in x.permute]
+        for d in x.unsqueeze:
+            node = self.method("unsqueeze", node, d)
+            s.insert(d, 1)
+        if x.flatten > 1:
+            node = self.method("flatten", node, -x.flatten)
+            s = s[:-x.flatten] + [math.prod(s[-x.flatten:])]
         if x.transpose:
             node = self.method("transpose", node, -2, -1)
             s[-2], s[-1] = s[-1], s[-2]
@@ -316,6 +325,19 @@ def _float_mask(att: Attention) -> bool:
 
 
 def _mask(b: _Builder, att: Attention):
+    """The mask SDPA takes (`_dense_mask`), at least 2-D: a 0-d or 1-d term (a scalar tensor added to the scores,
+    a bias over the keys alone) broadcasts as the scores do, but the kernels and the empty-row check read its
+    last two dims."""
+    mask = _dense_mask(b, att)
+    parts = [(t.node, t.at) for t in att.terms] + [(c, at) for c, _, at in att.keep] + \
+        [(c, at) for c, _, _, at in att.absorbing]
+    ranks = [len(at) if not same_batch(at, att.top_shape) else rank(x) for x, at in parts]
+    if mask is not None and all(r is not None and r < 2 for r in ranks):
+        mask = b.call(torch.atleast_2d, mask)
+    return mask
+
+
+def _dense_mask(b: _Builder, att: Attention):
     """Σ cᵢ·Tᵢ (+ absorbing fills) as a float mask; -inf fills as a bool keep-mask; both -> masked float."""
     if not _float_mask(att):
         return _keep(b, att)
@@ -489,11 +511,18 @@ def _erase_dead(g: fx.Graph, candidates: tuple, folded: frozenset = frozenset())
     """Erase the site's own nodes once nothing uses them, then any pure input they leave unused
     (a folded mask's nodes are pure: fold.py proved it)."""
     pending, erased = list(dict.fromkeys(candidates)), set()
+
+    def erase(node):
+        inputs = node.all_input_nodes
+        g.erase_node(node)
+        erased.add(node)
+        pending.extend(i for i in inputs if _pure(i) or i in candidates or i in folded)
+
     while pending:
         n = pending.pop()
-        if n in erased or n.users or n.op in ("placeholder", "output", "get_attr"):
+        if n in erased or n.op in ("placeholder", "output", "get_attr"):
             continue
-        inputs = n.all_input_nodes
-        g.erase_node(n)
-        erased.add(n)
-        pending.extend(i for i in inputs if _pure(i) or i in candidates or i in folded)
+        for user in dead_readers(n):             # a clone nobody reads keeps nothing alive
+            erase(user)
+        if not n.users:
+            erase(n)

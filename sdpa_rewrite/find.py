@@ -66,7 +66,7 @@ class Attention:
     uniform_rows: bool            # fully masked rows get eager's uniform weights (mean of V)
     empty_rows: bool              # rows may be fully masked: give them eager's answer (kernels differ there)
     dropout: Optional[Dropout]
-    out_permute: Optional[tuple]
+    out_permute: Optional[tuple]  # SDPA's output permuted back to eager's layout (einsum)
     batch: tuple                  # broadcast batch shape of the output
     gqa: int                      # query heads per key/value head (1: none)
     compute_dtype: torch.dtype
@@ -89,6 +89,7 @@ class Attention:
     lse_readers: tuple = ()            # logsumexp(S, -1) nodes beside the softmax: served by the kernel's log-sum-exp
     key_rows: Optional[KeyRows] = None # a bias mask split into rows along the keys and a band (key_rows.py)
     key_bias: bool = False             # the mask holds a visible bias along the keys (ALiBi's rows), split or not
+    out_unflatten: Optional[tuple] = None  # sizes the output's feature dim splits into before out_permute (einsum)
 
     @property
     def zeroes_rows(self) -> bool:
@@ -232,7 +233,9 @@ def _walk_to_value(node: fx.Node, modules):
         if len(users) != 1:
             if not users:
                 raise NoMatch("the attention weights are never used")
-            raise NoMatch(f"the attention weights `{node.name}` are used outside the ·V product (returned, or output_attentions)")
+            readers = ", ".join(f"`{target_name(u) or u.op}`" for u in users[:4]) + (", ..." if len(users) > 4 else "")
+            raise NoMatch(f"the attention weights `{node.name}` are used outside the ·V product, read by {readers} "
+                          "(returned, output_attentions, or computed on)")
         user = users[0]
         dropped = _trailing_columns_dropped(user, node) if not chain and not sliced else 0
         if dropped:                                    # sink columns sliced off the weights
@@ -293,19 +296,19 @@ def _trailing_columns_dropped(user: fx.Node, node: fx.Node) -> int:
 
 def _assemble(gm, node, top, sc: Scores, pv, p_node, drop, down, modules, folder=None, sliced: int = 0) -> Attention:
     q, k = sc.q, sc.k
-    out_permute = None
+    out_permute, out_unflatten = None, None
     if pv.kind == "einsum":
         operands = pv["operands"]
         p_index = operands.index(p_node)
         vnode = operands[1 - p_index]
-        ranks = [rank(x) for x in operands]
-        if None in ranks:
+        shapes = [shape(x) for x in operands]
+        if None in shapes:
             raise NoMatch("the graph has no shape for V")
-        read = read_value_einsum(pv["equation"], p_index, ranks)
+        read = read_value_einsum(pv["equation"], p_index, shapes)
         if read is None:
             raise NoMatch(f"einsum '{pv['equation']}' is not P·V")
-        v = Operand(vnode, permute=read[0])
-        out_permute = read[1]
+        (permute, unsqueeze, flatten), out_unflatten, out_permute = read
+        v = Operand(vnode, permute=permute, unsqueeze=unsqueeze, flatten=flatten)
     else:
         v = Operand(pv["other"])
     qs, ks, vs = (_laid_out(x) for x in (q, k, v))
@@ -319,9 +322,9 @@ def _assemble(gm, node, top, sc: Scores, pv, p_node, drop, down, modules, folder
     top_shape = tuple(shape(p_node))      # the weights as they enter ·V: SDPA's layout
     if math.prod(sc.qk_shape) != math.prod(top_shape) or top_shape[-2:] != (L, S):
         raise NoMatch("a mask or bias broadcasts the scores to a larger shape")
-    if sc.qk_shape[:-2] != top_shape[:-2] and (q.permute or k.permute or len(sc.qk_shape) != len(qs)):
+    if sc.qk_shape[:-2] != top_shape[:-2] and (q.relaid or k.relaid or len(sc.qk_shape) != len(qs)):
         raise NoMatch("the scores are regrouped (view) in a layout Q and K cannot follow")
-    batch = tuple(shape(pv.node)[:-2]) if out_permute is None else tuple(shape(top)[:-2])
+    batch = tuple(shape(pv.node)[:-2]) if out_permute is None and out_unflatten is None else tuple(shape(top)[:-2])
     k, v, ks, vs, gqa = _unrepeat(q, k, v, qs, ks, vs) if sc.qk_shape[:-2] == top_shape[:-2] else (k, v, ks, vs, 1)
     if gqa == 1 and len(batch) >= 2 and ks[-3] != batch[-1] and ks[-3] == vs[-3] and batch[-1] % ks[-3] == 0:
         gqa = batch[-1] // ks[-3]            # k/v heads broadcast inside the matmul (MQA): SDPA's GQA
@@ -364,7 +367,7 @@ def _assemble(gm, node, top, sc: Scores, pv, p_node, drop, down, modules, folder
         scale=float(sc.alpha), scale_notes=tuple(scale_note(n, qs[-1]) for n in sc.scale_notes) or ("none → 1.0",), tensor_scale=sc.tensor_scale,
         terms=sc.terms, keep=keep, absorbing=absorbing, uniform_rows=uniform, dropout=drop,
         empty_rows=empty_rows,
-        out_permute=out_permute, batch=batch, gqa=gqa, compute_dtype=cdt, out_dtype=out_dtype,
+        out_permute=out_permute, out_unflatten=out_unflatten, batch=batch, gqa=gqa, compute_dtype=cdt, out_dtype=out_dtype,
         qk_shape=tuple(sc.qk_shape), top_shape=top_shape, q_shape=qs, k_shape=ks, v_shape=vs, mask_kind=_mask_kind(sc, keep, absorbing, uniform),
         consumed=(node,) + down + sc.consumed, verdict=verdict, causal=causal, folded=folded, clamp=sc.clamp,
         mask_finite=not keep and (sc.clamp is not None or _finite_mask(sc.terms, absorbing, cdt, modules, gm)),
@@ -378,6 +381,10 @@ def _laid_out(x: Operand) -> Optional[tuple]:
         return None
     if x.permute is not None:
         s = tuple(s[i] for i in x.permute)
+    for d in x.unsqueeze:
+        s = s[:d] + (1,) + s[d:]
+    if x.flatten > 1:
+        s = s[:-x.flatten] + (math.prod(s[-x.flatten:]),)
     if x.transpose:
         s = s[:-2] + (s[-1], s[-2])
     return tuple(s)
@@ -390,7 +397,7 @@ def _broadcasts(small: tuple, big: tuple) -> bool:
 def _unrepeat(q, k, v, qs, ks, vs):
     """k/v repeated along heads (`repeat_kv`: unsqueeze+expand+reshape, or repeat_interleave) -> their
     sources with enable_gqa: SDPA's GQA maps query head h to key head h // groups, as the repeat does."""
-    if len(qs) != 4 or k.permute or v.permute or k.transpose or v.transpose:
+    if len(qs) != 4 or k.relaid or v.relaid or k.transpose or v.transpose:
         return k, v, ks, vs, 1
     rk, rv = repeated_source(k.node), repeated_source(v.node)
     if rk is None or rv is None or rk[1] != rv[1]:

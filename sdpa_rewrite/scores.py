@@ -36,6 +36,13 @@ class Operand:
     node: fx.Node
     transpose: bool = False
     permute: Optional[tuple] = None
+    unsqueeze: tuple = ()    # size-1 dims inserted after the permute: an einsum operand without a batch letter
+    flatten: int = 1         # trailing dims merged into one feature dim: an einsum contracting several letters
+
+    @property
+    def relaid(self) -> bool:
+        """Laid out by more than a swap of the last two dims."""
+        return self.permute is not None or bool(self.unsqueeze) or self.flatten > 1
 
 
 @dataclass(frozen=True)
@@ -115,17 +122,32 @@ def _describe(node: fx.Node) -> str:
     return f"{hints.get(target, '')}`{target}` ({node.name})"
 
 
+# learned maps over a dim of the scores: x-transformers' talking heads (a 1x1 conv over the heads), timm's CaiT (a
+# linear over the heads, permuted last)
+_MIXING = {"linear", "conv1d", "conv2d", "conv3d"}
+_MIXING_MODULES = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+
+
+def _mixes_scores(node: fx.Node, modules) -> bool:
+    if node.op == "call_module":
+        return isinstance((modules or {}).get(node.target), _MIXING_MODULES)
+    return target_name(node) in _MIXING
+
+
 def _parse(node, st: _State, consumed: tuple, modules, root, depth: int) -> Scores:
     if not isinstance(node, fx.Node):
         raise NoMatch("the softmax input is a constant, not Q·Kᵀ", depth)
     op = view(node, modules)
     consumed = consumed + (node,)
+    if op is None and _mixes_scores(node, modules):
+        raise NoMatch(f"{_describe(node)} mixes the scores across heads between Q·Kᵀ and the softmax (talking "
+                      "heads): attention computes each head's scores alone", depth)
     if op is None:
         raise NoMatch(f"{_describe(node)} lies between Q·Kᵀ and the softmax", depth)
     kind = op.kind
     if kind in ("cast", "layout"):
         return _parse(_single(op["input"], node, depth), st, consumed, modules, root, depth + 1)
-    if kind == "reshape" and _regroups_batch(op):
+    if kind == "reshape" and _reshapes_scores(op):
         if any(not is_symbolic_scalar(t) and (shape(t) is None or any(d != 1 for d in shape(t))) for _, t in st.post_t):
             raise NoMatch("a tensor-valued scale after a reshape of the scores", depth)   # a scalar tensor regroups as itself
         return _parse(_single(op["input"], node, depth), st, consumed, modules, root, depth + 1)
@@ -200,6 +222,8 @@ def _row_max_of(term, chain) -> Optional[fx.Node]:
     if not isinstance(term, fx.Node):
         return None
     node = term
+    if _is_detach(node):      # max(S).detach() (CoCa's stable softmax): still a row shift, with or without a gradient
+        node = node.args[0] if isinstance(node.args[0], fx.Node) else node
     if node.op == "call_function" and (node.target is getattr and node.args[1:] == ("values",)
                                        or node.target is operator.getitem and node.args[1:] == (0,)):
         node = node.args[0]
@@ -213,6 +237,11 @@ def _row_max_of(term, chain) -> Optional[fx.Node]:
             and norm_dim(dims[0], r) == r - 1):
         return None
     return node
+
+
+def _is_detach(node: fx.Node) -> bool:
+    return (node.op == "call_method" and node.target == "detach" or
+            node.op == "call_function" and node.target in (torch.detach, torch.ops.aten.detach.default))
 
 
 def _parse_clamp(op: Op, st, consumed, modules, root, depth):
@@ -231,6 +260,15 @@ def _parse_clamp(op: Op, st, consumed, modules, root, depth):
         raise NoMatch(f"a clamp of the scores (`{op.node.name}`) followed by other operations", depth)
     st2 = replace(st, clamp=floor if floor > -math.inf else None)          # max(S, -inf) -> S
     return _parse(_single(op["input"], op.node, depth), st2, consumed, modules, root, depth + 1)
+
+
+def _reshapes_scores(op: Op) -> bool:
+    """A view of the scores as another shape of as many elements (SAM's `s.view(B, qh, qw, kh, kw) + rel_h + rel_w`,
+    then `.view(B, qh·qw, kh·kw)`): a view keeps the row-major order, so whatever is added or filled at the other
+    shape is the same added at the softmax's shape after `expand(at).reshape(final)`. Whether Q·Kᵀ itself lines up
+    with the softmax's rows and keys is checked once the walk reaches it."""
+    a, b = shape(op["input"]), shape(op.node)
+    return a is not None and b is not None and len(b) >= 2 and math.prod(a) == math.prod(b)
 
 
 def _regroups_batch(op: Op) -> bool:
@@ -586,7 +624,22 @@ def _order(letters: str, wanted: str) -> Optional[tuple]:
     return tuple(letters.index(c) for c in wanted)
 
 
+def einsum_layout(letters: str, wanted: str) -> Optional[tuple]:
+    """(permute, unsqueeze) that lay an operand spelled `letters` out as `wanted`: its dims permuted into wanted's
+    order, a size-1 dim inserted for each wanted letter it lacks (einsum broadcasts it). None when it has a letter
+    wanted does not, or one twice."""
+    if len(set(letters)) != len(letters) or any(c not in wanted for c in letters):
+        return None
+    present = [c for c in wanted if c in letters]
+    return (_unless_identity(tuple(letters.index(c) for c in present)),
+            tuple(n for n, c in enumerate(wanted) if c not in letters))
+
+
 def _read_einsum_qk(op: Op, st, consumed, modules, root, depth):
+    """einsum(q, k) -> (batch, i, j): every letter of q and k is a batch letter of the output, the query letter i
+    (q's alone), the key letter j (k's alone), or contracted (in both). A batch letter one operand lacks broadcasts
+    (multi-query: 'bhid,bjd->bhij'); several contracted letters are one feature dim of their product
+    (ESM's tied row attention, 'rinhd,rjnhd->hnij': q·k summed over rows and features)."""
     operands = op["operands"]
     if len(operands) != 2 or not isinstance(op["equation"], str):
         raise NoMatch("einsum scores with other than two operands", depth)
@@ -598,35 +651,51 @@ def _read_einsum_qk(op: Op, st, consumed, modules, root, depth):
     if len(out) < 3:
         raise NoMatch("einsum scores with no batch dim", depth)
     batch, i, j = out[:-2], out[-2], out[-1]
-    contracted = [c for c in la if c in lb and c not in out]
-    if len(contracted) != 1:
-        raise NoMatch(f"einsum '{op['equation']}' contracts other than one feature dim", depth)
-    d = contracted[0]
-    pq, pk = _order(la, batch + i + d), _order(lb, batch + j + d)
-    if pq is None or pk is None:
+    contracted = "".join(c for c in la if c in lb and c not in out)
+    if not contracted:
+        raise NoMatch(f"einsum '{op['equation']}' contracts no feature dim", depth)
+    if any(c not in out and c not in contracted for c in la + lb):
+        raise NoMatch(f"einsum '{op['equation']}' sums a dim of one operand alone", depth)
+    if i not in la or i in lb or j not in lb or j in la:
         raise NoMatch(f"einsum '{op['equation']}' is not Q·Kᵀ", depth)
+    lq, lk = einsum_layout(la, batch + i + contracted), einsum_layout(lb, batch + j + contracted)
+    if lq is None or lk is None:
+        raise NoMatch(f"einsum '{op['equation']}' is not Q·Kᵀ", depth)
+    sa, sb = shape(a), shape(b)
+    if any(sa[la.index(c)] != sb[lb.index(c)] for c in contracted):
+        raise NoMatch(f"einsum '{op['equation']}' broadcasts a contracted dim", depth)
     q, qf, qn, qc = _peel(a, "q", modules, root, allow_transpose=False)
     k, kf, kn, kc = _peel(b, "k", modules, root, allow_transpose=False)
     _check_fills(st, depth)
-    return Scores(op.node, Operand(q.node, permute=_unless_identity(pq)), Operand(k.node, permute=_unless_identity(pk)),
+    return Scores(op.node, Operand(q.node, permute=lq[0], unsqueeze=lq[1], flatten=len(contracted)),
+                  Operand(k.node, permute=lk[0], unsqueeze=lk[1], flatten=len(contracted)),
                   st.post * qf * kf, st.notes + qn + kn, st.post_t, st.terms, st.fills, consumed + qc + kc,
                   shape(op.node), clamp=st.clamp, cap=st.cap, cap_factors=st.cap_factors,
                   sink=st.sink)
 
 
-def read_value_einsum(equation: str, p_index: int, ranks: list) -> Optional[tuple]:
-    """For `P·V` written as einsum: (permutation of v to (..., S, Ev), permutation of SDPA's output to eager's)."""
-    parsed = parse_equation(equation, ranks)
+def read_value_einsum(equation: str, p_index: int, shapes: list) -> Optional[tuple]:
+    """For `P·V` written as einsum, P spelled (batch, i, j): (V as an Operand layout (permute, unsqueeze, flatten)
+    to (batch, j, E), the sizes to unflatten E back into, the permutation of SDPA's output to eager's). E is every
+    letter of V that P lacks: several are one value feature dim of their product ('hnij,rjnhd->rinhd')."""
+    parsed = parse_equation(equation, [len(s) for s in shapes])
     if parsed is None:
         return None
     letters, out = parsed
     lp, lv = letters[p_index], letters[1 - p_index]
     batch, i, j = lp[:-2], lp[-2], lp[-1]
-    e = [c for c in lv if c not in lp]
-    if len(e) != 1 or j in out or i not in out:
+    e = "".join(c for c in lv if c not in lp)
+    if not e or j in out or i not in out or i in lv or j not in lv or sorted(out) != sorted(batch + i + e):
         return None
-    pv = _order(lv, batch + j + e[0])
-    po = _order(batch + i + e[0], out)
-    if pv is None or po is None:
+    layout = einsum_layout(lv, batch + j + e)
+    if layout is None:
         return None
-    return _unless_identity(pv), _unless_identity(po)
+    sizes = None
+    if len(e) > 1:
+        sizes = tuple(shapes[1 - p_index][lv.index(c)] for c in e)
+        if not all(isinstance(n, int) for n in sizes):
+            return None
+    po = _order(batch + i + e, out)
+    if po is None:
+        return None
+    return (layout[0], layout[1], len(e)), sizes, _unless_identity(po)

@@ -78,6 +78,9 @@ _FUNCTIONS: dict[Any, tuple[str, str]] = {
     torch.unsqueeze: ("unsqueeze", "input dim"),
     torch.reshape: ("reshape", "input shape..."),
     torch.clone: ("layout", "input"),
+    F.pad: ("pad", "input pad mode value"),
+    torch._C._nn.pad: ("pad", "input pad mode value"),
+    aten.constant_pad_nd.default: ("pad", "input pad value"),
     operator.getitem: ("getitem", "input index"),
     getattr: ("getattr", "input name"),
     aten.bmm.default: ("matmul", "input other"),
@@ -129,6 +132,21 @@ _FUNCTIONS: dict[Any, tuple[str, str]] = {
     aten.type_as.default: ("cast", "input other"),
     aten._to_copy.default: ("cast", "input"),
 }
+
+def _packets(table: dict) -> dict:
+    """An ATen op called as its packet (`torch.ops.aten._safe_softmax(x, -1)`, as Inductor's fuse_attention patterns
+    write it) reads like its overload: each packet whose overloads in the table share one rule gets that rule.
+    `aten.max` (max.other or max.dim) reads like `torch.max`, which view() already tells apart by its arguments."""
+    rules: dict = {}
+    for target, rule in table.items():
+        if isinstance(target, torch._ops.OpOverload):
+            rules.setdefault(target.overloadpacket, set()).add(rule)
+    packets = {packet: next(iter(found)) for packet, found in rules.items() if len(found) == 1}
+    packets[aten.max] = ("maximum", "input other")
+    return packets
+
+
+_FUNCTIONS.update(_packets(_FUNCTIONS))
 
 _METHODS: dict[str, tuple[str, str]] = {
     "matmul": ("matmul", "input other"),
@@ -235,15 +253,20 @@ def view(node: fx.Node, modules: Optional[dict] = None) -> Optional[Op]:
         if name == "mT" or name == "T" and rank(args["input"]) == 2:
             return Op("transpose", node, {"input": args["input"], "dim0": -2, "dim1": -1})
         return None
-    if kind == "cast" and node.target is aten._to_copy.default and set(node.kwargs) - {"dtype"}:
+    if kind == "cast" and node.target in (aten._to_copy.default, aten._to_copy) and set(node.kwargs) - {"dtype"}:
         return None                                      # a device or layout change, not only a dtype cast
-    if kind == "maximum" and node.target in (torch.max, "max") and \
+    if kind == "maximum" and node.target in (torch.max, "max", aten.max) and \
             ("dim" in args or isinstance(args.get("other"), int) and not isinstance(args.get("other"), bool)):
         dim = args.get("dim", args.get("other"))      # max(x, dim, keepdim): (values, indices), not max(x, y)
         keepdim = args.get("keepdim", node.args[2] if len(node.args) > 2 else False)
         return Op("max_dim", node, {"input": args["input"], "dim": dim, "keepdim": keepdim})
-    if kind == "softmax" and node.target is aten._softmax.default:
+    if kind == "softmax" and node.target in (aten._softmax.default, aten._softmax):
         args.pop("half_to_float", None)
+    if kind == "pad":        # a zero-width pad (x-transformers pads its bias by the memory tokens, 0 without them)
+        pad = args.get("pad")
+        if isinstance(pad, (list, tuple)) and all(isinstance(p, int) and p == 0 for p in pad):
+            return Op("layout", node, {"input": args["input"]})
+        return None
     if kind == "expand" and shape(node) is not None and shape(node) == shape(args.get("input")):
         return Op("layout", node, {"input": args["input"]})   # make_fx spells every matmul operand expand(x, x.shape)
     return Op(kind, node, args)
@@ -271,7 +294,8 @@ _META_METHODS = {"size", "dim", "type_as", "to", "type", "expand_as", "view_as",
 
 
 # export's check of a dtype and device, and make_fx's symbolic sizes
-_ATEN_METADATA = {aten._assert_tensor_metadata.default, aten.sym_size.int, aten.sym_stride.int, aten.sym_numel.default}
+_ATEN_METADATA = {aten._assert_tensor_metadata.default, aten.sym_size.int, aten.sym_stride.int, aten.sym_numel.default,
+                  aten._assert_tensor_metadata, aten.sym_size, aten.sym_stride, aten.sym_numel}
 
 
 def reads_only_metadata(user: fx.Node, node: fx.Node) -> bool:
@@ -280,7 +304,8 @@ def reads_only_metadata(user: fx.Node, node: fx.Node) -> bool:
         return user.args[1] in ("dtype", "device", "shape", "ndim", "is_cuda")
     if user.op == "call_function" and user.target in _ATEN_METADATA:
         return True
-    if user.op == "call_function" and user.target in (aten.type_as.default, aten.expand_as.default):
+    if user.op == "call_function" and user.target in (aten.type_as.default, aten.expand_as.default, aten.type_as,
+                                                       aten.expand_as):
         return user.args[0] is not node                  # x.type_as(node), x.expand_as(node): node's dtype, shape
     if user.op == "call_method" and user.target in _META_METHODS:
         first_is_data = user.args and user.args[0] is node and user.target not in ("size", "dim") \
@@ -290,8 +315,37 @@ def reads_only_metadata(user: fx.Node, node: fx.Node) -> bool:
 
 
 def data_users(node: fx.Node) -> list:
-    """Users that read `node`'s values, not only its metadata."""
-    return [u for u in node.users if not reads_only_metadata(u, node)]
+    """Users that read `node`'s values, not only its metadata. A pure call whose result nobody reads is not one:
+    Dynamo keeps `s.clone()` or `s.detach()` that a library stores and never returns (x-transformers' saved
+    similarities, Whisper's returned `qk` its caller drops)."""
+    return [u for u in node.users if not reads_only_metadata(u, node) and not is_dead(u)]
+
+
+def is_dead(node: fx.Node, depth: int = 8, strict: bool = False) -> bool:
+    """A call that writes nothing, has no side effect, and whose readers are all dead too, or read only its dtype or
+    shape (ESM's head-averaged weights, `w.view(...).transpose(1, 0).mean(0)`, and its `w.type_as(s)` read only by
+    another `type_as`): no result depends on its values. `strict`: no reader at all once the dead ones are erased.
+    Chains longer than `depth` count as live."""
+    if node.op not in ("call_function", "call_method") or is_inplace(node) or node.is_impure() or depth == 0:
+        return False
+    return all(is_dead(u, depth - 1, strict) or not strict and reads_only_metadata(u, node) for u in node.users)
+
+
+def dead_readers(node: fx.Node) -> list:
+    """The dead calls reading `node`, each after the calls that read it (an order to erase them in)."""
+    order: list = []
+
+    def visit(n):
+        for u in n.users:
+            if u not in order:
+                visit(u)
+                order.append(u)
+
+    for u in node.users:
+        if is_dead(u, strict=True) and u not in order:
+            visit(u)
+            order.append(u)
+    return order
 
 
 def is_inplace(node: fx.Node) -> bool:
@@ -300,11 +354,14 @@ def is_inplace(node: fx.Node) -> bool:
     mutates an argument (make_fx and export: `aten.masked_fill_`, `aten.index_put_`, `aten.copy_`)."""
     return (node.op == "call_method" and (node.target.endswith("_") and not node.target.startswith("_")
                                           or node.target == "__setitem__")) or \
-        (node.op == "call_function" and (node.target in _INPLACE_OPERATORS or _mutates(node.target)))
+        (node.op == "call_function" and (node.target in _INPLACE_OPERATORS or _mutates(node.target)
+                                         or "out" in node.kwargs))
 
 
 def _mutates(target) -> bool:
     """An aten op (make_fx, export) whose schema writes an argument: `aten.masked_fill_`, `aten.copy_`, out=."""
+    if isinstance(target, torch._ops.OpOverloadPacket):    # called as its packet: ATen names in-place ops `op_`
+        return target.__name__.endswith("_") and not target.__name__.startswith("_")
     schema = getattr(target, "_schema", None)
     return bool(schema is not None and schema.is_mutable)
 
@@ -352,7 +409,7 @@ def hashable(x):
 
 def same_batch(at: Optional[tuple], final: tuple) -> bool:
     """A mask broadcast against the scores at shape `at` needs no regrouping to the scores' final shape."""
-    return at is None or hashable(tuple(at[:-2])) == hashable(tuple(final[:-2]))
+    return at is None or hashable(tuple(at)) == hashable(tuple(final))
 
 
 def is_symbolic_scalar(node: Any) -> bool:

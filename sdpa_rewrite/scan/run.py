@@ -71,6 +71,10 @@ def resolve(target: Union[str, Callable]) -> tuple:
     """(name, factory) for a model_type, a `module:function` string, or a callable."""
     if callable(target):
         return getattr(target, "__name__", repr(target)), target
+    from .corpus import BY_NAME, factory
+
+    if target in BY_NAME:
+        return target, factory(BY_NAME[target])
     if ":" in target:
         module, _, fn = target.partition(":")
         if os.getcwd() not in sys.path:
