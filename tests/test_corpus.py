@@ -3,7 +3,7 @@ with random weights and scanned through the backend (fp32, CPU). Every expressib
 numbers, the true near-misses are reported as such, and docs/COVERAGE.md's third-party table says what a scan says.
 
 segment-anything imports torchvision for image helpers its attention never calls; the registry's torchvision does
-not load beside the CPU torch, so its factory imports it behind corpus._without_torchvision, a stand-in module.
+not load beside the CPU torch, so its factory imports it behind corpus.without_torchvision, a stand-in module.
 """
 from __future__ import annotations
 

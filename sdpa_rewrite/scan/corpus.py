@@ -43,7 +43,7 @@ def _randn(*shape) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _without_torchvision():
+def without_torchvision():
     """Import shim: where torchvision is missing or does not load (the registry's wheel does not load beside the
     CPU torch), stand in an empty module for it while the library imports. Only for libraries whose attention
     path never calls torchvision (segment-anything imports it for its image resizing helpers)."""
@@ -138,7 +138,7 @@ def monai_swin_unetr():
 
 
 def segment_anything_encoder():
-    with _without_torchvision():
+    with without_torchvision():
         from segment_anything.modeling import ImageEncoderViT
 
     model = ImageEncoderViT(img_size=64, patch_size=8, embed_dim=64, depth=2, num_heads=4, out_chans=32,
@@ -147,7 +147,7 @@ def segment_anything_encoder():
 
 
 def segment_anything_decoder():
-    with _without_torchvision():
+    with without_torchvision():
         from segment_anything.modeling import MaskDecoder, TwoWayTransformer
 
     decoder = MaskDecoder(transformer_dim=32, transformer=TwoWayTransformer(depth=2, embedding_dim=32, num_heads=4,
