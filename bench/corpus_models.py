@@ -5,8 +5,8 @@ training step, side by side in one process:
     fused_inductor   the library's own fused path (it calls SDPA itself), torch.compile; only where it has one
     backend          the library's eager attention, backend="sdpa_rewrite"
 
-    PYTHONPATH=. python bench/corpus_models.py sam whisper xtransformers esm2 [--forms ...] [--train/--no-train]
-                                               [--budget-s 540] [--json out.json] [--tiny]
+    PYTHONPATH=. python bench/corpus_models.py sam whisper xtransformers esm2 [--forms ...] [--no-forward]
+                                               [--no-train] [--budget-s 540] [--json out.json] [--tiny]
 
 The models: `sam` segment-anything's ImageEncoderViT at ViT-B size (12 layers, d768, 12 heads, 14x14 windows with
 decomposed relative position, 4 global layers), a 1024x1024 image for the forward (4096 tokens in the global layers)
@@ -112,8 +112,13 @@ def _compiled(model, form: str, reports: list):
 
 
 def _sites(reports) -> str:
-    rewritten = sum(len(r.rewritten) for r in reports)
-    return f"{rewritten}/{sum(len(r.sites) for r in reports)}"
+    """'12/12 (efficient ×8, flash ×4)': sites rewritten of those found, and the SDPA kernel each one picks."""
+    from collections import Counter
+
+    rewritten = [s for r in reports for s in r.rewritten]
+    kernels = Counter(s.kernel or s.target for s in rewritten)
+    named = ", ".join(f"{k} ×{n}" for k, n in kernels.most_common() if k)
+    return f"{len(rewritten)}/{sum(len(r.sites) for r in reports)}" + (f" ({named})" if named else "")
 
 
 _WEIGHTS: dict = {}
@@ -180,6 +185,7 @@ def main(argv=None) -> int:
     parser.add_argument("models", nargs="+", choices=sorted(MODELS))
     parser.add_argument("--forms", default=",".join(FORMS))
     parser.add_argument("--train", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--forward", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--budget-s", type=float, default=None, help="skip what would start after this many seconds")
     parser.add_argument("--json", default=None)
@@ -192,7 +198,7 @@ def main(argv=None) -> int:
     for name in args.models:
         reference = None
         forms = [f for f in args.forms.split(",") if f != "fused_inductor" or name in HAS_FUSED]
-        for kind in ("forward", "train") if args.train else ("forward",):
+        for kind in [k for k, on in (("forward", args.forward), ("train", args.train)) if on]:
             for form in forms:
                 if args.budget_s is not None and time.perf_counter() - started > args.budget_s:
                     record.add(kind, {"model": name, "form": form, "error": "skipped: --budget-s spent"})

@@ -1,7 +1,10 @@
 """CUDA correctness sweep of the catalog in fp16 and bf16: every rewritable entry, eager vs the backend
 (downstream eager), plus tiny transformers GPT-2 / Llama. Prints a table; exits 1 on a wrong result.
 
-    PYTHONPATH=. python bench/cuda_catalog.py [NAME_PREFIX ...]     (only the entries whose name starts so)
+    PYTHONPATH=. python bench/cuda_catalog.py [NAME_PREFIX ...] [--grads]
+        NAME_PREFIX: only the entries whose name starts so; --grads: compare the gradients of the inputs and the
+        parameters too (the worst of them in the error column), where SDPA's backward runs: a mask that needs a
+        gradient (a bias computed from parameters or from q) goes through its kernel's bias gradient
 """
 import sys
 
@@ -25,8 +28,27 @@ def rel(a, b):
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item() if b.numel() else 0.0
 
 
+def grads_error(m, out_of, inputs, dt) -> float:
+    """The worst relative error over the gradients of the floating inputs and the parameters, backend vs eager."""
+    def run(fn):
+        xs = [x.detach().clone().requires_grad_(x.is_floating_point()) if isinstance(x, torch.Tensor) else x
+              for x in inputs]
+        m.zero_grad(set_to_none=True)
+        out = fn(*xs)
+        (out[0] if isinstance(out, tuple) else out).float().square().mean().backward()
+        return [x.grad for x in xs if isinstance(x, torch.Tensor) and x.grad is not None] + \
+            [p.grad.clone() for p in m.parameters() if p.grad is not None]
+
+    want, got = run(m), run(out_of)
+    if len(want) != len(got):
+        return float("inf")
+    return max((rel(g.float(), w.float()) for g, w in zip(got, want)), default=0.0)
+
+
 def main():
-    only = tuple(sys.argv[1:])
+    args = sys.argv[1:]
+    with_grads = "--grads" in args
+    only = tuple(a for a in args if a != "--grads")
     rows, worst = [], {}
     for dt in (torch.float16, torch.bfloat16):
         for e in all_entries():
@@ -49,6 +71,10 @@ def main():
             out = out[0] if isinstance(out, tuple) else out
             n = sum(len(r.rewritten) for r in reports)
             err = rel(out.float(), ref.float())
+            if with_grads:
+                torch._dynamo.reset()
+                compiled = torch.compile(m, backend="sdpa_rewrite", options={"downstream": "eager"})
+                err = max(err, grads_error(m, compiled, inputs, dt))
             worst[str(dt)] = max(worst.get(str(dt), 0.0), err)
             rows.append([e.name, str(dt).replace("torch.", ""), f"{n}/{len(e.expect)}", f"{err:.2e}"])
     print(tabulate(rows, headers=["entry", "dtype", "rewritten", "max rel err vs eager"], tablefmt="github"))
