@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from . import Entry, Expect, qkv
 
 
-def _causal_above(i: int, j: int) -> torch.Tensor:
-    return torch.ones((i, j), dtype=torch.bool).triu(j - i + 1)
+def _causal_above(i: int, j: int, device) -> torch.Tensor:
+    return torch.ones((i, j), dtype=torch.bool, device=device).triu(j - i + 1)
 
 
 class SavedSimilarities(nn.Module):
@@ -22,7 +22,7 @@ class SavedSimilarities(nn.Module):
         sim = torch.einsum("b h i d, b h j d -> b h i j", q, k) * 0.25
         saved = sim.clone()  # noqa: F841 - stored, never read
         i, j = sim.shape[-2:]
-        sim = sim.masked_fill(_causal_above(i, j), -torch.finfo(torch.float32).max)
+        sim = sim.masked_fill(_causal_above(i, j, sim.device), -torch.finfo(sim.dtype).max)
         attn = sim.softmax(dim=-1, dtype=torch.float32)
         return torch.einsum("b h i j, b h j d -> b h i d", attn, v)
 
@@ -38,7 +38,7 @@ class ZeroPaddedBias(nn.Module):
     def forward(self, q, k, v, keep):
         sim = torch.einsum("b h i d, b h j d -> b h i j", q, k) * 0.25
         sim = sim + F.pad(self.bias, (0, 0), value=0.0)
-        sim = sim.masked_fill(~keep[:, None, None, :], -torch.finfo(torch.float32).max)
+        sim = sim.masked_fill(~keep[:, None, None, :], -torch.finfo(sim.dtype).max)
         return torch.einsum("b h i j, b h j d -> b h i d", sim.softmax(dim=-1), v)
 
 
@@ -127,7 +127,7 @@ class MultiQueryStableSoftmax(nn.Module):
     def forward(self, q, k, v):
         sim = torch.einsum("b h i d, b j d -> b h i j", q * 0.25, k)
         i, j = sim.shape[-2:]
-        sim = sim.masked_fill(_causal_above(i, j), -torch.finfo(torch.float32).max)
+        sim = sim.masked_fill(_causal_above(i, j, sim.device), -torch.finfo(sim.dtype).max)
         sim = sim - sim.amax(dim=-1, keepdim=True).detach()
         return torch.einsum("b h i j, b j d -> b h i d", sim.softmax(dim=-1), v)
 
@@ -149,7 +149,7 @@ ENTRIES = [
           traceable=False),
     Entry("libraries/x_transformers_zero_padded_bias", "lucidrains/x-transformers: attend.py + x_transformers.py "
           "(rel_pos_bias, no memory tokens)", ZeroPaddedBias, lambda: qkv(seed=202) + (_keep(),),
-          (Expect(scale=0.25, mask="float"),)),
+          (Expect(scale=0.25, mask="float"),), traceable=False),
     Entry("libraries/whisper_returned_logits", "openai/whisper: whisper/model.py: MultiHeadAttention.qkv_attention",
           ReturnedLogits, lambda: qkv(seed=203), (Expect(scale=0.25, is_causal=True, verdict="causal"),),
           traceable=False),

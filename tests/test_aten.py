@@ -26,7 +26,11 @@ MISSES = {
                 "diffusers/q_and_scores_scale_factors": "not a ·V matmul",
                 "diffusers/guided_diffusion_qkv_attention_legacy": "not a ·V matmul",
                 "diffusers/guided_diffusion_qkv_attention": "not a ·V matmul",
-                "diffusers/xcit_learned_temperature": "tensor-valued scale after a reshape"},
+                "diffusers/xcit_learned_temperature": "tensor-valued scale after a reshape",
+                "libraries/x_transformers_saved_similarities": "not a ·V matmul",
+                "libraries/x_transformers_zero_padded_bias": "not a ·V matmul",
+                "libraries/esm_tied_row_attention": "not a ·V matmul",
+                "libraries/coca_multi_query_stable_softmax": "not a ·V matmul"},
     "export": {"gpt2/upcast_reordered_baddbmm": "no Q·Kᵀ matmul"},
 }
 # Sites whose SDPA call from make_fx differs from the Python front ends' in one argument, the numbers exact either
@@ -39,7 +43,8 @@ WEAKER = {
                 "gptj/codegen_mask_then_scale": {"scale"}, "gpt_oss/sinks_causal": {"gqa"}, "gpt_oss/sinks_padded": {"gqa"},
                 "llama/eager_attention_forward_gqa": {"gqa"},
                 "llama/mqa_no_rope": {"gqa"}, "llama/qwen2_sliced_long_mask": {"gqa"},
-                "llama/repeat_interleave_gqa": {"gqa"}, "vit/timm_attention": {"scale"}, "vit/mT_key": {"scale"}},
+                "llama/repeat_interleave_gqa": {"gqa"}, "vit/timm_attention": {"scale"}, "vit/mT_key": {"scale"},
+                "libraries/whisper_returned_logits": {"scale"}, "libraries/sam_decomposed_rel_pos": {"scale"}},
     "export": {},
 }
 # A near-miss of the Python front ends that an aten front end rewrites, exactly: make_fx bakes GPT-J's 0-d

@@ -11,6 +11,7 @@ import functools
 import os
 
 import pytest
+import torch
 
 from sdpa_rewrite.cli import main
 from sdpa_rewrite.scan import corpus, summary, thirdparty
@@ -69,7 +70,14 @@ def test_coverage_table_matches_a_scan():
     assert sum(r["rewritten"] for r in table.values()) >= 0.95 * expressible
 
 
-def test_cli_corpus_rewrites_its_block_only(tmp_path, monkeypatch):
+@pytest.fixture
+def dynamo_logs_restored():
+    """The scan command quiets Dynamo's log for the process; later tests read its graph-break warnings."""
+    yield
+    torch._logging.set_logs()
+
+
+def test_cli_corpus_rewrites_its_block_only(tmp_path, monkeypatch, dynamo_logs_restored):
     """`scan --corpus --coverage` replaces the third-party block and keeps the transformers part; a transformers
     run keeps the block."""
     page = tmp_path / "COVERAGE.md"
