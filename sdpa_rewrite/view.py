@@ -1,9 +1,10 @@
 """Stage 1, the canonical view: read any FX node as one small vocabulary of ops.
 
 A node may be a call_function (`torch.matmul`, `operator.matmul`, `F.softmax`), a call_method
-(`.transpose`, `.masked_fill`, `.float()`), a call_module (`nn.Softmax`, `nn.Dropout`) or an ATen
-overload; `view(node)` answers the same `Op` for all of them, with dims normalised against the rank
-and scalars as Python numbers. This module knows nothing about attention.
+(`.transpose`, `.masked_fill`, `.float()`), a call_module (`nn.Softmax`, `nn.Dropout`), an ATen
+overload or its packet (`aten._safe_softmax(x, -1)`); `view(node)` answers the same `Op` for all of them, with
+dims normalised against the rank and scalars as Python numbers. It also says which calls nobody reads
+(`is_dead`): a clone a library keeps and never returns is not a use. This module knows nothing about attention.
 """
 from __future__ import annotations
 

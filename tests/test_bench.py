@@ -182,3 +182,16 @@ def test_bias_attention_rows_agree_with_sdpa(tmp_path, monkeypatch):
     assert [r["form"] for r in rows] == bias_attention.FORMS + bias_attention.FORMS[:-2]   # no ALiBi forms for t5
     flex = [r for r in rows if r["form"].startswith("flex")]
     assert len(flex) == 4 and all(r["rel_err"] is not None and r["rel_err"] <= 1e-5 for r in flex), flex
+
+
+def test_corpus_models_rows_rewrite_every_site(tmp_path):
+    """bench/corpus_models.py --tiny: the library's fused path and the backend agree with the fp32 eager model to bf16
+    rounding, every site of the eager path rewritten."""
+    from bench import corpus_models
+
+    out = tmp_path / "corpus.json"
+    assert corpus_models.main(["whisper", "--tiny", "--no-train", "--forms", "fused_inductor,backend",
+                               "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["forward"]
+    assert [r["form"] for r in rows] == ["fused_inductor", "backend"], rows
+    assert rows[1]["sites"].startswith("6/6") and all(float(r["rel_err"]) < 2e-2 for r in rows), rows
