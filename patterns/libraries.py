@@ -16,14 +16,14 @@ def _causal_above(i: int, j: int, device) -> torch.Tensor:
 
 class SavedSimilarities(nn.Module):
     """x-transformers Attend (flash off): `sim.clone()` kept for the intermediates the caller drops, a causal
-    fill of -finfo.max, the softmax upcast to fp32."""
+    fill of -finfo.max, the softmax upcast to fp32 and cast back."""
 
     def forward(self, q, k, v):
         sim = torch.einsum("b h i d, b h j d -> b h i j", q, k) * 0.25
         saved = sim.clone()  # noqa: F841 - stored, never read
         i, j = sim.shape[-2:]
         sim = sim.masked_fill(_causal_above(i, j, sim.device), -torch.finfo(sim.dtype).max)
-        attn = sim.softmax(dim=-1, dtype=torch.float32)
+        attn = sim.softmax(dim=-1, dtype=torch.float32).type(sim.dtype)
         return torch.einsum("b h i j, b h j d -> b h i d", attn, v)
 
 

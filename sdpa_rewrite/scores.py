@@ -290,7 +290,10 @@ def _single(x, user: fx.Node, depth: int, beside: tuple = ()) -> fx.Node:
         if is_inplace(first) and first.args[0] is x and set(first.users) <= {later}:
             return first if user is later else x
     if len(users) != 1:
-        raise NoMatch(f"the scores `{x.name}` are also used outside the softmax", depth)
+        others = [u for u in users if u is not user]
+        readers = ", ".join(f"`{target_name(u) or u.op}`" for u in others[:3]) + (", ..." if len(others) > 3 else "")
+        raise NoMatch(f"the scores `{x.name}` are also used outside the softmax, read by {readers} (returned, "
+                      "carried to the next layer, or a mask built from them: SDPA does not hand them out)", depth)
     return x
 
 
