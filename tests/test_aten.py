@@ -203,3 +203,25 @@ def test_safe_softmax_is_a_softmax_and_unknown_softmaxes_are_reported():
     report = sdpa_rewrite.rewrite(make_fx(masked)(q, k, v, keep.expand(2, 4, 8, 8)))
     (site,) = report.sites
     assert site.status == "skipped" and "_masked_softmax" in site.reason, report
+
+
+def test_an_aten_packet_reads_like_its_overload():
+    """Every ATen overload the vocabulary knows is read the same when called as its packet (`aten._safe_softmax(x, -1)`
+    in Inductor's fuse_attention patterns 29 and 30); `aten.max` reads like `torch.max`, told apart by its arguments."""
+    from sdpa_rewrite.view import _FUNCTIONS
+
+    overloads = [t for t in _FUNCTIONS if isinstance(t, torch._ops.OpOverload)]
+    for op in overloads:
+        packet = op.overloadpacket
+        assert packet in _FUNCTIONS, packet
+        if packet is not torch.ops.aten.max:
+            assert _FUNCTIONS[packet] == _FUNCTIONS[op], (packet, op)
+
+    def spelled(s, v):
+        return torch.ops.aten._safe_softmax(s - torch.ops.aten.max(s, -1, True)[0], -1) @ v   # a row shift
+
+    q, k, v = qkv()
+    gm = torch.fx.symbolic_trace(lambda q, k, v: spelled(q @ k.transpose(-1, -2) * 0.25, v))
+    report = sdpa_rewrite.rewrite(gm, example_inputs=(q, k, v))
+    assert len(report.rewritten) == 1, str(report)
+    torch.testing.assert_close(gm(q, k, v), spelled(q @ k.transpose(-1, -2) * 0.25, v), rtol=1e-5, atol=1e-5)
