@@ -62,7 +62,10 @@ def whisper(tiny: bool, fused: bool, train: bool):
     batch = 2 if tiny else 8
     mel = torch.randn(batch, 80, 2 * dims.n_audio_ctx, generator=_gen())
     tokens = torch.randint(0, dims.n_vocab, (batch, 16 if tiny else 224), generator=_gen(1))
-    return wm.Whisper(dims), (mel, tokens)
+    model = wm.Whisper(dims)
+    with torch.no_grad():                # allocated with torch.empty for a checkpoint to fill: may hold NaN
+        model.decoder.positional_embedding.normal_(std=0.02, generator=_gen(2))
+    return model, (mel, tokens)
 
 
 def xtransformers(tiny: bool, fused: bool, train: bool):

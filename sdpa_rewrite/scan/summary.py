@@ -24,7 +24,8 @@ TOLERATED = ("ok", "graph break")         # statuses whose numbers agree with ea
 
 def short_reason(reason: str, limit: int = 90) -> str:
     """A reason without its node names, so equal reasons from different layers group together."""
-    text = re.sub(r"\s*\((?:[a-z_]+_)?\d+\)|\s*\([a-z_]+\)(?=\s+(?:lies|is|are|mixes))", "", reason)  # (attn_weights_2)
+    text = re.sub(r"\s*\((?:[a-z_][a-z0-9_]*_)?\d+\)|\s*\([a-z_][a-z0-9_]*\)(?=\s+(?:lies|is|are|mixes))", "",
+                  reason)  # (attn_weights_2), (conv2d_1)
     text = re.sub(r"`([A-Za-z_.]+?)(?:_\d+)?`", r"`\1`", text)                                  # `softmax_3` -> `softmax`
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
