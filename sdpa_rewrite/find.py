@@ -22,7 +22,7 @@ from .key_rows import KeyRows, bias_along_keys, key_rows
 from .masks import MASKING, Verdict, judge, mask_nodes
 from .scores import NoMatch, Operand, Scores, _regroups_batch, read_scores, read_value_einsum, scale_note
 from .scores import _single as single_use
-from .view import data_users, dtype, is_symbolic_scalar, meta_value, norm_dim, rank, scalar, shape, target_name, view
+from .view import data_users, dtype, is_symbolic_scalar, meta_value, norm_dim, scalar, shape, target_name, view
 
 # A finite fill this large swallows any score it is added to (ulp/2 > 1e6 in fp32), so
 # `where(R, f, s)` and `s + where(R, f, 0)` give the same logits: the additive form is exact.

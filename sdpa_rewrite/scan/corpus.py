@@ -366,7 +366,3 @@ def _randomize_zeros(model: torch.nn.Module) -> None:
 
 def libraries() -> list:
     return sorted({e.dist for e in ENTRIES})
-
-
-def importable(entry: Entry) -> bool:
-    return importlib.util.find_spec(entry.build.__module__) is not None and entry.version() != "not installed"
