@@ -29,6 +29,7 @@ from tabulate import tabulate
 
 import sdpa_rewrite  # noqa: F401  (registers the backend)
 from bench.timing import Record, measure
+from sdpa_rewrite.scan.corpus import fill_uninitialized, without_torchvision
 
 FORMS = ["eager_inductor", "fused_inductor", "backend"]
 
@@ -38,8 +39,6 @@ def _gen(seed=0):
 
 
 def sam(tiny: bool, fused: bool, train: bool):
-    from sdpa_rewrite.scan.corpus import without_torchvision
-
     with without_torchvision():         # only where torchvision does not load (the CPU torch of the tests)
         from segment_anything.modeling import ImageEncoderViT
 
@@ -63,8 +62,7 @@ def whisper(tiny: bool, fused: bool, train: bool):
     mel = torch.randn(batch, 80, 2 * dims.n_audio_ctx, generator=_gen())
     tokens = torch.randint(0, dims.n_vocab, (batch, 16 if tiny else 224), generator=_gen(1))
     model = wm.Whisper(dims)
-    with torch.no_grad():                # allocated with torch.empty for a checkpoint to fill: may hold NaN
-        model.decoder.positional_embedding.normal_(std=0.02, generator=_gen(2))
+    fill_uninitialized(model.decoder.positional_embedding)     # torch.empty, for a checkpoint to fill: may hold NaN
     return model, (mel, tokens)
 
 

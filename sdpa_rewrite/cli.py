@@ -101,7 +101,7 @@ def scan(args, argv: list) -> int:
                 json.dump([r.to_dict() for r in results], f, indent=1)
     if long_run:
         _progress(len(targets), len(targets), "")
-        print(summary.table(results) if args.all else thirdparty_table(results))
+        print(summary.table(results) if args.all else thirdparty.table(results))
         print()
     if args.corpus:
         print("\n".join(thirdparty.totals(results)))
@@ -113,14 +113,6 @@ def scan(args, argv: list) -> int:
         coverage.write(args.coverage, results, command="sdpa-rewrite " + " ".join(argv), padded=args.padded)
     failed = [r for r in results if r.status == "wrong result" or r.note.startswith("sdpa_rewrite:")]
     return 1 if failed else 0
-
-
-def thirdparty_table(results) -> str:
-    from tabulate import tabulate
-
-    from .scan import thirdparty
-
-    return tabulate(thirdparty.rows(results), headers=thirdparty.HEADERS, disable_numparse=True)
 
 
 def _progress(done: int, total: int, name: str, width: int = 30) -> None:

@@ -22,7 +22,8 @@ from .key_rows import KeyRows, bias_along_keys, key_rows
 from .masks import MASKING, Verdict, judge, mask_nodes
 from .scores import NoMatch, Operand, Scores, _regroups_batch, read_scores, read_value_einsum, scale_note
 from .scores import _single as single_use
-from .view import data_users, dtype, is_symbolic_scalar, meta_value, norm_dim, scalar, shape, target_name, view
+from .view import (data_users, dtype, is_symbolic_scalar, meta_value, named_readers, norm_dim, scalar, shape, target_name,
+                   view)
 
 # A finite fill this large swallows any score it is added to (ulp/2 > 1e6 in fp32), so
 # `where(R, f, s)` and `s + where(R, f, 0)` give the same logits: the additive form is exact.
@@ -233,8 +234,8 @@ def _walk_to_value(node: fx.Node, modules):
         if len(users) != 1:
             if not users:
                 raise NoMatch("the attention weights are never used")
-            readers = ", ".join(f"`{target_name(u) or u.op}`" for u in users[:4]) + (", ..." if len(users) > 4 else "")
-            raise NoMatch(f"the attention weights `{node.name}` are used outside the ·V product, read by {readers} "
+            raise NoMatch(f"the attention weights `{node.name}` are used outside the ·V product, read by "
+                          f"{named_readers(users, 4)} "
                           "(returned, output_attentions, or computed on)")
         user = users[0]
         dropped = _trailing_columns_dropped(user, node) if not chain and not sliced else 0

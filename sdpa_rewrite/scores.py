@@ -17,7 +17,8 @@ from typing import Any, Optional
 import torch
 import torch.fx as fx
 
-from .view import Op, data_users, dtype, is_inplace, is_symbolic_scalar, meta_value, norm_dim, rank, scalar, shape, target_name, view
+from .view import (Op, data_users, dtype, is_inplace, is_symbolic_scalar, meta_value, named_readers, norm_dim, rank, scalar,
+                   shape, target_name, view)
 
 
 class NoMatch(Exception):
@@ -222,7 +223,7 @@ def _row_max_of(term, chain) -> Optional[fx.Node]:
     if not isinstance(term, fx.Node):
         return None
     node = term
-    if _is_detach(node):      # max(S).detach() (CoCa's stable softmax): still a row shift, with or without a gradient
+    if target_name(node) == "detach":      # max(S).detach() (CoCa's stable softmax): still a row shift, with or without a gradient
         node = node.args[0] if isinstance(node.args[0], fx.Node) else node
     if node.op == "call_function" and (node.target is getattr and node.args[1:] == ("values",)
                                        or node.target is operator.getitem and node.args[1:] == (0,)):
@@ -237,11 +238,6 @@ def _row_max_of(term, chain) -> Optional[fx.Node]:
             and norm_dim(dims[0], r) == r - 1):
         return None
     return node
-
-
-def _is_detach(node: fx.Node) -> bool:
-    return (node.op == "call_method" and node.target == "detach" or
-            node.op == "call_function" and node.target in (torch.detach, torch.ops.aten.detach.default))
 
 
 def _parse_clamp(op: Op, st, consumed, modules, root, depth):
@@ -291,9 +287,9 @@ def _single(x, user: fx.Node, depth: int, beside: tuple = ()) -> fx.Node:
             return first if user is later else x
     if len(users) != 1:
         others = [u for u in users if u is not user]
-        readers = ", ".join(f"`{target_name(u) or u.op}`" for u in others[:3]) + (", ..." if len(others) > 3 else "")
-        raise NoMatch(f"the scores `{x.name}` are also used outside the softmax, read by {readers} (returned, "
-                      "carried to the next layer, or a mask built from them: SDPA does not hand them out)", depth)
+        raise NoMatch(f"the scores `{x.name}` are also used outside the softmax, read by {named_readers(others, 3)} "
+                      "(returned, carried to the next layer, or a mask built from them: SDPA does not hand them out)",
+                      depth)
     return x
 
 

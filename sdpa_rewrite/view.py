@@ -322,6 +322,11 @@ def data_users(node: fx.Node) -> list:
     return [u for u in node.users if not reads_only_metadata(u, node) and not is_dead(u)]
 
 
+def named_readers(nodes: list, most: int) -> str:
+    """"`abs`, `permute`, `matmul`, ...": what reads a value, for a reason a person can act on."""
+    return ", ".join(f"`{target_name(u) or u.op}`" for u in nodes[:most]) + (", ..." if len(nodes) > most else "")
+
+
 def is_dead(node: fx.Node, depth: int = 8, strict: bool = False) -> bool:
     """A call that writes nothing, has no side effect, and whose readers are all dead too, or read only its dtype or
     shape (ESM's head-averaged weights, `w.view(...).transpose(1, 0).mean(0)`, and its `w.type_as(s)` read only by

@@ -223,11 +223,11 @@ def whisper():
     dims = wm.ModelDimensions(n_mels=16, n_audio_ctx=16, n_audio_state=64, n_audio_head=4, n_audio_layer=2,
                               n_vocab=64, n_text_ctx=16, n_text_state=64, n_text_head=4, n_text_layer=2)
     model = wm.Whisper(dims).eval()
-    _fill_uninitialized(model.decoder.positional_embedding)
+    fill_uninitialized(model.decoder.positional_embedding)
     return model, (_randn(2, 16, 32), _ids(8))
 
 
-def _fill_uninitialized(p: torch.Tensor) -> None:
+def fill_uninitialized(p: torch.Tensor) -> None:
     """A parameter the library allocates with `torch.empty` for a checkpoint to fill (Whisper's text positions): its
     memory may hold anything, NaN included."""
     with torch.no_grad():

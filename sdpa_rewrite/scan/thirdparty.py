@@ -49,6 +49,13 @@ HEADERS = ["library", "version", "field", "model", "status", "sites found", "rew
            "left eager (reason)", "max rel err"]
 
 
+def table(results, fmt: str = "simple") -> str:
+    body = rows(results)
+    if fmt == "github":                   # a '|' inside a cell would end it
+        body = [[c.replace("|", "\\|") if isinstance(c, str) else c for c in row] for row in body]
+    return tabulate(body, headers=HEADERS, tablefmt=fmt, disable_numparse=True)
+
+
 def totals(results) -> list:
     t = summary.Totals.of(results)
     expressible = t.sites_found - sum(len(r.skipped) - len(summary.expressible_misses(r)) for r in results)
@@ -68,7 +75,6 @@ def totals(results) -> list:
 
 def render(results, command: str) -> str:
     method = METHOD.format(inexpressible=", ".join(f"*{k}*" for k in summary.INEXPRESSIBLE))
-    body = [[c.replace("|", "\\|") if isinstance(c, str) else c for c in row] for row in rows(results)]
     return "\n".join([
         BEGIN,
         "## Third-party libraries",
@@ -80,7 +86,7 @@ def render(results, command: str) -> str:
         "",
         *[f"- {line}" for line in totals(results)],
         "",
-        tabulate(body, headers=HEADERS, tablefmt="github", disable_numparse=True),
+        table(results, "github"),
         END,
     ])
 
