@@ -115,14 +115,22 @@ MODELS = {
 }
 
 
-def build(name: str, impl: str, *, device: str = "cuda", dtype=None, tiny: bool = False):
+def config(name: str, impl: str, tiny: bool = False, **overrides) -> transformers.PretrainedConfig:
+    """The entry's config, with `overrides` set on it (a decode benchmark's shorter sliding window)."""
+    cfg = MODELS[name].config(impl, tiny)
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+def build(name: str, impl: str, *, device: str = "cuda", dtype=None, tiny: bool = False, **overrides):
     """The model with random weights (seed 0, so every form of one model has the same weights); fp16 on CUDA,
     fp32 elsewhere unless `dtype` says."""
     dtype = dtype or (torch.float16 if device == "cuda" else torch.float32)
     entry = MODELS[name]
     torch.manual_seed(0)
     cls = transformers.AutoModelForSeq2SeqLM if entry.seq2seq else transformers.AutoModelForCausalLM
-    model = cls.from_config(entry.config(impl, tiny))
+    model = cls.from_config(config(name, impl, tiny, **overrides))
     return model.to(device=device, dtype=dtype).eval()
 
 

@@ -7,9 +7,10 @@ for what those masks are at run time.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch.fx as fx
 
@@ -20,6 +21,20 @@ from .runtime import probes_for
 
 OPTIONS = ("downstream", "report", "strict", "fold_buffers", "empty_rows", "runtime_verdicts", "mode", "flex")
 _warned: set = set()
+_collectors: list = []
+
+
+@contextlib.contextmanager
+def collect_reports() -> Iterator[list]:
+    """Every Report the backend makes while the block runs, in a list: the route for callers who cannot pass
+    `options` (transformers' `CompileConfig(backend="sdpa_rewrite")` with its default `mode`, `torch.compile(...,
+    mode="reduce-overhead")`). Compiles happen on the first calls, so run the model inside the block."""
+    reports: list = []
+    _collectors.append(reports)
+    try:
+        yield reports
+    finally:
+        _collectors.remove(reports)
 
 
 def sdpa_rewrite_backend(gm: fx.GraphModule, example_inputs: list, options: Optional[dict] = None,
@@ -73,6 +88,8 @@ def sdpa_rewrite_backend(gm: fx.GraphModule, example_inputs: list, options: Opti
         report, found = None, []
     if report is not None and report.sites:
         _warn_at_recompile_limit(report)
+    for reports in _collectors if report is not None else ():
+        reports.append(report)
     if callable(show) and report is not None:
         show(report)                       # report=callable: hand each graph's Report to the caller
     elif show and report is not None:

@@ -197,14 +197,25 @@ def flex_attention_site(q, k, v, mask: Optional[torch.Tensor] = None, sink: Opti
         cap = torch.scalar_tensor(cap, dtype=torch.float32, device=q.device)  # tensors, not symbolic floats
     score_mod = _score_mod(cap, mask)
     kwargs = dict(score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=enable_gqa)
-    if sink is None and not lse:
-        return flex_attention(q, k, v, **kwargs)
-    out, log_sum_exp = _with_lse(flex_attention, q, k, v, kwargs)
+    with _static_inner_compile():
+        if sink is None and not lse:
+            return flex_attention(q, k, v, **kwargs)
+        out, log_sum_exp = _with_lse(flex_attention, q, k, v, kwargs)
     if sink is None:
         return out, log_sum_exp.float()
     sink_lse = torch.logsumexp(sink.float(), dim=-1)
     kept = torch.sigmoid(log_sum_exp.float() - sink_lse)       # rows of no visible key: lse = -inf, weight 0
     return (out.float() * kept.unsqueeze(-1)).to(out.dtype)
+
+
+def _static_inner_compile():
+    """Traced outside Dynamo (AOTAutograd traces the rewritten graph), flex_attention compiles its own small
+    wrapper with Dynamo, whose cache outlives the trace: a second site with another mask shape would recompile it
+    with that size made symbolic, and Inductor cannot update a score_mod subgraph that takes a size as an argument
+    (two windowed layers' masks in one decode step did this). Sizes symbolic in the outer trace stay symbolic."""
+    import torch._dynamo
+
+    return torch._dynamo.config.patch(automatic_dynamic_shapes=False)
 
 
 def _with_lse(flex_attention, q, k, v, kwargs):

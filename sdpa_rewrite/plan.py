@@ -164,6 +164,9 @@ def _flex_blocked(att: Attention, when: Conditions) -> str:
         return "FlexAttention has no backward on the CPU"
     if when.cpu_inductor and _device(att) == "cpu" and (att.sink is not None or att.lse_readers):
         return "Inductor's CPU FlexAttention returns no log-sum-exp"
+    if when.cpu_inductor and _device(att) == "cpu" and att.zeroes_rows:
+        return ("Inductor's CPU FlexAttention takes no epilogue, and rows that may see no key need one "
+                "(the select that gives them eager's answer)")
     if len(att.batch) > 2:
         return "FlexAttention takes 4-D (batch, heads, L, E) inputs"
     compiled_kernel = _device(att) == "cuda" or when.cpu_inductor

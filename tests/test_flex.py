@@ -9,12 +9,13 @@ import torch
 import sdpa_rewrite
 from sdpa_rewrite.flex import band, band_block_mask, flex_attention_site
 from sdpa_rewrite.sinks import with_sink_keys
-from support import assert_close_outputs, compile_and_record, flat, sdpa_calls_of
+from support import assert_close_outputs, compile_and_record, sdpa_calls_of
 
 transformers = pytest.importorskip("transformers")
 flex_attention = pytest.importorskip("torch.nn.attention.flex_attention")
 
 warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
+torch.fx.wrap("flex_attention_site")          # a leaf of symbolic_trace, as the rewrite's graphs call it
 
 
 def _dense_band(L, S, lo, hi):
@@ -205,6 +206,31 @@ def test_inductor_cpu_forward(padded):
     if not padded:
         assert all(s.mask.endswith("BlockMask") for s in sites), reports
     assert_close_outputs(out, ref, tol=1e-4)
+
+
+class _TwoKeyLengths(torch.nn.Module):
+    """Two soft-capped sites whose masks (graph inputs) differ in key length, as a decode step's sliding-window and
+    full layers do with a static cache."""
+
+    def forward(self, q, k1, v1, m1, k2, v2, m2):
+        return (flex_attention_site(q, k1, v1, m1, scale=0.25, cap=50.0),
+                flex_attention_site(q, k2, v2, m2, scale=0.25, cap=50.0))
+
+
+def test_flex_sites_of_different_key_lengths_compile_with_inductor():
+    """flex_attention, traced outside Dynamo, compiles its wrapper with Dynamo: the second site's other mask shape
+    must not make a size symbolic there (Inductor then fails: a score_mod subgraph that takes a size)."""
+    from torch._inductor.compile_fx import compile_fx
+
+    gm = torch.fx.symbolic_trace(_TwoKeyLengths())
+    g = torch.Generator().manual_seed(0)
+    q, k1, v1, k2, v2 = (torch.randn(1, 4, n, 16, generator=g) for n in (1, 8, 8, 23, 23))
+    m1, m2 = torch.zeros(1, 1, 1, 8), torch.zeros(1, 1, 1, 23)
+    m1[..., :2], m2[..., 5:] = -1e9, -1e9
+    args = [q, k1, v1, m1, k2, v2, m2]
+    out = compile_fx(gm, args)(*args)
+    for got, want in zip(out, _TwoKeyLengths()(*args)):
+        assert_close_outputs(got, want, tol=1e-5)
 
 
 def test_band_tile_lists_reach_the_compiler_without_a_sort():

@@ -2,6 +2,8 @@
 import pytest
 import torch
 
+import sdpa_rewrite
+
 transformers = pytest.importorskip("transformers")
 
 from test_transformers import gpt2, llama  # noqa: E402
@@ -56,3 +58,70 @@ def test_transformers_auto_compile_of_generate_takes_the_backend():
     assert torch.equal(model.generate(ids, **kwargs), ref)
     sites = [s for r in reports for s in r.sites]
     assert sites and all(s.rewritten for s in sites) and all(s.q[-2] == 1 for s in sites), sites
+
+
+def _static_generate_with(config, model, ids, **extra):
+    kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=0, cache_implementation="static", **extra)
+    ref = model.generate(ids, **kwargs)
+    config._compile_all_devices = True            # transformers auto-compiles on accelerators only; the CPU for the test
+    model.generation_config.compile_config = config
+    with sdpa_rewrite.collect_reports() as reports:
+        out = model.generate(ids, **kwargs)
+    return out, ref, [s for r in reports for s in r.sites]
+
+
+def test_compile_config_with_its_default_mode_takes_the_backend():
+    """The simplest route: `CompileConfig(backend="sdpa_rewrite")` keeps transformers' default mode
+    ("reduce-overhead"), which torch.compile hands to the backend; the reports come from `collect_reports()`."""
+    from transformers import CompileConfig
+
+    config = CompileConfig(backend="sdpa_rewrite")
+    assert config.mode == "reduce-overhead" and config.options is None
+    ids = torch.randint(3, 128, (2, 6), generator=torch.Generator().manual_seed(0))
+    out, ref, sites = _static_generate_with(config, llama(), ids)
+    assert torch.equal(out, ref)
+    assert sites and all(s.rewritten for s in sites) and all(s.q[-2] == 1 for s in sites), sites
+
+
+def test_reduce_overhead_mode_reaches_inductor_with_cuda_graphs(monkeypatch):
+    """`torch.compile(fn, backend="sdpa_rewrite", mode="reduce-overhead")`: the mode reaches Inductor as its CUDA-graph
+    config, and run-time verdicts (a host sync per new mask) are off under it."""
+    import sdpa_rewrite.backend as backend
+
+    seen = {}
+    real = backend.compile_downstream
+
+    def spy(downstream, gm, inputs, mode=None, config=None):
+        seen["mode"] = mode
+        return real(downstream, gm, inputs, mode=mode, config=config)
+
+    monkeypatch.setattr(backend, "compile_downstream", spy)
+    model = llama()
+    ids = torch.randint(3, 128, (1, 6), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = model(ids).logits
+        with sdpa_rewrite.collect_reports() as reports:
+            out = torch.compile(model.forward, backend="sdpa_rewrite", mode="reduce-overhead")(ids).logits
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert seen["mode"] == "reduce-overhead"
+    assert backend._cuda_graphs("inductor", "reduce-overhead", {})
+    assert reports and all(s.rewritten for r in reports for s in r.sites)
+
+
+def test_soft_capped_decode_with_a_static_cache():
+    """Gemma 2's decode step with a static cache: transformers builds the sliding and full masks outside the compiled
+    step, so they are graph inputs of different key lengths. With Inductor on the CPU the sites stay eager with the
+    reason (its flex kernel takes no epilogue, and input masks may leave a row without keys); without Inductor they
+    run on flex. Same tokens both ways."""
+    from transformers import CompileConfig
+
+    from test_flex import gemma2
+
+    ids = torch.randint(3, 128, (1, 9), generator=torch.Generator().manual_seed(0))
+    out, ref, sites = _static_generate_with(CompileConfig(backend="sdpa_rewrite"), gemma2(), ids)
+    assert torch.equal(out, ref)
+    assert sites and all(not s.rewritten and "takes no epilogue" in s.reason for s in sites), sites
+    config = CompileConfig(backend="sdpa_rewrite", mode=None, options={"downstream": "aot_eager"})
+    out, ref, sites = _static_generate_with(config, gemma2(), ids)
+    assert torch.equal(out, ref)
+    assert sites and all(s.rewritten and s.target == "flex" for s in sites), sites

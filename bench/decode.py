@@ -1,0 +1,349 @@
+"""Decoding with transformers' `generate()`: the backend against transformers' own compiled paths, every form of a
+configuration built in one process and timed in turn (A B A B ...), so no form gets a quieter slot:
+
+    PYTHONPATH=. python bench/decode.py [--models llama8,gpt2,mistralw,gemma2w] [--batches 1,8,32]
+                                        [--prompts 128,2048] [--caches static,dynamic] [--new 256] [--reps 10]
+                                        [--window 1024] [--budget-s 540] [--json out.json] [--tiny]
+
+Forms, per cache:
+
+    static   native_static      sdpa model (eager where transformers has no sdpa path: Gemma2's soft-capping),
+                                static cache: transformers compiles the decode step with its default
+                                CompileConfig (Inductor, mode="reduce-overhead": CUDA graphs)
+             native_flex_static the same with attn_implementation="flex_attention" (windowed / soft-capped models)
+             backend_static     eager model, static cache, `CompileConfig(backend="sdpa_rewrite")`: the same
+                                default mode, handed to the backend by torch.compile
+    dynamic  native_dynamic     sdpa model, dynamic cache, `model.forward = torch.compile(model.forward)`
+             backend_dynamic    eager model, dynamic cache, `torch.compile(model.forward, backend="sdpa_rewrite")`
+
+Models: bench/zoo.py's llama8 (bf16, GQA 16/4) and gpt2 (fp16), and the windowed Mistral-like and soft-capped
+Gemma2-like ones (bf16) with their window set to `--window` so that a 2048-token prompt crosses it; those run the
+static forms, with transformers' flex path beside its sdpa one. GPT-2's prompts are cut to its 2048 positions.
+
+Every configuration (model, cache, batch, prompt) starts from `torch._dynamo.reset()`: each form compiles (two
+warm-up calls), then `--reps` timed rounds call every form once in turn. A call is greedy `generate()` of exactly
+`--new` tokens, timed on the wall clock with the device synchronised at both ends (prefill included: transformers
+runs the prompt uncompiled on the static path). Per form: the median call, tokens/s (batch · new / median), the
+spread ((slowest − fastest) / median, and the interquartile range / median), the prefill alone on the static
+path (an uncompiled forward of the prompt), and `same_tokens`, the fraction of new tokens equal to the uncompiled sdpa model's in the
+same dtype (random weights in half precision tie often, so native forms are the yardstick there).
+
+Why a form is slower shows in one profiled call per form (CUDA): CUDA-graph replays, recordings and eager
+warm-up runs of Inductor's CUDA-graph trees, kernel launches outside graphs, host synchronisations (stream/device
+syncs and device-to-host copies) per decode step, and what Dynamo did during the timed calls (recompiles, graphs,
+CUDA-graph skips with their reason), at `--profile-shape` only. Rows are saved to `--json` as they come; a configuration that would start
+after `--budget-s` is recorded as skipped. `--tiny` (2-layer models) checks the script on a CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import gc
+import logging
+import statistics
+import time
+
+import torch
+from tabulate import tabulate
+
+import sdpa_rewrite
+from bench import zoo
+from bench.models import site_counts
+from bench.timing import Record, versions
+
+FORMS = {"static": ["native_static", "backend_static"], "dynamic": ["native_dynamic", "backend_dynamic"]}
+WINDOWED = ("mistralw", "gemma2w")          # static forms with transformers' flex path beside its sdpa one
+SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
+LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx")
+
+
+def forms_of(model: str, cache: str) -> list:
+    if cache == "static" and model in WINDOWED:
+        return ["native_static", "native_flex_static", "backend_static"]
+    return FORMS[cache]
+
+
+def native_impl(name: str) -> str:
+    """transformers' own non-flex path: sdpa, or eager where the model has no sdpa path (soft-capping)."""
+    return "eager" if name == "gemma2w" else "sdpa"
+
+
+def build(name: str, form: str, device: str, tiny: bool, window: int):
+    dtype = (torch.float16 if name == "gpt2" else torch.bfloat16) if device == "cuda" else torch.float32
+    impl = "eager" if form.startswith("backend") else "flex_attention" if "flex" in form else native_impl(name)
+    overrides = {"sliding_window": window} if name in WINDOWED and not tiny else {}
+    model = zoo.build(name, impl, device=device, dtype=dtype, tiny=tiny, **overrides)
+    if form.endswith("static"):
+        from transformers import CompileConfig
+
+        config = CompileConfig(backend="sdpa_rewrite") if form.startswith("backend") else CompileConfig()
+        if device != "cuda":
+            config._compile_all_devices = True     # transformers auto-compiles the decode step on accelerators only
+        model.generation_config.compile_config = config
+    elif form == "native_dynamic":
+        model.forward = torch.compile(model.forward)
+    elif form == "backend_dynamic":
+        model.forward = torch.compile(model.forward, backend="sdpa_rewrite")
+    return model
+
+
+def generate_kwargs(form: str, new: int) -> dict:
+    kwargs = {"max_new_tokens": new, "min_new_tokens": new, "do_sample": False, "pad_token_id": 0}
+    if form.endswith("static"):
+        kwargs["cache_implementation"] = "static"
+    return kwargs
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed_call(model, ids, kwargs: dict, device: str) -> tuple:
+    sync(device)
+    start = time.perf_counter()
+    out = model.generate(ids, **kwargs)
+    sync(device)
+    return (time.perf_counter() - start) * 1e3, out
+
+
+class GraphTreeCounts:
+    """Counts what Inductor's CUDA-graph trees do per call: replays of recorded graphs, new recordings, and
+    eager warm-up runs (a graph is run eagerly before it is recorded)."""
+
+    def __init__(self):
+        self.counts = collections.Counter()
+        self._patched = []
+        try:
+            from torch._inductor import cudagraph_trees as trees
+        except ImportError:
+            return
+        manager = trees.CUDAGraphTreeManager
+        for method, key in (("execute_node", "replays"), ("record_function", "recordings"),
+                            ("run_eager", "eager_runs")):
+            original = getattr(manager, method, None)
+            if original is None:
+                continue
+            self._patched.append((manager, method, original))
+            setattr(manager, method, self._counting(original, key))
+
+    def _counting(self, original, key):
+        counts = self.counts
+
+        def counted(*args, **kwargs):
+            counts[key] += 1
+            return original(*args, **kwargs)
+        return counted
+
+    def restore(self) -> None:
+        for owner, method, original in self._patched:
+            setattr(owner, method, original)
+
+
+class SkipReasons(logging.Handler):
+    """The messages of torch's `cudagraphs` and `recompiles` logs (why a graph runs without CUDA graphs, why
+    Dynamo compiled again)."""
+
+    def __init__(self):
+        super().__init__()
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage().splitlines()[0][:200])
+
+
+@contextlib.contextmanager
+def listening():
+    handler = SkipReasons()
+    names = ["torch._inductor.cudagraph_utils.__cudagraphs", "torch._dynamo.guards.__recompiles"]
+    torch._logging.set_logs(cudagraphs=True, recompiles=True)
+    loggers = [logging.getLogger(n) for n in names]
+    for lg in loggers:                   # kept here, not printed: the reasons go into the rows
+        lg.addHandler(handler)
+        lg.propagate = False
+    try:
+        yield handler
+    finally:
+        for lg in loggers:
+            lg.removeHandler(handler)
+            lg.propagate = True
+        torch._logging.set_logs()
+
+
+def dynamo_counts() -> collections.Counter:
+    from torch._dynamo.utils import counters
+
+    out = collections.Counter()
+    for group in ("stats", "inductor", "recompiles"):
+        for key, value in counters[group].items():
+            if isinstance(value, int):
+                out[f"{group}.{key}"] = value
+    return out
+
+
+def profile_call(model, ids, kwargs: dict, device: str, trees: GraphTreeCounts) -> dict:
+    """One more call under torch.profiler: per decode step, graph replays and recordings, launches outside graphs,
+    host syncs and device-to-host copies, and the host's time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    before = collections.Counter(trees.counts)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities) as prof:
+        ms, _ = timed_call(model, ids, kwargs, device)
+    steps = kwargs["max_new_tokens"] - 1             # decode steps; the prompt's forward gives the first token
+    names = collections.Counter()
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CPU:
+            names[e.name] += 1
+        else:
+            names["<kernel>"] += 1
+    copies_to_host = sum(c for n, c in names.items() if n == "cudaMemcpyAsync")
+    tree = {k: trees.counts[k] - before[k] for k in ("replays", "recordings", "eager_runs")}
+    return {"graph_replays_per_step": round(tree["replays"] / steps, 2),
+            "graph_launches_per_step": round(names["cudaGraphLaunch"] / steps, 2),
+            "recordings": tree["recordings"], "eager_runs": tree["eager_runs"],
+            "launches_per_step": round(sum(names[n] for n in LAUNCHES) / steps, 1),
+            "kernels_per_step": round(names["<kernel>"] / steps, 1),
+            "syncs_per_step": round(sum(names[n] for n in SYNCS) / steps, 2),
+            "memcpy_per_step": round(copies_to_host / steps, 2),
+            "profiled_ms": round(ms, 1)}
+
+
+def prefill_ms(model, ids, device: str, reps: int = 3) -> float:
+    """The prompt's forward as generate's static path runs it (uncompiled), logits of the last position only."""
+    forward, times = model.forward, []
+    with torch.no_grad():
+        for _ in range(reps + 1):
+            sync(device)
+            start = time.perf_counter()
+            forward(ids, use_cache=False, logits_to_keep=1)
+            sync(device)
+            times.append((time.perf_counter() - start) * 1e3)
+    return round(statistics.median(times[1:]), 2)
+
+
+def configuration(name: str, cache: str, batch: int, prompt: int, a, device: str, record: Record) -> None:
+    forms = forms_of(name, cache)
+    torch._dynamo.reset()
+    ids = zoo.inputs(name, batch, prompt, device=device)["input_ids"]
+    shape = f"B{batch} P{prompt}+{a.new}"
+    reference = build(name, "uncompiled", device, a.tiny, a.window)
+    with torch.no_grad():
+        ref_tokens = reference.generate(ids, **generate_kwargs("uncompiled", a.new))[:, -a.new:]
+    del reference
+    models, reports, first_s, prefill, tokens, warmup_log = {}, {}, {}, {}, {}, {}
+    times = {form: [] for form in forms}
+    during = {form: collections.Counter() for form in forms}
+    timed_log = {form: set() for form in forms}
+    profiles = {}
+    trees = GraphTreeCounts()
+    with listening() as log, torch.no_grad():
+        try:
+            for form in list(forms):            # build and compile every form (two calls: compile, then record)
+                seen = len(log.messages)
+                models[form] = build(name, form, device, a.tiny, a.window)
+                kwargs = generate_kwargs(form, a.new)
+                try:
+                    with sdpa_rewrite.collect_reports() as reports[form]:
+                        ms, out = timed_call(models[form], ids, kwargs, device)
+                        timed_call(models[form], ids, kwargs, device)
+                except Exception as e:          # recorded, and the other forms go on
+                    record.add("failed", {"model": name, "cache": cache, "shape": shape, "form": form,
+                                          "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"})
+                    forms.remove(form)
+                    del models[form]
+                    continue
+                first_s[form], tokens[form] = round(ms / 1e3, 1), out[:, -a.new:]
+                prefill[form] = prefill_ms(models[form], ids, device) if cache == "static" else None
+                warmup_log[form] = sorted(set(log.messages[seen:]))
+            for _ in range(a.reps):             # the timed rounds: every form once in turn
+                for form in forms:
+                    before, seen = dynamo_counts(), len(log.messages)
+                    times[form].append(timed_call(models[form], ids, generate_kwargs(form, a.new), device)[0])
+                    during[form] += dynamo_counts() - before
+                    timed_log[form].update(log.messages[seen:])
+            if a.profile and (batch, prompt) == a.profiled:
+                for form in forms:
+                    profiles[form] = profile_call(models[form], ids, generate_kwargs(form, a.new), device, trees)
+        finally:
+            trees.restore()
+    for form in forms:
+        t = sorted(times[form])
+        median = statistics.median(t)
+        q = statistics.quantiles(t, n=4) if len(t) > 1 else [t[0]] * 3
+        done, found, _ = site_counts(reports[form])
+        record.add("decode", {
+            "model": name, "cache": cache, "shape": shape, "form": form,
+            "tokens_per_s": round(batch * a.new / median * 1e3, 1), "ms": round(median, 1),
+            "best_ms": round(t[0], 1), "spread_pct": round((t[-1] - t[0]) / median * 100, 1),
+            "iqr_pct": round((q[2] - q[0]) / median * 100, 1), "prefill_ms": prefill[form],
+            "first_call_s": first_s[form], "same_tokens": round((tokens[form] == ref_tokens).float().mean().item(), 3),
+            "sites": f"{done}/{found}" if found else "", "reps": len(t), **profiles.get(form, {}),
+            "during_timed_calls": {k: v for k, v in during[form].items() if v} or None,
+            "timed_log": sorted(timed_log[form])[:6] or None, "warmup_log": warmup_log[form][:6] or None})
+    del models
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+
+COLUMNS = ("model", "cache", "shape", "form", "tokens_per_s", "ms", "spread_pct", "iqr_pct", "prefill_ms",
+           "same_tokens", "sites", "graph_replays_per_step", "recordings", "launches_per_step", "syncs_per_step")
+
+
+def table(rows: list) -> str:
+    out, base = [], {}
+    for r in rows:
+        key = (r["model"], r["cache"], r["shape"])
+        base.setdefault(key, r)
+        ratio = r["tokens_per_s"] / base[key]["tokens_per_s"] if base[key]["tokens_per_s"] else float("nan")
+        out.append({**{c: r.get(c, "") for c in COLUMNS}, "vs_first": f"{ratio:.2f}x"})
+    return tabulate(out, headers="keys", tablefmt="github")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default="llama8,gpt2")
+    ap.add_argument("--caches", default="static,dynamic")
+    ap.add_argument("--batches", default="1,8,32")
+    ap.add_argument("--prompts", default="128,2048")
+    ap.add_argument("--new", type=int, default=256)
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--window", type=int, default=1024, help="the windowed models' sliding window")
+    ap.add_argument("--no-profile", dest="profile", action="store_false")
+    ap.add_argument("--profile-shape", default="1x128", help="BxP: the configuration profiled (one call per form)")
+    ap.add_argument("--budget-s", type=float, default=float("inf"))
+    ap.add_argument("--json")
+    ap.add_argument("--tiny", action="store_true")
+    a = ap.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if a.tiny:
+        a.new = min(a.new, 8)
+    batch, prompt = (int(v) for v in a.profile_shape.split("x"))
+    a.profiled = (batch, min(prompt, 16) if a.tiny else prompt)
+    torch._dynamo.config.recompile_limit = 64
+    record, start = Record(a.json), time.perf_counter()
+    for name in a.models.split(","):
+        positions = zoo.config(name, "eager", a.tiny).max_position_embeddings
+        for cache in a.caches.split(","):
+            if name in WINDOWED and cache != "static":
+                continue
+            for prompt in (int(p) for p in a.prompts.split(",")):
+                if a.tiny:
+                    prompt = min(prompt, 16)
+                if prompt + a.new > positions:
+                    prompt = positions - a.new
+                for batch in (int(b) for b in a.batches.split(",")):
+                    if time.perf_counter() - start > a.budget_s:
+                        record.add("skipped", {"model": name, "cache": cache, "shape": f"B{batch} P{prompt}",
+                                               "why": f"past --budget-s {a.budget_s}"})
+                        continue
+                    configuration(name, cache, batch, prompt, a, device, record)
+    print(versions())
+    print(table(record.tables.get("decode", [])))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
