@@ -64,6 +64,10 @@ def forms_of(model: str, cache: str) -> list:
     return FORMS[cache]
 
 
+def overrides(name: str, tiny: bool, window: int) -> dict:
+    return {"sliding_window": window} if name in WINDOWED and not tiny else {}
+
+
 def native_impl(name: str) -> str:
     """transformers' own non-flex path: sdpa, or eager where the model has no sdpa path (soft-capping)."""
     return "eager" if name == "gemma2w" else "sdpa"
@@ -72,8 +76,7 @@ def native_impl(name: str) -> str:
 def build(name: str, form: str, device: str, tiny: bool, window: int):
     dtype = (torch.float16 if name == "gpt2" else torch.bfloat16) if device == "cuda" else torch.float32
     impl = "eager" if form.startswith("backend") else "flex_attention" if "flex" in form else native_impl(name)
-    overrides = {"sliding_window": window} if name in WINDOWED and not tiny else {}
-    model = zoo.build(name, impl, device=device, dtype=dtype, tiny=tiny, **overrides)
+    model = zoo.build(name, impl, device=device, dtype=dtype, tiny=tiny, **overrides(name, tiny, window))
     if form.endswith("static"):
         from transformers import CompileConfig
 
@@ -142,8 +145,7 @@ class GraphTreeCounts:
 
 
 class SkipReasons(logging.Handler):
-    """The messages of torch's `cudagraphs` and `recompiles` logs (why a graph runs without CUDA graphs, why
-    Dynamo compiled again)."""
+    """The messages of torch's `recompiles` log (why Dynamo compiled again)."""
 
     def __init__(self):
         super().__init__()
@@ -156,8 +158,8 @@ class SkipReasons(logging.Handler):
 @contextlib.contextmanager
 def listening():
     handler = SkipReasons()
-    names = ["torch._inductor.cudagraph_utils.__cudagraphs", "torch._dynamo.guards.__recompiles"]
-    torch._logging.set_logs(cudagraphs=True, recompiles=True)
+    names = ["torch._dynamo.guards.__recompiles"]          # (CUDA-graph skips: the inductor counters)
+    torch._logging.set_logs(recompiles=True)
     loggers = [logging.getLogger(n) for n in names]
     for lg in loggers:                   # kept here, not printed: the reasons go into the rows
         lg.addHandler(handler)
@@ -189,13 +191,15 @@ def profile_call(model, ids, kwargs: dict, device: str, trees: GraphTreeCounts) 
 
     before = collections.Counter(trees.counts)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
-    with profile(activities=activities) as prof:
+    with profile(activities=activities, with_stack=True) as prof:
         ms, _ = timed_call(model, ids, kwargs, device)
     steps = kwargs["max_new_tokens"] - 1             # decode steps; the prompt's forward gives the first token
-    names = collections.Counter()
+    names, origins = collections.Counter(), collections.Counter()
     for e in prof.events():
         if e.device_type == torch.autograd.DeviceType.CPU:
             names[e.name] += 1
+            if e.name in SYNCS or e.name == "cudaMemcpyAsync":
+                origins[f"{e.name} from {_origin(e)}"] += 1
         else:
             names["<kernel>"] += 1
     copies_to_host = sum(c for n, c in names.items() if n == "cudaMemcpyAsync")
@@ -207,7 +211,41 @@ def profile_call(model, ids, kwargs: dict, device: str, trees: GraphTreeCounts) 
             "kernels_per_step": round(names["<kernel>"] / steps, 1),
             "syncs_per_step": round(sum(names[n] for n in SYNCS) / steps, 2),
             "memcpy_per_step": round(copies_to_host / steps, 2),
-            "profiled_ms": round(ms, 1)}
+            "profiled_ms": round(ms, 1),
+            "sync_origins": {k: round(v / steps, 2) for k, v in origins.most_common(6)}}
+
+
+def _origin(event) -> str:
+    """The ops that called a runtime event, innermost first, and the nearest Python frames outside torch."""
+    names, stack, parent = [], [], event.cpu_parent
+    while parent is not None:
+        if len(names) < 3:
+            names.append(parent.name)
+        if not stack and parent.stack:
+            stack = [f for f in parent.stack if "/torch/" not in f][:2]
+        parent = parent.cpu_parent
+    return " < ".join(names) + (" @ " + " | ".join(stack) if stack else "")
+
+
+def fp32_tokens(name: str, forms: list, ids, a, device: str) -> dict:
+    """Each form rebuilt in fp32 with TF32 off, its new tokens against the uncompiled fp32 model's (half-precision
+    greedy tokens of random weights flip on rounding ties)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    out = {}
+    try:
+        reference = zoo.build(name, native_impl(name), device=device, dtype=torch.float32, tiny=a.tiny,
+                              **overrides(name, a.tiny, a.window))
+        want = reference.generate(ids, **generate_kwargs("uncompiled", a.new))[:, -a.new:]
+        del reference
+        for form in forms:
+            model = build(name, form, device, a.tiny, a.window).float()
+            got = model.generate(ids, **generate_kwargs(form, a.new))[:, -a.new:]
+            out[form] = round((got == want).float().mean().item(), 3)
+            del model
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    return out
 
 
 def prefill_ms(model, ids, device: str, reps: int = 3) -> float:
@@ -236,6 +274,8 @@ def configuration(name: str, cache: str, batch: int, prompt: int, a, device: str
     times = {form: [] for form in forms}
     during = {form: collections.Counter() for form in forms}
     timed_log = {form: set() for form in forms}
+    events = {form: [] for form in forms}             # (timed call, counters that moved in it)
+    tokens_fp32 = {}
     profiles = {}
     trees = GraphTreeCounts()
     with listening() as log, torch.no_grad():
@@ -261,8 +301,14 @@ def configuration(name: str, cache: str, batch: int, prompt: int, a, device: str
                 for form in forms:
                     before, seen = dynamo_counts(), len(log.messages)
                     times[form].append(timed_call(models[form], ids, generate_kwargs(form, a.new), device)[0])
-                    during[form] += dynamo_counts() - before
+                    moved = dynamo_counts() - before
+                    during[form] += moved
+                    if moved:
+                        events[form].append((len(times[form]) - 1, dict(moved)))
                     timed_log[form].update(log.messages[seen:])
+            if a.check_tokens and (batch, prompt) == a.profiled:
+                for form, same in fp32_tokens(name, forms, ids, a, device).items():
+                    tokens_fp32[form] = same
             if a.profile and (batch, prompt) == a.profiled:
                 for form in forms:
                     profiles[form] = profile_call(models[form], ids, generate_kwargs(form, a.new), device, trees)
@@ -279,7 +325,9 @@ def configuration(name: str, cache: str, batch: int, prompt: int, a, device: str
             "best_ms": round(t[0], 1), "spread_pct": round((t[-1] - t[0]) / median * 100, 1),
             "iqr_pct": round((q[2] - q[0]) / median * 100, 1), "prefill_ms": prefill[form],
             "first_call_s": first_s[form], "same_tokens": round((tokens[form] == ref_tokens).float().mean().item(), 3),
+            "same_tokens_fp32": tokens_fp32.get(form),
             "sites": f"{done}/{found}" if found else "", "reps": len(t), **profiles.get(form, {}),
+            "calls_ms": [round(x, 1) for x in times[form]], "calls_with_events": events[form] or None,
             "during_timed_calls": {k: v for k, v in during[form].items() if v} or None,
             "timed_log": sorted(timed_log[form])[:6] or None, "warmup_log": warmup_log[form][:6] or None})
     del models
@@ -313,6 +361,8 @@ def main() -> int:
     ap.add_argument("--window", type=int, default=1024, help="the windowed models' sliding window")
     ap.add_argument("--no-profile", dest="profile", action="store_false")
     ap.add_argument("--profile-shape", default="1x128", help="BxP: the configuration profiled (one call per form)")
+    ap.add_argument("--check-tokens", action="store_true",
+                    help="at --profile-shape, every form again in fp32: new tokens against uncompiled fp32")
     ap.add_argument("--budget-s", type=float, default=float("inf"))
     ap.add_argument("--json")
     ap.add_argument("--tiny", action="store_true")
