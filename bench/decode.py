@@ -228,14 +228,14 @@ def _origin(event) -> str:
 
 
 def fp32_tokens(name: str, forms: list, ids, a, device: str) -> dict:
-    """Each form rebuilt in fp32 with TF32 off, its new tokens against the uncompiled fp32 model's (half-precision
-    greedy tokens of random weights flip on rounding ties)."""
+    """Each form rebuilt and cast to fp32 (the weights rounded to the timed dtype first, as every form's are), TF32
+    off: its new tokens against the uncompiled model's, cast the same way (half-precision greedy tokens of random
+    weights flip on rounding ties)."""
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     out = {}
     try:
-        reference = zoo.build(name, native_impl(name), device=device, dtype=torch.float32, tiny=a.tiny,
-                              **overrides(name, a.tiny, a.window))
+        reference = build(name, "uncompiled", device, a.tiny, a.window).float()   # the same rounded weights
         want = reference.generate(ids, **generate_kwargs("uncompiled", a.new))[:, -a.new:]
         del reference
         for form in forms:

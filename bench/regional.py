@@ -18,7 +18,8 @@ Forward and training step of each form, side by side in one process:
 layer, as an FSDP2 training script does (nccl on CUDA, gloo on the CPU). Forward rows: bf16 weights on CUDA (fp32 on
 the CPU), under no_grad; training rows: fp32 weights, bf16 autocast on CUDA, fused AdamW, `use_cache=False`. Times are
 medians of CUDA events (bench/timing.py); `attn_ms` is the self device time of the attention kernels in one
-profiled forward; `verdicts` counts the run-time mask classifications of one timed forward (host syncs).
+profiled forward; `verdicts` counts the run-time mask classifications of a forward (host syncs), `verdict_ms` is
+the median time of one (the device synchronised by its read-back).
 `torch._dynamo.config.recompile_limit` is raised so that no layer falls back to running uncompiled.
 """
 from __future__ import annotations
@@ -87,15 +88,18 @@ def inputs(name: str, batch: int, seq: int, device: str, padded: str, labels: bo
 
 
 class Verdicts:
-    """Counts run-time mask classifications (each is one host sync)."""
+    """Counts run-time mask classifications (each is one host sync) and times them."""
 
     def __init__(self):
-        self.count, self._kind = 0, runtime.runtime_kind
+        self.count, self.ms, self._kind = 0, [], runtime.runtime_kind
         runtime.runtime_kind = self._counted
 
     def _counted(self, *a):
         self.count += 1
-        return self._kind(*a)
+        start = time.perf_counter()
+        verdict = self._kind(*a)
+        self.ms.append((time.perf_counter() - start) * 1e3)
+        return verdict
 
 
 def attention_ms(fn, device: str) -> float | None:
@@ -123,8 +127,9 @@ def forward_rows(name, batch, seq, forms, *, device, tiny, padded, fsdp2, reps, 
             del logits
             t = measure(lambda: model(**args).logits, reps=reps, device=device)  # noqa: B023
             before = verdicts.count
-            model(**args)
-            syncs = verdicts.count - before
+            for _ in range(5):
+                model(**args)
+            syncs, verdict_ms = (verdicts.count - before) // 5, sorted(verdicts.ms[before:])
             attn = attention_ms(lambda: model(**args), device)  # noqa: B023
             if profile_rows:
                 print_profile(lambda: model(**args), f"{name} forward {form}", profile_rows, device, steps=1)  # noqa: B023
@@ -134,7 +139,8 @@ def forward_rows(name, batch, seq, forms, *, device, tiny, padded, fsdp2, reps, 
             "model": name, "shape": f"B{batch} S{seq}" + (f" {padded}-padded" if padded else ""), "form": form,
             "fsdp2": fsdp2, "ms": round(t.ms, 2), "iqr_ms": round(t.spread_ms, 2),
             "peak_mib": None if t.peak_mib != t.peak_mib else round(t.peak_mib), "attn_ms": attn,
-            "verdicts": syncs, "compile_s": round(compile_s, 1), "sites": f"{done}/{found}" if reports else "", "kernel": kernels(reports),
+            "verdicts": syncs, "verdict_ms": round(verdict_ms[len(verdict_ms) // 2], 3) if verdict_ms else None,
+            "compile_s": round(compile_s, 1), "sites": f"{done}/{found}" if reports else "", "kernel": kernels(reports),
             "rel_err": float(f"{err:.2e}"), "err_vs": forms[0]}))
         del model
         _free(device)
