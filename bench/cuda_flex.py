@@ -2,7 +2,7 @@
 every catalog entry with soft-capping, sinks (gpt-oss's column, Granite SWA's log-sum-exp), a sliding window or
 ALiBi built in the graph, and tiny transformers Gemma 2 / gpt-oss / Mistral / Cohere 2 (window 6) and Bloom / MPT
 (ALiBi; S 16 and 48, padded and unpadded), in bf16 and fp16. ALiBi's rows go to flex at any length here
-(plan.KEY_ROW_FLEX_MIN lowered), so that the tiny cases reach the rule.
+(key_rows.KEY_ROW_FLEX_MIN lowered), so that the tiny cases reach the rule.
 
 Each row compares the backend and the model's eager run in the same dtype against an fp32 eager reference: the
 rewrite is within rounding when its error is of the order of eager's own. Gradients are those of a loss over the
@@ -26,7 +26,7 @@ from tabulate import tabulate
 
 import sdpa_rewrite  # noqa: F401  (registers the backend)
 from patterns import all_entries
-from sdpa_rewrite import plan
+from sdpa_rewrite import key_rows
 
 warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
 FAMILIES = ("gemma2/", "gpt_oss/", "granite_swa/", "masks/sliding_window", "alibi/")
@@ -124,7 +124,7 @@ def main():
     def chosen(name):
         return not args.cases or name.startswith(tuple(args.cases.split(",")))
 
-    plan.KEY_ROW_FLEX_MIN = plan.KEY_ROW_FLEX_MIN_TRAIN = 1
+    key_rows.KEY_ROW_FLEX_MIN = key_rows.KEY_ROW_FLEX_MIN_TRAIN = 1
 
     def record(name, dt, row):
         row = {"case": name, "dtype": str(dt).replace("torch.", ""), **row}

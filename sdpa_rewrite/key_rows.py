@@ -127,6 +127,14 @@ def _split(sc: Scores, top_shape: tuple, folder: Folder, reader, rows: list, ver
     return KeyRows(row_terms, band, tuple(dict.fromkeys(nodes)), constant)
 
 
+# A bias constant along the queries beside a causal band (ALiBi as Bloom lays it out) goes to flex (plan.py), which reads one
+# row of S values per head and skips the band's hidden tiles, when L and S are both at least this (with gradients,
+# the second figure): SDPA reads a dense (B, H, L, S) float mask instead. Attention alone on the H200
+# (bench/RESULTS.md, B4 H16 E128 bf16, against SDPA with the dense bias): forward 0.95x at 2048, 1.35x at 4096,
+# 1.97x at 8192; forward and backward 1.34x, 1.85x, 2.20x.
+KEY_ROW_FLEX_MIN = 4096
+KEY_ROW_FLEX_MIN_TRAIN = 2048
+
 # Devices where a split read at run time is asked for (one more run-time verdict, and a variant compiled when it
 # holds): where plan.py chooses flex for rows (Conditions.fast_on's default).
 RUN_TIME_ON = ("cuda",)
@@ -136,8 +144,6 @@ def _at_run_time(rest: Scores, rows: tuple, top_shape: tuple, folder: Folder, re
     """The split of a mask that reads the graph's inputs: in a variant compiled for the rest's run-time verdict (a
     band, the rows' span cleared: masks.visible_pattern), the KeyRows; otherwise None, and the rest registered for a
     run-time verdict where the split could pay (on RUN_TIME_ON, L and S long enough for plan.py to choose it)."""
-    from .plan import KEY_ROW_FLEX_MIN, KEY_ROW_FLEX_MIN_TRAIN
-
     nodes = tuple(dict.fromkeys(mask_nodes(rest)))
     if not nodes:
         return None

@@ -14,6 +14,7 @@ from typing import Union
 
 import torch
 
+from . import key_rows
 from .find import Attention, Miss
 from .view import meta_value
 
@@ -54,13 +55,6 @@ DENSE_FLEX_MIN = 2048
 DENSE_FLEX_PER_ROW = True
 
 
-# A bias constant along the queries beside a causal band (ALiBi as Bloom lays it out) goes to flex, which reads one
-# row of S values per head and skips the band's hidden tiles, when L and S are both at least this (with gradients,
-# the second figure): SDPA reads a dense (B, H, L, S) float mask instead. Attention alone on the H200
-# (bench/RESULTS.md, B4 H16 E128 bf16, against SDPA with the dense bias): forward 0.95x at 2048, 1.35x at 4096,
-# 1.97x at 8192; forward and backward 1.34x, 1.85x, 2.20x.
-KEY_ROW_FLEX_MIN = 4096
-KEY_ROW_FLEX_MIN_TRAIN = 2048
 
 
 def plan(att: Attention, when: Conditions = Conditions()) -> Union[Plan, Miss]:
@@ -134,11 +128,11 @@ def _long_dense_mask(att: Attention) -> bool:
 
 def _long_key_rows(att: Attention, when: Conditions) -> bool:
     """Rows along the keys (key_rows.py) that need no gradient of their own, over static L, S long enough for flex
-    to beat SDPA's dense float mask (KEY_ROW_FLEX_MIN, or _TRAIN where the call may need a backward)."""
+    to beat SDPA's dense float mask (key_rows.KEY_ROW_FLEX_MIN, or _TRAIN where the call may need a backward)."""
     if att.key_rows is None or not _rows_need_no_grad(att, when):
         return False
     L, S = att.q_shape[-2], att.k_shape[-2]
-    least = KEY_ROW_FLEX_MIN_TRAIN if _requires_grad(att, when) else KEY_ROW_FLEX_MIN
+    least = key_rows.KEY_ROW_FLEX_MIN_TRAIN if _requires_grad(att, when) else key_rows.KEY_ROW_FLEX_MIN
     return isinstance(L, int) and isinstance(S, int) and min(L, S) >= least
 
 

@@ -14,7 +14,6 @@ import os
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -170,11 +169,13 @@ def rewritten_and_exact(p: Program, compile_path: bool, symbolic_batch: bool = F
     ref, x_ref = run_eager(model, args)
     if compile_path:
         torch._dynamo.reset()
-        reports, graphs = [], []
+        reports, rec = [], RecordSDPA()
 
-        def downstream(gm, example_inputs):
-            graphs.append(gm)
-            return gm.forward
+        def downstream(gm, example_inputs):        # the graph as compiled, its SDPA calls recorded when it runs
+            def run(*inputs):                       # (a run-time variant is compiled beside the general graph:
+                with rec:                           # counting graph nodes would count both)
+                    return gm.forward(*inputs)
+            return run
 
         compiled = torch.compile(model, backend="sdpa_rewrite", dynamic=True if symbolic_lengths else None,
                                  options={"downstream": downstream, "report": reports.append, "strict": True})
@@ -182,9 +183,7 @@ def rewritten_and_exact(p: Program, compile_path: bool, symbolic_batch: bool = F
         report = sdpa_rewrite.Report()
         for r in reports:
             report.extend(r)
-        n_calls = sum(n.target is F.scaled_dot_product_attention for g in graphs for n in g.graph.nodes)
-        n_calls += sum(getattr(n.target, "__name__", "") == "causal_lower_right_attention"
-                       for g in graphs for n in g.graph.nodes)
+        n_calls = len(rec.calls)
     else:
         gm = torch.fx.symbolic_trace(model)
         report = sdpa_rewrite.rewrite(gm, example_inputs=args)
@@ -263,15 +262,16 @@ def test_found_duck_sized_regroup_under_dynamic():
 
 def planned_as_on_cuda(p: Program, length_bar: str) -> tuple:
     """(eager's output, the rewritten graph's, the report) of `p` through symbolic_trace, planned as on CUDA without
-    gradients, with plan's `length_bar` at 1 so that every length counts as long."""
+    gradients, with the length bar `length_bar` (plan's or key_rows') at 1 so that every length counts as long."""
     from unittest import mock
 
+    import sdpa_rewrite.key_rows as key_rows
     import sdpa_rewrite.plan as plan
 
     model = Attention(p).eval()
     args = inputs(p)
     when = plan.Conditions(fast_on=("cuda", "cpu"), may_train=False)
-    with torch.no_grad(), mock.patch.object(plan, length_bar, 1):
+    with torch.no_grad(), mock.patch.object(key_rows if hasattr(key_rows, length_bar) else plan, length_bar, 1):
         ref = model(*args)
         gm = torch.fx.symbolic_trace(model)
         report = sdpa_rewrite.rewrite(gm, example_inputs=args, conditions=when)

@@ -10,7 +10,7 @@ import transformers
 
 import sdpa_rewrite
 from patterns import all_entries
-from sdpa_rewrite import plan
+from sdpa_rewrite import key_rows, plan
 from support import assert_close_outputs, calls_of, sdpa_calls_of
 
 ALIBI = [e for e in all_entries() if e.name.startswith("alibi/")]
@@ -19,7 +19,7 @@ ALIBI = [e for e in all_entries() if e.name.startswith("alibi/")]
 @pytest.fixture
 def fast(monkeypatch):
     """Plan as on CUDA (flex for speed) on this CPU, with short sequences counting as long."""
-    monkeypatch.setattr(plan, "KEY_ROW_FLEX_MIN", 8)
+    monkeypatch.setattr(key_rows, "KEY_ROW_FLEX_MIN", 8)
     return plan.Conditions(fast_on=("cuda", "cpu"), may_train=False)
 
 
@@ -30,10 +30,9 @@ def split_at_run_time(monkeypatch):
     import functools
 
     import sdpa_rewrite.backend as backend
-    import sdpa_rewrite.key_rows as key_rows
 
-    monkeypatch.setattr(plan, "KEY_ROW_FLEX_MIN", 8)
-    monkeypatch.setattr(plan, "KEY_ROW_FLEX_MIN_TRAIN", 8)
+    monkeypatch.setattr(key_rows, "KEY_ROW_FLEX_MIN", 8)
+    monkeypatch.setattr(key_rows, "KEY_ROW_FLEX_MIN_TRAIN", 8)
     monkeypatch.setattr(key_rows, "RUN_TIME_ON", ("cuda", "cpu"))
     monkeypatch.setattr(backend, "Conditions", functools.partial(plan.Conditions, fast_on=("cuda", "cpu")))
 
@@ -101,7 +100,7 @@ def test_alibi_models_on_flex(fast, name):
     assert sum("band_block_mask" in t for t in targets) == 1, "the layers share one BlockMask"
     assert_close_outputs(out, ref)
 
-    plan.KEY_ROW_FLEX_MIN = 4096
+    key_rows.KEY_ROW_FLEX_MIN = 4096
     with torch.no_grad():
         out, sites, _ = _compiled(model, fast, ids)
     assert all(s.target == "sdpa" and "rows along the keys" not in s.mask for s in sites), sites
@@ -187,11 +186,11 @@ def test_rows_read_from_attention_mask_split_at_run_time(monkeypatch, split_at_r
     """With an attention_mask the rows and the causal mask read the graph's input: the rest's verdict (causal for an
     all-ones mask) and the rows' span are taken at run time, and the variant compiled for it reads the rows on flex
     with a causal BlockMask. A left-padded batch keeps the general graph (its rest is no band). Logits equal eager's
-    both ways. Without gradients and shorter than plan.KEY_ROW_FLEX_MIN, the split is not even asked for."""
+    both ways. Without gradients and shorter than key_rows.KEY_ROW_FLEX_MIN, the split is not even asked for."""
     model = _tiny(name)
     ids = torch.randint(0, 128, (2, 40), generator=torch.Generator().manual_seed(4))
     for padded, long_enough in ((False, True), (True, True), (False, False)):
-        monkeypatch.setattr(plan, "KEY_ROW_FLEX_MIN", 8 if long_enough else 4096)
+        monkeypatch.setattr(key_rows, "KEY_ROW_FLEX_MIN", 8 if long_enough else 4096)
         mask = torch.ones(2, 40, dtype=torch.long)
         if padded:
             mask[0, :9] = 0

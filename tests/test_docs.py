@@ -1,0 +1,78 @@
+"""The docs a clone holds point at what a clone holds: every relative link of README.md, docs/ and bench/'s pages
+resolves to a file of the repository, and every `#anchor` to a heading of that file."""
+import pathlib
+import re
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "bench").glob("*.md"))]
+LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
+FENCED = re.compile(r"```.*?```", re.S)
+CODE = re.compile(r"```.*?```|`[^`\n]*`", re.S)
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped (hyphens and underscores kept), spaces to
+    hyphens."""
+    text = re.sub(r"`|\*\*|\*", "", heading.strip().lower())
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", text)
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def anchors(page: pathlib.Path) -> set:
+    seen, out = {}, set()
+    for line in FENCED.sub("", page.read_text()).splitlines():
+        if line.startswith("#"):
+            base = slug(line.lstrip("#"))
+            n = seen.get(base, 0)
+            seen[base] = n + 1
+            out.add(base if n == 0 else f"{base}-{n}")
+    return out
+
+
+def links(page: pathlib.Path) -> list:
+    return [t for t in LINK.findall(CODE.sub("", page.read_text()))
+            if not re.match(r"[a-z]+:", t)]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
+def test_relative_links_resolve(page):
+    broken = []
+    for target in links(page):
+        path, _, anchor = target.partition("#")
+        dest = (page.parent / path).resolve() if path else page
+        if not dest.exists() or ROOT not in dest.parents and dest != ROOT:
+            broken.append(f"{target}: no such file in the repository")
+        elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
+            broken.append(f"{target}: no heading #{anchor} in {dest.relative_to(ROOT)}")
+    assert not broken, "\n".join(broken)
+
+
+def test_slug_follows_github():
+    assert slug("Decoding under CUDA graphs, H100 (2026-12-07)") == "decoding-under-cuda-graphs-h100-2026-12-07"
+    assert slug("`generate()` on an H200") == "generate-on-an-h200"
+
+
+def test_readme_snippet_prints_what_the_readme_says(capsys):
+    """README's "On your own model" runs as written and prints the README's table (the pass's time aside) and an
+    error within fp32 rounding of the figure shown."""
+    pytest.importorskip("transformers")
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## On your own model", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    shown = re.search(r"prints \(.*?\):\n\n```\n(.*?)```", section, re.S).group(1)
+    exec(compile(code, "README.md", "exec"), {})
+    printed = capsys.readouterr().out
+
+    def rows(out):            # the table without its `reason` column (empty here, trimmed in the README)
+        lines = [re.sub(r"\(\d+ ms\)", "(ms)", line) for line in out.splitlines()]
+        header = next(line for line in lines if line.startswith("site "))
+        cut = header.index(" reason") if header.rstrip().endswith("reason") else None
+        return [line[:cut].rstrip() if line.startswith(("site ", "---", "transformer.")) else line.rstrip()
+                for line in lines if line and not line.startswith("max abs")]
+
+    assert rows(printed) == rows(shown)
+    got = float(re.search(r"max abs difference from eager: (\S+)", printed).group(1))
+    want = float(re.search(r"max abs difference from eager: (\S+)", shown).group(1))
+    assert got <= max(4 * want, 1e-6), (got, want)
