@@ -24,6 +24,7 @@ def qkv():
     return tuple(torch.randn(2, 4, 8, 16, generator=g) for _ in range(3))
 
 
+@pytest.mark.processes
 def test_backend_by_name_in_fresh_process_with_inductor():
     """Dynamo finds the backend through the torch_dynamo_backends entry point: the script never imports us."""
     script = textwrap.dedent("""

@@ -48,6 +48,7 @@ def test_generate_rows_same_tokens(tmp_path):
     assert rows[1]["same_tokens"] == 1.0 and rows[1]["sites"].split("/")[0] == rows[1]["sites"].split("/")[1] != "0"
 
 
+@pytest.mark.processes
 def test_generate_isolated_runs_each_form_in_its_own_process(tmp_path):
     record = Record(str(tmp_path / "gen.json"))
     rows = models.generate_isolated("llama", ["eager", "backend_eager"], 1,
