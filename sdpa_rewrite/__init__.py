@@ -12,7 +12,8 @@ from .find import Attention, Miss, find
 from .report import Report, Site
 from .rewrite import rewrite
 
-__all__ = ["rewrite", "explain", "find", "Report", "Site", "Attention", "Miss", "sdpa_rewrite_backend", "collect_reports"]
+__all__ = ["rewrite", "explain", "find", "Report", "Site", "Attention", "Miss", "sdpa_rewrite_backend",
+           "collect_reports"]
 __version__ = "0.1.0"
 
 _register()

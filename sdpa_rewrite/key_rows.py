@@ -127,9 +127,9 @@ def _split(sc: Scores, top_shape: tuple, folder: Folder, reader, rows: list, ver
     return KeyRows(row_terms, band, tuple(dict.fromkeys(nodes)), constant)
 
 
-# A bias constant along the queries beside a causal band (ALiBi as Bloom lays it out) goes to flex (plan.py), which reads one
-# row of S values per head and skips the band's hidden tiles, when L and S are both at least this (with gradients,
-# the second figure): SDPA reads a dense (B, H, L, S) float mask instead. Attention alone on the H200
+# A bias constant along the queries beside a causal band (ALiBi as Bloom lays it out) goes to flex (plan.py), which
+# reads one row of S values per head and skips the band's hidden tiles, when L and S are both at least this (with
+# gradients, the second figure): SDPA reads a dense (B, H, L, S) float mask instead. Attention alone on the H200
 # (bench/RESULTS.md, B4 H16 E128 bf16, against SDPA with the dense bias): forward 0.95x at 2048, 1.35x at 4096,
 # 1.97x at 8192; forward and backward 1.34x, 1.85x, 2.20x.
 KEY_ROW_FLEX_MIN = 4096

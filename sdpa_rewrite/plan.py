@@ -4,8 +4,8 @@ in words the report shows.
 
 It reads an `Attention` record (what the site *is*) and the conditions the graph will run under; it neither
 matches nor mutates. FlexAttention has no dropout and no backward on the CPU, and Inductor's CPU flex kernel
-returns no log-sum-exp and takes no epilogue (the empty-row select): where one of these bites, a site SDPA can still compute exactly stays on SDPA, and one
-it cannot (soft-capping) stays eager with the reason.
+returns no log-sum-exp and takes no epilogue (the empty-row select): where one of these bites, a site SDPA can
+still compute exactly stays on SDPA, and one it cannot (soft-capping) stays eager with the reason.
 """
 from __future__ import annotations
 
