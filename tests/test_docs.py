@@ -76,3 +76,21 @@ def test_readme_snippet_prints_what_the_readme_says(capsys):
     got = float(re.search(r"max abs difference from eager: (\S+)", printed).group(1))
     want = float(re.search(r"max abs difference from eager: (\S+)", shown).group(1))
     assert got <= max(4 * want, 1e-6), (got, want)
+
+
+def test_every_python_block_runs_or_says_it_is_an_excerpt():
+    """A reader can tell a block that runs as written from a fragment: every ```python block of README.md and docs/
+    is either README's "On your own model" (run above) or starts with an `# excerpt:` line saying where its objects
+    come from."""
+    unmarked = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = page.read_text()
+        for m in re.finditer(r"```python\n(.*?)```", text, re.S):
+            body = m.group(1)
+            headings = re.findall(r"^## (.*)$", text[:m.start()], re.M)
+            run_above = page.name == "README.md" and headings and headings[-1] == "On your own model"
+            runs = run_above or body.startswith("# excerpt:")
+            if not runs:
+                line = text[:m.start()].count("\n") + 1
+                unmarked.append(f"{page.relative_to(ROOT)}:{line}: {body.splitlines()[0][:60]}")
+    assert not unmarked, "\n".join(unmarked)
