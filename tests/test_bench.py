@@ -196,3 +196,20 @@ def test_corpus_models_rows_rewrite_every_site(tmp_path):
     rows = json.loads(out.read_text())["forward"]
     assert [r["form"] for r in rows] == ["fused_inductor", "backend"], rows
     assert rows[1]["sites"].startswith("6/6") and all(float(r["rel_err"]) < 2e-2 for r in rows), rows
+
+
+def test_decode_forms_in_turn_same_tokens(tmp_path):
+    """bench/decode.py's static-cache configuration: both forms built, called in turn, every timed call kept, the
+    tokens equal to the uncompiled model's in the run's dtype and again in fp32, every backend site rewritten."""
+    import argparse
+
+    from bench import decode
+
+    a = argparse.Namespace(tiny=True, new=4, reps=2, window=1024, profile=False, check_tokens=True,
+                           profiled=(1, 16))
+    record = Record(str(tmp_path / "decode.json"))
+    decode.configuration("llama8", "static", 1, 16, a, "cpu", record)
+    rows = record.tables["decode"]
+    assert [r["form"] for r in rows] == ["native_static", "backend_static"]
+    assert all(r["same_tokens"] == 1.0 and r["same_tokens_fp32"] == 1.0 and len(r["calls_ms"]) == 2 for r in rows)
+    assert rows[1]["sites"] == "2/2" and not rows[0]["sites"]
