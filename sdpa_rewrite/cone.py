@@ -59,8 +59,11 @@ def unread_args(node: fx.Node) -> dict:
 
 
 def reads_metadata(node: fx.Node) -> bool:
-    """`x.size()`, `x.dim()`, `x.shape`, `x.dtype`…: reads what the tensor is, not what it holds."""
+    """`x.size()`, `x.dim()`, `x.shape`, `x.dtype`, ATen's `sym_size(x, d)`…: reads what the tensor is, not what it
+    holds."""
     if node.op == "call_method" and node.target in ("size", "dim"):
+        return True
+    if node.op == "call_function" and node.target is torch.ops.aten.sym_size.int:   # export's and make_fx's sizes
         return True
     return node.op == "call_function" and node.target is getattr and \
         node.args[1] in ("shape", "dtype", "device", "ndim", "is_cuda")
