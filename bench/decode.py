@@ -3,7 +3,8 @@ configuration built in one process and timed in turn (A B A B ...), so no form g
 
     PYTHONPATH=. python bench/decode.py [--models llama8,gpt2,mistralw,gemma2w] [--batches 1,8,32]
                                         [--prompts 128,2048] [--caches static,dynamic] [--new 256] [--reps 10]
-                                        [--window 1024] [--budget-s 540] [--json out.json] [--tiny]
+                                        [--window 1024] [--profile-shape 1x128] [--check-tokens]
+                                        [--budget-s 540] [--json out.json] [--tiny]
 
 Forms, per cache:
 
@@ -25,14 +26,16 @@ warm-up calls), then `--reps` timed rounds call every form once in turn. A call 
 `--new` tokens, timed on the wall clock with the device synchronised at both ends (prefill included: transformers
 runs the prompt uncompiled on the static path). Per form: the median call, tokens/s (batch · new / median), the
 spread ((slowest − fastest) / median, and the interquartile range / median), the prefill alone on the static
-path (an uncompiled forward of the prompt), and `same_tokens`, the fraction of new tokens equal to the uncompiled sdpa model's in the
-same dtype (random weights in half precision tie often, so native forms are the yardstick there).
+path (an uncompiled forward of the prompt), and `same_tokens`, the fraction of new tokens equal to the uncompiled
+sdpa model's in the same dtype (random weights in half precision tie often, so native forms are the yardstick
+there; `--check-tokens` compares again in fp32). Every timed call's time is kept, with the Dynamo and Inductor
+counters that moved in it (recompiles, graphs, CUDA-graph recordings and skips) and the recompile log's reasons.
 
-Why a form is slower shows in one profiled call per form (CUDA): CUDA-graph replays, recordings and eager
-warm-up runs of Inductor's CUDA-graph trees, kernel launches outside graphs, host synchronisations (stream/device
-syncs and device-to-host copies) per decode step, and what Dynamo did during the timed calls (recompiles, graphs,
-CUDA-graph skips with their reason), at `--profile-shape` only. Rows are saved to `--json` as they come; a configuration that would start
-after `--budget-s` is recorded as skipped. `--tiny` (2-layer models) checks the script on a CPU.
+Why a form is slower shows in one profiled call per form, at `--profile-shape`: CUDA-graph replays, recordings and
+eager warm-up runs of Inductor's CUDA-graph trees, kernel launches outside graphs, host synchronisations and
+`cudaMemcpyAsync` calls per decode step, each with the ops it came from. Rows are saved to `--json` as they come; a
+configuration that would start after `--budget-s` is recorded as skipped. `--tiny` (2-layer models) checks the
+script on a CPU.
 """
 from __future__ import annotations
 
@@ -144,7 +147,7 @@ class GraphTreeCounts:
             setattr(owner, method, original)
 
 
-class SkipReasons(logging.Handler):
+class Recompiles(logging.Handler):
     """The messages of torch's `recompiles` log (why Dynamo compiled again)."""
 
     def __init__(self):
@@ -157,19 +160,16 @@ class SkipReasons(logging.Handler):
 
 @contextlib.contextmanager
 def listening():
-    handler = SkipReasons()
-    names = ["torch._dynamo.guards.__recompiles"]          # (CUDA-graph skips: the inductor counters)
+    """The recompile log, kept here and not printed: its reasons go into the rows."""
+    handler, logger = Recompiles(), logging.getLogger("torch._dynamo.guards.__recompiles")
     torch._logging.set_logs(recompiles=True)
-    loggers = [logging.getLogger(n) for n in names]
-    for lg in loggers:                   # kept here, not printed: the reasons go into the rows
-        lg.addHandler(handler)
-        lg.propagate = False
+    logger.addHandler(handler)
+    logger.propagate = False
     try:
         yield handler
     finally:
-        for lg in loggers:
-            lg.removeHandler(handler)
-            lg.propagate = True
+        logger.removeHandler(handler)
+        logger.propagate = True
         torch._logging.set_logs()
 
 
@@ -186,7 +186,7 @@ def dynamo_counts() -> collections.Counter:
 
 def profile_call(model, ids, kwargs: dict, device: str, trees: GraphTreeCounts) -> dict:
     """One more call under torch.profiler: per decode step, graph replays and recordings, launches outside graphs,
-    host syncs and device-to-host copies, and the host's time."""
+    host syncs and memcpy calls (with the ops they came from)."""
     from torch.profiler import ProfilerActivity, profile
 
     before = collections.Counter(trees.counts)
@@ -202,7 +202,6 @@ def profile_call(model, ids, kwargs: dict, device: str, trees: GraphTreeCounts) 
                 origins[f"{e.name} from {_origin(e)}"] += 1
         else:
             names["<kernel>"] += 1
-    copies_to_host = sum(c for n, c in names.items() if n == "cudaMemcpyAsync")
     tree = {k: trees.counts[k] - before[k] for k in ("replays", "recordings", "eager_runs")}
     return {"graph_replays_per_step": round(tree["replays"] / steps, 2),
             "graph_launches_per_step": round(names["cudaGraphLaunch"] / steps, 2),
@@ -210,7 +209,7 @@ def profile_call(model, ids, kwargs: dict, device: str, trees: GraphTreeCounts) 
             "launches_per_step": round(sum(names[n] for n in LAUNCHES) / steps, 1),
             "kernels_per_step": round(names["<kernel>"] / steps, 1),
             "syncs_per_step": round(sum(names[n] for n in SYNCS) / steps, 2),
-            "memcpy_per_step": round(copies_to_host / steps, 2),
+            "memcpy_per_step": round(names["cudaMemcpyAsync"] / steps, 2),
             "profiled_ms": round(ms, 1),
             "sync_origins": {k: round(v / steps, 2) for k, v in origins.most_common(6)}}
 
@@ -307,8 +306,7 @@ def configuration(name: str, cache: str, batch: int, prompt: int, a, device: str
                         events[form].append((len(times[form]) - 1, dict(moved)))
                     timed_log[form].update(log.messages[seen:])
             if a.check_tokens and (batch, prompt) == a.profiled:
-                for form, same in fp32_tokens(name, forms, ids, a, device).items():
-                    tokens_fp32[form] = same
+                tokens_fp32 = fp32_tokens(name, forms, ids, a, device)
             if a.profile and (batch, prompt) == a.profiled:
                 for form in forms:
                     profiles[form] = profile_call(models[form], ids, generate_kwargs(form, a.new), device, trees)

@@ -88,12 +88,13 @@ def sdpa_rewrite_backend(gm: fx.GraphModule, example_inputs: list, options: Opti
         report, found = None, []
     if report is not None and report.sites:
         _warn_at_recompile_limit(report)
-    for reports in _collectors if report is not None else ():
-        reports.append(report)
-    if callable(show) and report is not None:
-        show(report)                       # report=callable: hand each graph's Report to the caller
-    elif show and report is not None:
-        print(report)
+    if report is not None:
+        for reports in _collectors:
+            reports.append(report)
+        if callable(show):
+            show(report)                   # report=callable: hand each graph's Report to the caller
+        elif show:
+            print(report)
     compiled = compile_downstream(downstream, gm, example_inputs, mode=mode, config=options)
     if not found:
         return compiled

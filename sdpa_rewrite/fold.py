@@ -211,9 +211,7 @@ def _metadata(node: fx.Node):
         tuple(d if isinstance(d, int) else SYMBOLIC for d in value.shape)          # see reduced.py
     if node.op == "call_method" and node.target == "dim":
         return value.dim()
-    if node.op == "call_function" and node.target is torch.ops.aten.sym_size.int:
-        return shape[node.args[1]]
-    if node.op == "call_method":
+    if node.op == "call_method" or node.target is torch.ops.aten.sym_size.int:     # x.size(d), sym_size(x, d)
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
         return shape if dim is None else shape[dim]
     attr = node.args[1]

@@ -135,6 +135,11 @@ def _split(sc: Scores, top_shape: tuple, folder: Folder, reader, rows: list, ver
 KEY_ROW_FLEX_MIN = 4096
 KEY_ROW_FLEX_MIN_TRAIN = 2048
 
+
+def flex_min_length(train: bool) -> int:
+    """The L and S from which rows along the keys go to flex: with a backward, or without."""
+    return KEY_ROW_FLEX_MIN_TRAIN if train else KEY_ROW_FLEX_MIN
+
 # Devices where a split read at run time is asked for (one more run-time verdict, and a variant compiled when it
 # holds): where plan.py chooses flex for rows (Conditions.fast_on's default).
 RUN_TIME_ON = ("cuda",)
@@ -154,7 +159,7 @@ def _at_run_time(rest: Scores, rows: tuple, top_shape: tuple, folder: Folder, re
     value = meta_value(rest.q.node)
     if not isinstance(value, torch.Tensor):
         return None
-    least = KEY_ROW_FLEX_MIN_TRAIN if value.requires_grad else KEY_ROW_FLEX_MIN
+    least = flex_min_length(train=value.requires_grad)
     if verdict is not None and verdict.kind == "input mask" and value.device.type in RUN_TIME_ON and \
             min(top_shape[-2:]) >= least:
         folder.input_masks.setdefault(key, (rest, top_shape, reader, verdict, rows))

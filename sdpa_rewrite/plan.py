@@ -55,8 +55,6 @@ DENSE_FLEX_MIN = 2048
 DENSE_FLEX_PER_ROW = True
 
 
-
-
 def plan(att: Attention, when: Conditions = Conditions()) -> Union[Plan, Miss]:
     window = att.verdict is not None and att.verdict.window is not None
     fast = _device(att) in when.fast_on
@@ -128,11 +126,11 @@ def _long_dense_mask(att: Attention) -> bool:
 
 def _long_key_rows(att: Attention, when: Conditions) -> bool:
     """Rows along the keys (key_rows.py) that need no gradient of their own, over static L, S long enough for flex
-    to beat SDPA's dense float mask (key_rows.KEY_ROW_FLEX_MIN, or _TRAIN where the call may need a backward)."""
+    to beat SDPA's dense float mask (key_rows.flex_min_length)."""
     if att.key_rows is None or not _rows_need_no_grad(att, when):
         return False
     L, S = att.q_shape[-2], att.k_shape[-2]
-    least = key_rows.KEY_ROW_FLEX_MIN_TRAIN if _requires_grad(att, when) else key_rows.KEY_ROW_FLEX_MIN
+    least = key_rows.flex_min_length(train=_requires_grad(att, when))
     return isinstance(L, int) and isinstance(S, int) and min(L, S) >= least
 
 
@@ -156,11 +154,12 @@ def _flex_blocked(att: Attention, when: Conditions) -> str:
         return "FlexAttention has no dropout"
     if _device(att) == "cpu" and _requires_grad(att, when):
         return "FlexAttention has no backward on the CPU"
-    if when.cpu_inductor and _device(att) == "cpu" and (att.sink is not None or att.lse_readers):
-        return "Inductor's CPU FlexAttention returns no log-sum-exp"
-    if when.cpu_inductor and _device(att) == "cpu" and att.zeroes_rows:
-        return ("Inductor's CPU FlexAttention takes no epilogue, and rows that may see no key need one "
-                "(the select that gives them eager's answer)")
+    if when.cpu_inductor and _device(att) == "cpu":
+        if att.sink is not None or att.lse_readers:
+            return "Inductor's CPU FlexAttention returns no log-sum-exp"
+        if att.zeroes_rows:
+            return ("Inductor's CPU FlexAttention takes no epilogue, and rows that may see no key need one "
+                    "(the select that gives them eager's answer)")
     if len(att.batch) > 2:
         return "FlexAttention takes 4-D (batch, heads, L, E) inputs"
     compiled_kernel = _device(att) == "cuda" or when.cpu_inductor
