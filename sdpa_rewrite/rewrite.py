@@ -24,10 +24,12 @@ from .view import meta_value
 _NEVER_SHARED = {F.scaled_dot_product_attention, causal_lower_right_attention, dropout_p_of, flex_attention_site}
 
 
-def rewrite(gm: fx.GraphModule, example_inputs: Optional[Sequence] = None, *, graph: int = 0,
+def rewrite(gm: "fx.GraphModule | torch.export.ExportedProgram", example_inputs: Optional[Sequence] = None, *, graph: int = 0,
             fold_buffers: bool = True, empty_rows: str = "eager", assumed: Optional[dict] = None,
-            flex: bool = True, conditions: Optional[Conditions] = None) -> Report:
+            flex: bool = True, conditions: Optional[Conditions] = None) -> "Report | torch.export.ExportedProgram":
     """Rewrite every eager attention site of `gm` to SDPA in place (lint + recompile); return the report.
+    An `ExportedProgram` is not changed in place: the rewritten program is returned (exported.py; its report is
+    `sdpa_rewrite.report_of(program)`, and `example_inputs` may be the (args, kwargs) it was exported with).
 
     Graphs from Dynamo carry their shapes; for a `symbolic_trace` graph pass `example_inputs` (real or
     fake tensors) so shapes can be propagated — without them sites are skipped with that reason.
@@ -42,10 +44,15 @@ def rewrite(gm: fx.GraphModule, example_inputs: Optional[Sequence] = None, *, gr
     """
     if empty_rows not in ("eager", "kernel"):
         raise ValueError(f"empty_rows must be 'eager' or 'kernel', not {empty_rows!r}")
+    if isinstance(gm, torch.export.ExportedProgram):
+        from .exported import rewrite_program
+        return rewrite_program(gm, example_inputs, graph=graph, fold_buffers=fold_buffers, empty_rows=empty_rows,
+                               assumed=assumed, flex=flex, conditions=conditions)
     if not isinstance(gm, fx.GraphModule):
         raise TypeError(
             "sdpa_rewrite.rewrite() takes a torch.fx.GraphModule (from torch.fx.symbolic_trace or a "
-            f"torch.compile backend), not {type(gm).__name__}; for an nn.Module use "
+            "torch.compile backend) or a torch.export.ExportedProgram, "
+            f"not {type(gm).__name__}; for an nn.Module use "
             "torch.compile(model, backend='sdpa_rewrite') or sdpa_rewrite.explain(model, *args)")
     started = time.perf_counter()
     report = Report()
