@@ -158,7 +158,10 @@ def run_onnxruntime(onnx_program, ep, args, kwargs) -> list:
     import onnxruntime
 
     in_spec = ep.call_spec.in_spec
-    order = in_spec.children_specs[1].context if in_spec.num_children == 2 else list(kwargs)
+    if in_spec.num_children == 2:                    # (args, kwargs): the kwargs in the order the program took them
+        order = (in_spec.child(1) if hasattr(in_spec, "child") else in_spec.children_specs[1]).context
+    else:
+        order = list(kwargs)
     leaves = pytree.tree_leaves((tuple(args), {k: kwargs[k] for k in order if k in kwargs}))
     names = [spec.arg.name for spec in ep.graph_signature.input_specs if spec.kind == InputKind.USER_INPUT]
     given = dict(zip(names, leaves))

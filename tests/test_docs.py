@@ -89,8 +89,42 @@ def test_every_python_block_runs_or_says_it_is_an_excerpt():
             body = m.group(1)
             headings = re.findall(r"^## (.*)$", text[:m.start()], re.M)
             run_above = page.name == "README.md" and headings and headings[-1] == "On your own model"
-            runs = run_above or body.startswith("# excerpt:")
+            runs = run_above or body.startswith(("# excerpt:", RUNS))
             if not runs:
                 line = text[:m.start()].count("\n") + 1
                 unmarked.append(f"{page.relative_to(ROOT)}:{line}: {body.splitlines()[0][:60]}")
     assert not unmarked, "\n".join(unmarked)
+
+
+RUNS = "# runs as written"
+SCI = re.compile(r"\d+(?:\.\d+)?e-\d+")
+
+
+def runnable_blocks() -> list:
+    """(page, line, code, what it prints) for each docs/ block that starts with `# runs as written`; the printed
+    output is the plain block that follows "prints"."""
+    out = []
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        text = page.read_text()
+        for m in re.finditer(r"```python\n(" + re.escape(RUNS) + r".*?)```\n\nprints[^\n]*:\n\n```\n(.*?)```", text, re.S):
+            out.append((page.name, text[:m.start()].count("\n") + 1, m.group(1), m.group(2)))
+    return out
+
+
+@pytest.mark.parametrize("block", runnable_blocks(), ids=lambda b: f"{b[0]}:{b[1]}")
+def test_docs_blocks_that_say_they_run_print_what_the_page_shows(block, tmp_path, monkeypatch, capsys):
+    """The block runs as written (in an empty folder) and prints the page's lines; an error figure may differ by
+    fp32 rounding (at most 4x the one shown, or 1e-6)."""
+    pytest.importorskip("transformers")
+    page, line, code, shown = block
+    if "export_onnx" in code:
+        pytest.importorskip("onnxscript")
+        pytest.importorskip("onnxruntime")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, f"{page}:{line}", "exec"), {})
+    printed = [ln.rstrip() for ln in capsys.readouterr().out.splitlines() if ln.strip()]
+    want = [ln.rstrip() for ln in shown.splitlines() if ln.strip()]
+    assert [SCI.sub("<e>", ln) for ln in printed] == [SCI.sub("<e>", ln) for ln in want]
+    for got_line, want_line in zip(printed, want):
+        for got, wanted in zip(SCI.findall(got_line), SCI.findall(want_line)):
+            assert float(got) <= max(4 * float(wanted), 1e-6), (got_line, want_line)

@@ -1,0 +1,232 @@
+"""Deployment: exported models in ONNX Runtime (CPU) and as AOTInductor packages (GPU), the rewrite beside the others.
+
+    python -m bench --suite deploy --runtime onnx [--models gpt2,bert,llama,xdecoder] [--seqs 128,512,2048]
+    python -m bench --suite deploy --runtime aoti [--models llama8,gpt2] [--seqs 128,512,2048]
+
+ONNX Runtime, batch 1, fp32, one export per length (static shapes), every form timed in a process of its own that imports
+neither torch nor transformers (bench/ort_run.py), so that its peak resident memory is the runtime's:
+    eager_ort          the eager model through torch.onnx (dynamo, opset 23), ONNX Runtime's default optimisations
+    eager_ort_fused    the same export (without the exporter's optimiser, which the tool cannot read) through
+                       onnxruntime.transformers.optimizer with the model's type, for the types it knows (gpt2, bert);
+                       `fused` counts the attention ops it made
+    rewritten_ort      sdpa_rewrite.to_onnx.export_onnx: one Attention node per site
+Models: `gpt2` (GPT-2 124M), `bert` (BERT-base-sized encoder, an all-ones attention_mask), `llama` (a Llama-style
+decoder of GPT-2's size: 12 layers, d768, GQA 12/4), `xdecoder` (x-transformers' Decoder, 12 layers, d768, its own
+eager attention: the third-party model).
+
+AOTInductor, batch 1, the sequence length dynamic (one package per model and form), on CUDA in bf16:
+    native_aoti        transformers' sdpa model exported and packaged
+    eager_aoti         the eager model exported and packaged (Inductor on the eager attention)
+    rewritten_aoti     the eager model exported, sdpa_rewrite.rewrite(program), packaged
+Models: bench/zoo.py's `llama8` and `gpt2`. Peak memory is what one call allocates above what was allocated before.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench import zoo  # noqa: E402
+from bench.timing import Record, measure, versions  # noqa: E402
+
+ONNX_FORMS = ("eager_ort", "eager_ort_fused", "rewritten_ort")
+AOTI_FORMS = ("native_aoti", "eager_aoti", "rewritten_aoti")
+FUSED_OPS = {"Attention", "MultiHeadAttention", "GroupQueryAttention", "PackedAttention"}
+
+
+def onnx_model(name: str, tiny: bool):
+    """(model, inputs(seq) -> kwargs, the onnxruntime.transformers model type or None, heads, hidden)."""
+    import transformers
+
+    torch.manual_seed(0)
+    width, layers, heads = (64, 2, 4) if tiny else (768, 12, 12)
+    ids = lambda seq: torch.randint(3, 500, (1, seq), generator=torch.Generator().manual_seed(seq))  # noqa: E731
+    if name == "gpt2":
+        model = zoo.build("gpt2", "eager", device="cpu", tiny=tiny)
+        return model, lambda seq: {"input_ids": ids(seq), "use_cache": False}, "gpt2", heads, width
+    if name == "bert":
+        config = transformers.BertConfig(hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads,
+                                         intermediate_size=4 * width, max_position_embeddings=2048,
+                                         attn_implementation="eager")
+        ones = lambda seq: torch.ones(1, seq, dtype=torch.long)  # noqa: E731
+        return (transformers.BertModel(config).eval(),
+                lambda seq: {"input_ids": ids(seq), "attention_mask": ones(seq)}, "bert", heads, width)
+    if name == "llama":
+        config = transformers.LlamaConfig(hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads,
+                                          num_key_value_heads=heads // 3 if not tiny else 2, intermediate_size=
+                                          8 * width // 3, vocab_size=32000, max_position_embeddings=4096,
+                                          attn_implementation="eager")
+        return (transformers.LlamaForCausalLM(config).eval(), lambda seq: {"input_ids": ids(seq), "use_cache": False},
+                None, heads, width)
+    if name == "xdecoder":
+        from x_transformers import Decoder, TransformerWrapper
+
+        model = TransformerWrapper(num_tokens=32000, max_seq_len=4096,
+                                   attn_layers=Decoder(dim=width, depth=layers, heads=heads)).eval()
+        return model, lambda seq: {"x": ids(seq)}, None, heads, width
+    raise SystemExit(f"unknown model {name!r}: gpt2, bert, llama, xdecoder")
+
+
+def export_forms(name: str, seq: int, forms: list, folder: str, tiny: bool) -> dict:
+    """Each form's ONNX file, with what the export made of the attention (or the error that stopped it)."""
+    from sdpa_rewrite.to_onnx import export_onnx
+
+    model, inputs, model_type, heads, hidden = onnx_model(name, tiny)
+    kwargs = inputs(seq)
+    out = {}
+    with torch.no_grad():
+        reference = model(**kwargs)
+    reference = reference if isinstance(reference, torch.Tensor) else reference[0]
+    np.savez(os.path.join(folder, "inputs.npz"), **{k: v.numpy() for k, v in kwargs.items()
+                                                    if isinstance(v, torch.Tensor)})
+    np.save(os.path.join(folder, "reference.npy"), reference.float().numpy())
+    for form in forms:
+        path, info, started = os.path.join(folder, f"{form}.onnx"), {}, time.perf_counter()
+        try:
+            if form == "rewritten_ort":
+                exported = export_onnx(model, (), kwargs, path, check=False)
+                info["sites"] = f"{exported.attention_sites}/{len(exported.sites)}"
+            else:
+                program = torch.onnx.export(model, (), kwargs=kwargs, dynamo=True, opset_version=23, verbose=False,
+                                            optimize=form == "eager_ort")
+                program.save(path)
+                if form == "eager_ort_fused":
+                    if model_type is None:
+                        raise RuntimeError("onnxruntime.transformers.optimizer knows no model type for it")
+                    from onnxruntime.transformers import optimizer
+
+                    fused = optimizer.optimize_model(path, model_type=model_type, num_heads=heads, hidden_size=hidden)
+                    fused.save_model_to_file(path)
+            import onnx
+
+            ops = collections.Counter(n.op_type for n in onnx.load(path, load_external_data=False).graph.node)
+            info.update(attention_ops=sum(ops[o] for o in FUSED_OPS), softmax_ops=ops["Softmax"])
+        except Exception as e:
+            info["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        info["export_s"] = round(time.perf_counter() - started, 2)
+        out[form] = (path, info)
+    return out
+
+
+def time_in_process(path: str, folder: str, reps: int) -> dict:
+    """Run one ONNX file in a fresh process (bench/ort_run.py): its time, peak memory and error against eager."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-m", "bench.ort_run", path, folder, str(reps)], cwd=root,
+                          capture_output=True, text=True)
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+    if done.returncode or not lines:
+        return {"error": (done.stderr.strip().splitlines() or ["no output"])[-1][:200]}
+    return json.loads(lines[-1])
+
+
+def onnx_rows(a, record: Record) -> list:
+    rows = []
+    for name in a.models.split(","):
+        for seq in [int(s) for s in a.seqs.split(",")]:
+            with tempfile.TemporaryDirectory() as folder:
+                exported = export_forms(name, seq, a.forms.split(",") if a.forms else list(ONNX_FORMS), folder,
+                                        a.tiny)
+                base = None
+                for form, (path, info) in exported.items():
+                    row = {"model": name, "seq": seq, "form": form, **info}
+                    if "error" not in info:
+                        row.update(time_in_process(path, folder, a.reps if seq < 2048 else max(3, a.reps // 3)))
+                    base = row.get("ms") if form == "eager_ort" else base
+                    if base and row.get("ms"):
+                        row["vs_eager_ort"] = round(base / row["ms"], 3)
+                    rows.append(record.add("onnx", row))
+    return rows
+
+
+def aoti_rows(a, record: Record) -> list:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    seqs = [int(s) for s in a.seqs.split(",")]
+    seq_dim = torch.export.Dim("seq", min=16, max=max(seqs))
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for name in a.models.split(","):
+            first: dict = {}
+            for form in a.forms.split(",") if a.forms else AOTI_FORMS:
+                rows += aoti_form(a, name, form, seqs, seq_dim, device, dtype, folder, first, record)
+    return rows
+
+
+def aoti_form(a, name, form, seqs, seq_dim, device, dtype, folder, first, record) -> list:
+    """One model and form: export, (rewrite,) package, load, and time each length; `first` keeps each length's
+    logits and time of the first form, which the others are compared with."""
+    from torch._inductor import aoti_compile_and_package, aoti_load_package
+
+    import sdpa_rewrite
+
+    model = zoo.build(name, "sdpa" if form == "native_aoti" else "eager", device=device, dtype=dtype, tiny=a.tiny)
+    kwargs = lambda seq: {**zoo.inputs(name, 1, seq, device=device), "use_cache": False}  # noqa: E731
+    started, sites = time.perf_counter(), ""
+    try:
+        with torch.no_grad():
+            program = torch.export.export(model, (), kwargs(seqs[0]), strict=False,
+                                          dynamic_shapes={"input_ids": {1: seq_dim}, "use_cache": None})
+            if form == "rewritten_aoti":
+                program = sdpa_rewrite.rewrite(program)
+                report = sdpa_rewrite.report_of(program)
+                sites = f"{len(report.rewritten)}/{len(report.sites)}"
+            runner = aoti_load_package(aoti_compile_and_package(
+                program, package_path=os.path.join(folder, f"{name}_{form}.pt2")))
+    except Exception as e:
+        return [record.add("aoti", {"model": name, "form": form,
+                                    "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"})]
+    compile_s = round(time.perf_counter() - started, 1)
+    rows = []
+    for seq in seqs:
+        inputs = kwargs(seq)
+        call = lambda: runner(**inputs)  # noqa: E731
+        with torch.no_grad():
+            out = call()
+            logits = (out["logits"] if isinstance(out, dict) else out[0]).float()
+            timing = measure(call, reps=a.reps, device=device)
+        base_logits, base_ms = first.setdefault(seq, (logits, timing.ms))
+        rows.append(record.add("aoti", {
+            "model": name, "seq": seq, "form": form, "ms": round(timing.ms, 3), "iqr_ms": round(timing.spread_ms, 3),
+            "peak_mib": round(timing.peak_mib, 1), "compile_s": compile_s, "sites": sites,
+            "max_abs_err_vs_first": float((logits - base_logits).abs().max()), "vs_first": round(base_ms / timing.ms, 3)}))
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runtime", choices=("onnx", "aoti"), default="onnx")
+    ap.add_argument("--models", default=None, help="onnx: gpt2,bert,llama,xdecoder; aoti: llama8,gpt2")
+    ap.add_argument("--seqs", default="128,512,2048")
+    ap.add_argument("--forms", default=None)
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--json")
+    a = ap.parse_args(argv)
+    a.models = a.models or ("gpt2,bert,llama,xdecoder" if a.runtime == "onnx" else "llama8,gpt2")
+    record = Record(a.json, {"runtime": a.runtime, "command": " ".join(sys.argv)})
+    print(versions())
+    rows = onnx_rows(a, record) if a.runtime == "onnx" else aoti_rows(a, record)
+    from tabulate import tabulate
+
+    keys = ["model", "seq", "form", "ms", "iqr_ms", "model_and_run_mib" if a.runtime == "onnx" else "peak_mib",
+            "vs_eager_ort" if a.runtime == "onnx" else "vs_first", "attention_ops" if a.runtime == "onnx" else "sites",
+            "error"]
+    print(tabulate([[r.get(k, "") for k in keys] for r in rows], headers=keys))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
