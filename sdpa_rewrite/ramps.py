@@ -20,7 +20,8 @@ the graph's guards allow (`statically_known_true` adds no guard). Anything outsi
 language, or not provable, returns None and the mask stays a mask.
 
 A ramp may also be indexed by other index tensors (gathered): `positions[batch_idx, q_idx]` is the query
-ramp again, the same for every batch row.
+ramp again, the same for every batch row; ATen spells it `aten.index.Tensor(positions, [batch_idx, q_idx])`
+(torch.export), read the same way.
 """
 from __future__ import annotations
 
@@ -240,6 +241,10 @@ class _Reader:
             if isinstance(args[1], tuple) and any(isinstance(i, fx.Node) for i in args[1]):
                 return self._gather(first, args[1])
             return _index(first, self._bounds(args[1]))
+        if name == "slice" and isinstance(first, Ramp):
+            return _index(first, self._bounds(_aten_slice(args, node.kwargs, first.ndim)))
+        if name == "index" and isinstance(first, Ramp) and all(isinstance(i, fx.Node) for i in args[1]):
+            return self._gather(first, tuple(args[1]))      # ATen's x[i_0, …, i_n] (None entries: refused)
         if name in ("getitem", "__getitem__") and isinstance(first, (Band, Additive)) and _keeps_last_two(args[1]):
             return first
         if name == "unsqueeze" and isinstance(first, Ramp):
@@ -285,7 +290,7 @@ class _Reader:
     def _const(self, node: fx.Node, name: str, c: Const):
         """Ops on a one-valued tensor that keep it one-valued."""
         args = node.args
-        if name in _KEEP or name in ("getitem", "__getitem__", "unsqueeze"):
+        if name in _KEEP or name in ("getitem", "__getitem__", "unsqueeze", "index", "slice"):
             dtypes = [a for a in list(args[1:]) + list(node.kwargs.values()) if isinstance(a, torch.dtype)]
             if name in ("to", "type") and dtypes:           # the value as that dtype holds it
                 if dtypes[0] == torch.bool:
@@ -428,6 +433,16 @@ def _keeps_last_two(index) -> bool:
 
 def _scalar_shape(args) -> bool:
     return len(args) == 1 and args[0] in ((), [], torch.Size([]))
+
+
+def _aten_slice(args: tuple, kwargs: dict, ndim: int) -> tuple:
+    """ATen's slice(x, dim, start, end, step) as the Python index it spells: x[:, …, start:end:step]."""
+    dim, start, end, step = (list(args[1:]) + [0, None, None, 1][len(args) - 1:])[:4]
+    dim, start, end, step = (kwargs.get("dim", dim), kwargs.get("start", start), kwargs.get("end", end),
+                             kwargs.get("step", step))
+    if not isinstance(dim, int):
+        raise NotARamp
+    return (slice(None),) * (dim if dim >= 0 else dim + ndim) + (slice(start, end, step),)
 
 
 def _index(ramp: Ramp, index) -> Ramp:

@@ -47,6 +47,8 @@ def test_exported_program_in_exported_program_out_with_dynamic_batch_and_length(
     assert isinstance(program, torch.export.ExportedProgram) and program is not ep
     assert len(report.sites) == len(report.rewritten) == 2 and len(sdpa_nodes(program)) == 2
     assert all(s.gqa_groups == 2 for s in report.rewritten)
+    assert all(sdpa_arguments(c)["is_causal"] is True and sdpa_arguments(c)["attn_mask"] is None
+               for c in sdpa_nodes(program))                               # proven causal for every size
     assert len(sdpa_nodes(ep)) == 0                                      # the program handed in is untouched
     # the same signature, parameters, buffers and constants, and the same range for each dynamic dimension
     assert program.call_spec.in_spec == ep.call_spec.in_spec and program.call_spec.out_spec == ep.call_spec.out_spec
@@ -78,6 +80,22 @@ def test_a_static_program_gets_the_causal_flag_and_positional_inputs_stay_positi
     with torch.no_grad():
         torch.testing.assert_close(program.module()(x, use_cache=False).logits, model(x, use_cache=False).logits,
                                    rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name, causal", [("gpt2", True), ("opt", True), ("mistralw", False), ("bloomw", False)])
+def test_a_dynamic_length_keeps_a_causal_mask_proven_and_any_other_mask_as_it_is(name, causal):
+    """transformers' masks under a dynamic length, spelled in ATen (slice and index of position ids): the causal
+    one is proven for every length; a sliding window (Mistral-like, window 8) and ALiBi (Bloom) stay masks."""
+    model = tiny(name)
+    ep = torch.export.export(model, (), {"input_ids": ids(2, 16), "use_cache": False}, strict=False,
+                             dynamic_shapes={"input_ids": {1: SEQ}, "use_cache": None})
+    program = sdpa_rewrite.rewrite(ep)
+    calls = [sdpa_arguments(c) for c in sdpa_nodes(program)]
+    assert len(calls) == 2 and all((c["is_causal"] is True and c["attn_mask"] is None) == causal for c in calls)
+    x = ids(2, 40, seed=1)                                                 # past the window, and another length
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(input_ids=x, use_cache=False).logits,
+                                   model(input_ids=x, use_cache=False).logits, rtol=1e-5, atol=1e-5)
 
 
 def test_a_program_with_no_attention_comes_back_as_it_was_with_an_empty_report():
