@@ -247,6 +247,8 @@ class _Reader:
             return self._gather(first, tuple(args[1]))      # ATen's x[i_0, …, i_n] (None entries: refused)
         if name in ("getitem", "__getitem__") and isinstance(first, (Band, Additive)) and _keeps_last_two(args[1]):
             return first
+        if name == "unsqueeze" and isinstance(first, (Band, Additive)) and _before_last_two(node):
+            return first                                    # a new batch or head dim: the same (i, j) pattern
         if name == "unsqueeze" and isinstance(first, Ramp):
             return _unsqueeze(first, args[1] if len(args) > 1 else node.kwargs["dim"])
         if name in _COMPARE:
@@ -433,6 +435,16 @@ def _keeps_last_two(index) -> bool:
 
 def _scalar_shape(args) -> bool:
     return len(args) == 1 and args[0] in ((), [], torch.Size([]))
+
+
+def _before_last_two(node: fx.Node) -> bool:
+    """unsqueeze(x, d) inserts its dim before x's last two: they stay the output's last two."""
+    value = meta_value(node.args[0])
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    if not isinstance(value, torch.Tensor) or not isinstance(dim, int) or value.dim() < 2:
+        return False
+    out = value.dim() + 1
+    return 0 <= (dim if dim >= 0 else dim + out) <= out - 3
 
 
 def _aten_slice(args: tuple, kwargs: dict, ndim: int) -> tuple:

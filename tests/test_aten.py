@@ -228,7 +228,9 @@ def test_an_aten_packet_reads_like_its_overload():
 
 
 class _SizedCausal(nn.Module):
-    """A causal mask built from the input's length, as tril or as an arange comparison."""
+    """A causal mask built from the input's length, as tril, as an arange comparison, or as transformers v5 builds
+    it: position ids gathered per batch row and per query / key index, with its packed-sequence check (export spells
+    the gathers `aten.index` and the first position's slice `aten.slice`)."""
 
     def __init__(self, spelling: str):
         super().__init__()
@@ -239,6 +241,11 @@ class _SizedCausal(nn.Module):
         q, k, v = self.qkv(x).view(B, L, 3, 2, 8).permute(2, 0, 3, 1, 4)
         if self.spelling == "tril":
             keep = torch.ones(L, L, dtype=torch.bool).tril()
+        elif self.spelling == "positions":
+            pos = torch.arange(L).unsqueeze(0).expand(B, -1)
+            packed = (torch.diff(pos, dim=-1, prepend=pos[:, :1] - 1) != 1).cumsum(-1)
+            b, qi, ki = torch.arange(B)[:, None, None], torch.arange(L)[None, :, None], torch.arange(L)[None, None, :]
+            keep = ((pos[b, ki] <= pos[b, qi]) & (packed[b, qi] == packed[b, ki]))[:, None]
         else:
             i = torch.arange(L)
             keep = i[:, None] >= i[None, :]
@@ -246,7 +253,7 @@ class _SizedCausal(nn.Module):
         return (w @ v).transpose(1, 2).reshape(B, L, 16)
 
 
-@pytest.mark.parametrize("spelling", ["tril", "arange"])
+@pytest.mark.parametrize("spelling", ["tril", "arange", "positions"])
 def test_export_with_dynamic_shapes_reads_sizes_through_aten_sym_size(spelling):
     """With the batch and length dynamic, export reads the length through `aten.sym_size.int`: a metadata read,
     so the mask is proven causal for every size and SDPA gets is_causal, at any other size too. (make_fx's symbolic
