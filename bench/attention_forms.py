@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from bench.timing import Record, measure
+from bench.timing import Record, measure_calls
 
 
 def time_forms(forms: list, make: Callable, mask_of: Callable, qkv: tuple, *, ref_form: str, record: Record,
@@ -32,7 +32,7 @@ def time_forms(forms: list, make: Callable, mask_of: Callable, qkv: tuple, *, re
         with torch.no_grad():
             out = fn(q, k, v, mask).float()
             out = out if seen is None else torch.where(seen, out, 0)
-            fwd = measure(lambda: fn(q, k, v, mask), reps=reps, device=device)  # noqa: B023
+            fwd = measure_calls(lambda: fn(q, k, v, mask), reps=reps, device=device)  # noqa: B023  (inputs warm in L2)
         if form == ref_form:
             ref = out
         grads = [t.detach().requires_grad_() for t in qkv]
@@ -41,7 +41,7 @@ def time_forms(forms: list, make: Callable, mask_of: Callable, qkv: tuple, *, re
             fn(*grads, mask).sum().backward()  # noqa: B023
 
         no_backward = device == "cpu" and form.startswith("flex")
-        bwd = None if no_backward else measure(train, reps=reps, device=device)
+        bwd = None if no_backward else measure_calls(train, reps=reps, device=device)
         err = None if ref is None or form in no_error else \
             float(f"{((out - ref).abs().max() / ref.abs().max()).item():.2e}")
         rows.append(record.add("attention", {

@@ -17,7 +17,7 @@ bf16). Training rows: fp32 weights, bf16 autocast, fused AdamW, `use_cache=False
 `--train-dtype bf16`, bf16 weights and no autocast (transformers' MoE layers then take their grouped-matmul path
 instead of the fallback that Inductor cannot compile backward). `compile_s` is the first call's wall time,
 `kernel_load_s` the part of it spent compiling Triton kernels. A form that raises is recorded with its error;
-forms past `--budget-s` are skipped.
+forms past `--budget-s` are skipped. Without a GPU the rows run on the CPU (for `--tiny`, a check of the script).
 """
 from __future__ import annotations
 
@@ -90,13 +90,13 @@ def forward_rows(name, batch, seq, forms, *, device, tiny, reps, record, deadlin
             with torch.no_grad():
                 start = time.perf_counter()
                 logits = compiled(**args).logits.float()[:, left_pad:]
-                torch.cuda.synchronize()
+                _sync(device)
                 row["compile_s"] = round(time.perf_counter() - start, 1)
                 row["kernel_load_s"] = _kernel_load_s()
                 row["rel_err"] = float(f"{((logits - ref).abs().max() / ref.abs().max()).item():.2e}")
                 del logits
                 t = measure(lambda: compiled(**args).logits, reps=reps, device=device)  # noqa: B023
-            row.update(ms=round(t.ms, 2), iqr_ms=round(t.spread_ms, 2), peak_mib=round(t.peak_mib), **sites(reports))
+            row.update(ms=round(t.ms, 2), iqr_ms=round(t.spread_ms, 2), peak_mib=_mib(t.peak_mib), **sites(reports))
         except Exception as e:                     # a form that cannot run this model: say so, go on
             row["error"] = f"{type(e).__name__}: {str(e)[:160]}"
         record.add("forward", row)
@@ -117,7 +117,7 @@ def train_rows(name, batch, seq, forms, *, device, tiny, reps, record, deadline,
         try:
             model, compiled = build(name, form, device, weights, tiny, reports)
             model.train()
-            opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
 
             def step():
                 with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
@@ -130,10 +130,11 @@ def train_rows(name, batch, seq, forms, *, device, tiny, reps, record, deadline,
             start = time.perf_counter()
             row["first_loss"] = round(step().float().item(), 4)
             row["first_step_s"] = round(time.perf_counter() - start, 1)
-            torch.cuda.reset_peak_memory_stats()
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
             t = measure(step, warmup=2, reps=reps, device=device)
-            row.update(step_ms=round(t.ms, 1), iqr_ms=round(t.spread_ms, 1),
-                       peak_mib=round(torch.cuda.max_memory_allocated() / 2**20), **sites(reports))
+            peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else float("nan")
+            row.update(step_ms=round(t.ms, 1), iqr_ms=round(t.spread_ms, 1), peak_mib=_mib(peak), **sites(reports))
         except Exception as e:
             row["error"] = f"{type(e).__name__}: {str(e)[:160]}"
         record.add("steps", row)
@@ -153,7 +154,16 @@ def _kernel_load_s():
 
 def _free():
     gc.collect()
-    torch.cuda.empty_cache()
+    torch.cuda.empty_cache()                       # a no-op where CUDA was never initialised
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _mib(x: float):
+    return None if x != x else round(x)            # NaN off CUDA
 
 
 def main() -> int:
@@ -172,7 +182,7 @@ def main() -> int:
                     help="forward rows whose attention_mask pads N tokens on the left")
     ap.add_argument("--json")
     args = ap.parse_args()
-    device = "cuda"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     deadline = time.perf_counter() + args.budget_s
     torch._dynamo.config.recompile_limit = 64
     forms, record = args.forms.split(","), Record(args.json)

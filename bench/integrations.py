@@ -53,7 +53,7 @@ import sdpa_rewrite  # noqa: F401  (registers the backend)
 from bench import zoo
 from bench.models import _mib, compiled, impl, site_counts
 from bench.step_memory import _where
-from bench.timing import Record, measure, versions
+from bench.timing import Record, measure, measure_calls, versions
 
 PARTS = {"generate": ["uncompiled", "native_static", "backend_static", "native_dynamic", "backend_dynamic"],
          "trainer": ["uncompiled", "native_compiled", "backend_compiled"],
@@ -116,7 +116,7 @@ def run_generate(form: str, a, device: str, out: str) -> dict:
         tokens = model.generate(ids, **kwargs)[:, -a.new:]
         _sync(device)
         first_s = time.perf_counter() - start
-        t = measure(lambda: model.generate(ids, **kwargs), warmup=0, reps=a.reps, device=device)
+        t = measure_calls(lambda: model.generate(ids, **kwargs), warmup=0, reps=a.reps, device=device)
         if dtype != torch.float32:   # bf16 greedy tokens of random weights flip on rounding: compare them in fp32
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
             tokens = model.float().generate(ids, **kwargs)[:, -a.new:]     # (compiled again for fp32)

@@ -48,7 +48,7 @@ from tabulate import tabulate
 
 import sdpa_rewrite  # noqa: F401  (registers the backend)
 from bench import zoo
-from bench.timing import Record, measure, versions
+from bench.timing import Record, measure, measure_calls, versions
 from sdpa_rewrite import plan
 
 FORMS = ["eager", "native_sdpa", "backend_eager", "inductor_eager", "inductor_sdpa", "backend_inductor"]
@@ -154,7 +154,7 @@ def generate(name: str, batch: int, forms: list, *, prompt: int, new: int, devic
             if ref is None:
                 ref = out
             same = (out[:, -new:] == ref[:, -new:]).float().mean().item()
-            t = measure(lambda: model.generate(ids, **kwargs), warmup=0, reps=reps, device=device)  # noqa: B023, F821  (called before the del below)
+            t = measure_calls(lambda: model.generate(ids, **kwargs), warmup=0, reps=reps, device=device)  # noqa: B023, F821  (called before the del below)
         if tokens_out:
             torch.save(out[:, -new:].cpu(), tokens_out)
         done, found, _ = site_counts(reports)

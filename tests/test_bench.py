@@ -213,3 +213,85 @@ def test_decode_forms_in_turn_same_tokens(tmp_path):
     assert [r["form"] for r in rows] == ["native_static", "backend_static"]
     assert all(r["same_tokens"] == 1.0 and r["same_tokens_fp32"] == 1.0 and len(r["calls_ms"]) == 2 for r in rows)
     assert rows[1]["sites"] == "2/2" and not rows[0]["sites"]
+
+
+def test_bench_lists_every_suite_with_its_script(capsys):
+    """`python -m bench --list`: one line per suite, each naming a script that exists."""
+    import os
+
+    from bench import __main__ as cli, standard, suites
+
+    assert cli.main(["--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == list(suites.SUITES)
+    assert all(os.path.exists(os.path.join(suites.HERE, s.script)) for s in suites.SUITES.values())
+    assert set(cli.STANDARD) == {c.suite for c in standard.CASES if c.tiny}
+
+
+def test_suite_flags_go_to_the_script(tmp_path):
+    """`python -m bench --suite forward <flags>` runs bench/models.py's main with those flags, as its own command
+    line would: its rows, in its JSON file."""
+    import sys
+
+    from bench import __main__ as cli
+
+    out = tmp_path / "fwd.json"
+    argv = sys.argv
+    assert cli.main(["--suite", "forward", "gpt2", "--tiny", "--forms", "eager,backend_eager", "--shapes", "2x16",
+                     "--reps", "2", "--json", str(out)]) == 0
+    assert sys.argv is argv
+    rows = json.loads(out.read_text())["forward"]
+    assert [r["form"] for r in rows] == ["eager", "backend_eager"] and rows[1]["sites"] == "2/2"
+    assert cli.main(["--suite", "forward,training", "gpt2"]) == 2          # script flags need one suite
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the message is for machines without CUDA")
+def test_gpu_only_suite_says_so_on_the_cpu(capsys):
+    from bench import __main__ as cli
+
+    assert cli.main(["--suite", "exact-masks"]) == 2
+    assert "runs on CUDA only" in capsys.readouterr().err
+
+
+def test_standard_suite_row_beside_its_alternative(tmp_path, capsys):
+    """One standard suite in process (--tiny): the summary row puts the backend beside Inductor on the sdpa model,
+    every site rewritten, eager's numbers; the JSON says the device and the versions; the table is printed."""
+    from bench import __main__ as cli
+
+    out = tmp_path / "bench.json"
+    assert cli.main(["--tiny", "--suite", "forward", "--json", str(out), "--plots", str(tmp_path / "plots")]) == 0
+    saved = json.loads(out.read_text())
+    (row,) = saved["summary"]
+    assert (row["suite"], row["alternative"], row["sites"]) == ("forward", "inductor_sdpa", "2/2")
+    assert row["alt"] > 0 and row["backend"] > 0 and row["speedup"] > 0
+    assert [r["form"] for r in saved["forward"]] == ["eager", "inductor_sdpa", "backend_inductor"]
+    assert all(r["rel_err"] <= 1e-5 for r in saved["forward"])
+    assert saved["environment"]["torch"] == torch.__version__ and saved["environment"]["device"]
+    assert "| suite" in capsys.readouterr().out
+
+
+@pytest.mark.processes
+def test_python_m_bench_tiny_covers_every_standard_suite(tmp_path):
+    """`python -m bench --tiny` as a user runs it: every standard suite gives its row, the backend rewrites every
+    site and keeps the reference's numbers (bf16 rounding for flex, against fp32 eager), one table printed."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "bench.json"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-m", "bench", "--tiny", "--json", str(out), "--plots", str(tmp_path)],
+                          cwd=root, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    saved = json.loads(out.read_text())
+    rows = {(r["suite"], r["measure"]): r for r in saved["summary"]}
+    assert set(rows) == {("forward", "ms"), ("training", "step_ms"), ("decode", "tokens_per_s"), ("flex", "ms"),
+                         ("regional", "ms"), ("regional", "step_ms")}, saved["summary"]
+    for r in rows.values():
+        done_, found = r["sites"].split("/")
+        assert done_ == found != "0" and r["alt"] > 0 and r["backend"] > 0, r
+    assert all(r["rel_err"] <= 1e-5 for r in saved["forward"] + [x for x in saved["regional"] if "rel_err" in x])
+    assert all(r["rel_err"] <= 3e-2 for r in saved["flex"])                     # bf16 forms against fp32 eager
+    assert all(r["same_tokens"] == 1.0 for r in saved["decode"])
+    assert {"torch", "transformers", "device"} <= set(saved["environment"]) and "failed" not in saved
+    assert done.stdout.count("| suite ") == 1 and "| decode " in done.stdout
