@@ -12,7 +12,7 @@ dimension. The result is in export's training IR, where SDPA is one op (`aten.sc
 from __future__ import annotations
 
 import inspect
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.utils._pytree as pytree
@@ -24,15 +24,15 @@ from .report import Report
 REPORT_KEY = "sdpa_rewrite_report"
 
 
-def rewrite_program(ep: ExportedProgram, example_inputs: Optional[tuple] = None, **options) -> ExportedProgram:
-    """The rewritten program; its report is `report_of(program)`. `example_inputs` ((args, kwargs)) stands in
-    for `ep.example_inputs` where a program carries none (some loaded ones). `options` go to rewrite()."""
-    from .rewrite import rewrite
-
+def rewrite_program(ep: ExportedProgram, rewrite_graph: Callable[..., Report], example_inputs: Optional[tuple] = None,
+                    **options) -> ExportedProgram:
+    """The program rewritten by `rewrite_graph` (rewrite.rewrite, which calls this: the stages stay below this
+    module); its report is `report_of(program)`. `example_inputs` ((args, kwargs)) stands in for
+    `ep.example_inputs` where a program carries none (some loaded ones). `options` go to `rewrite_graph`."""
     args, kwargs = _example_inputs(ep, example_inputs)
     shapes = dynamic_shapes_of(ep)
     gm = ep.module()
-    report = rewrite(gm, **options)
+    report = rewrite_graph(gm, **options)
     if not report.rewritten:
         program = ep                                  # nothing changed: no second export
     else:

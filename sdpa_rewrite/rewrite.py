@@ -14,6 +14,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from .emit import causal_lower_right_attention, dropout_p_of, emit
+from .exported import rewrite_program
 from .find import Attention, Miss, SiteError, find
 from .flex import flex_attention_site
 from .fold import Folder
@@ -45,8 +46,7 @@ def rewrite(gm: "fx.GraphModule | torch.export.ExportedProgram", example_inputs:
     if empty_rows not in ("eager", "kernel"):
         raise ValueError(f"empty_rows must be 'eager' or 'kernel', not {empty_rows!r}")
     if isinstance(gm, torch.export.ExportedProgram):
-        from .exported import rewrite_program
-        return rewrite_program(gm, example_inputs, graph=graph, fold_buffers=fold_buffers, empty_rows=empty_rows,
+        return rewrite_program(gm, rewrite, example_inputs, graph=graph, fold_buffers=fold_buffers, empty_rows=empty_rows,
                                assumed=assumed, flex=flex, conditions=conditions)
     if not isinstance(gm, fx.GraphModule):
         raise TypeError(

@@ -22,8 +22,9 @@ import torch.utils._pytree as pytree
 from tabulate import tabulate
 from torch.export.graph_signature import InputKind
 
-from .exported import report_of, rewrite_program
+from .exported import report_of
 from .report import Report
+from .rewrite import rewrite
 
 ATTENTION_OPSET = 23          # the first opset with an Attention operator
 
@@ -80,7 +81,7 @@ def export_onnx(model, args: tuple = (), kwargs: Optional[dict] = None, path: Op
     else:
         ep = torch.export.export(model, tuple(args), kwargs, dynamic_shapes=dynamic_shapes, strict=False)
     options.setdefault("flex", False)
-    program = rewrite_program(ep, (tuple(args), kwargs), **options)
+    program = rewrite(ep, (tuple(args), kwargs), **options)
     report = report_of(program)
     notes: list = []
     onnx_program = _export(program, args, kwargs, opset, optimize)
