@@ -14,7 +14,8 @@ Models: `gpt2` (GPT-2 124M), `bert` (BERT-base-sized encoder, an all-ones attent
 decoder of GPT-2's size: 12 layers, d768, GQA 12/4), `xdecoder` (x-transformers' Decoder, 12 layers, d768, its own
 eager attention: the third-party model).
 
-AOTInductor, batch 1, the sequence length dynamic (one package per model and form), on CUDA in bf16:
+AOTInductor, batch 1, the sequence length dynamic (one package per model and form; `--static`: one per length), on
+CUDA in bf16, lengths up to the model's positions:
     native_aoti        transformers' sdpa model exported and packaged
     eager_aoti         the eager model exported and packaged (Inductor on the eager attention)
     rewritten_aoti     the eager model exported, sdpa_rewrite.rewrite(program), packaged
@@ -152,14 +153,20 @@ def onnx_rows(a, record: Record) -> list:
 def aoti_rows(a, record: Record) -> list:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    seqs = [int(s) for s in a.seqs.split(",")]
-    seq_dim = torch.export.Dim("seq", min=16, max=max(seqs))
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for name in a.models.split(","):
+            longest = zoo.config(name, "eager", a.tiny).max_position_embeddings      # GPT-2's n_positions too
+            seqs = [int(s) for s in a.seqs.split(",") if int(s) <= longest]
+            if len(seqs) < len(a.seqs.split(",")):
+                rows.append(record.add("aoti", {"model": name, "error": f"lengths past {longest} positions skipped"}))
             first: dict = {}
+            # one package per length (--static), or one with the length dynamic for all of them
+            groups = [[s] for s in seqs] if a.static else [seqs]
             for form in a.forms.split(",") if a.forms else AOTI_FORMS:
-                rows += aoti_form(a, name, form, seqs, seq_dim, device, dtype, folder, first, record)
+                for group in groups:
+                    seq_dim = None if a.static else torch.export.Dim("seq", min=16, max=max(group))
+                    rows += aoti_form(a, name, form, group, seq_dim, device, dtype, folder, first, record)
     return rows
 
 
@@ -175,14 +182,14 @@ def aoti_form(a, name, form, seqs, seq_dim, device, dtype, folder, first, record
     started, sites = time.perf_counter(), ""
     try:
         with torch.no_grad():
-            program = torch.export.export(model, (), kwargs(seqs[0]), strict=False,
-                                          dynamic_shapes={"input_ids": {1: seq_dim}, "use_cache": None})
+            shapes = None if seq_dim is None else {"input_ids": {1: seq_dim}, "use_cache": None}
+            program = torch.export.export(model, (), kwargs(seqs[0]), strict=False, dynamic_shapes=shapes)
             if form == "rewritten_aoti":
                 program = sdpa_rewrite.rewrite(program)
                 report = sdpa_rewrite.report_of(program)
                 sites = f"{len(report.rewritten)}/{len(report.sites)}"
             runner = aoti_load_package(aoti_compile_and_package(
-                program, package_path=os.path.join(folder, f"{name}_{form}.pt2")))
+                program, package_path=os.path.join(folder, f"{name}_{form}_{seqs[0]}.pt2")))
     except Exception as e:
         return [record.add("aoti", {"model": name, "form": form,
                                     "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"})]
@@ -213,6 +220,7 @@ def main(argv=None) -> int:
     ap.add_argument("--forms", default=None)
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--static", action="store_true", help="aoti: one package per length, static shapes")
     ap.add_argument("--json")
     a = ap.parse_args(argv)
     a.models = a.models or ("gpt2,bert,llama,xdecoder" if a.runtime == "onnx" else "llama8,gpt2")
