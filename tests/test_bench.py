@@ -295,3 +295,22 @@ def test_python_m_bench_tiny_covers_every_standard_suite(tmp_path):
     assert all(r["same_tokens"] == 1.0 for r in saved["decode"])
     assert {"torch", "transformers", "device"} <= set(saved["environment"]) and "failed" not in saved
     assert done.stdout.count("| suite ") == 1 and "| decode " in done.stdout
+
+
+@pytest.mark.processes
+def test_deploy_onnx_rows_put_one_attention_node_per_site_and_match_eager(tmp_path):
+    """bench/deploy.py's ONNX rows on tiny models: the eager export keeps its Softmax nodes, the rewritten one has an
+    Attention node per site and none, both run by ONNX Runtime in their own processes within fp32 rounding of eager."""
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+    from bench import deploy
+
+    out = tmp_path / "deploy.json"
+    assert deploy.main(["--runtime", "onnx", "--tiny", "--models", "gpt2,llama", "--seqs", "32", "--reps", "2",
+                        "--rounds", "2", "--forms", "eager_ort,rewritten_ort", "--json", str(out)]) == 0
+    rows = {(r["model"], r["form"]): r for r in json.loads(out.read_text())["onnx"]}
+    for model in ("gpt2", "llama"):
+        eager, rewritten = rows[(model, "eager_ort")], rows[(model, "rewritten_ort")]
+        assert eager["attention_ops"] == 0 and eager["softmax_ops"] == 2, eager
+        assert rewritten["attention_ops"] == 2 and rewritten["softmax_ops"] == 0 and rewritten["sites"] == "2/2"
+        assert all(r["max_abs_err"] <= 1e-5 and len(r["rounds_ms"]) == 2 and r["ms"] > 0 for r in (eager, rewritten))
