@@ -24,7 +24,7 @@ def qkv():
     return tuple(torch.randn(2, 4, 8, 16, generator=g) for _ in range(3))
 
 
-@pytest.mark.processes
+@pytest.mark.slow
 def test_backend_by_name_in_fresh_process_with_inductor():
     """Dynamo finds the backend through the torch_dynamo_backends entry point: the script never imports us."""
     script = textwrap.dedent("""
@@ -141,6 +141,7 @@ class _ModuleDropoutAttention(torch.nn.Module):
         return self.drop(torch.softmax(q @ k.transpose(-1, -2) * 0.25, dim=-1)) @ v
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("downstream", ["eager", "inductor"])
 def test_dynamic_true_module_dropout_is_rewritten_in_eval_and_training(downstream):
     """dynamic=True makes an nn.Dropout's float p a graph input. In eval dropout is the identity whatever p is;

@@ -32,6 +32,7 @@ def test_largest_batch_search_finds_the_exact_limit(true_max, per_sample, fixed)
     assert len(tried) <= 14
 
 
+@pytest.mark.slow
 def test_forward_rows_rewrite_every_site_and_match_eager(tmp_path):
     record = Record(str(tmp_path / "fwd.json"))
     rows = models.forward("gpt2", 2, 16, ["eager", "backend_eager"], padded=True, device="cpu", tiny=True, reps=2,
@@ -42,13 +43,14 @@ def test_forward_rows_rewrite_every_site_and_match_eager(tmp_path):
     assert saved["forward"] == rows and "torch" in saved["versions"]
 
 
+@pytest.mark.slow
 def test_generate_rows_same_tokens(tmp_path):
     rows = models.generate("llama", 1, ["eager", "backend_eager"], prompt=8, new=4, device="cpu", tiny=True,
                            record=Record())
     assert rows[1]["same_tokens"] == 1.0 and rows[1]["sites"].split("/")[0] == rows[1]["sites"].split("/")[1] != "0"
 
 
-@pytest.mark.processes
+@pytest.mark.slow
 def test_generate_isolated_runs_each_form_in_its_own_process(tmp_path):
     record = Record(str(tmp_path / "gen.json"))
     rows = models.generate_isolated("llama", ["eager", "backend_eager"], 1,
@@ -59,6 +61,7 @@ def test_generate_isolated_runs_each_form_in_its_own_process(tmp_path):
     assert json.loads((tmp_path / "gen.json").read_text())["generate"] == rows
 
 
+@pytest.mark.slow
 def test_training_profile_prints_each_form(capsys):
     training.step_rows("gpt2", 1, 8, ["backend_eager"], device="cpu", tiny=True, reps=1, record=Record(),
                        profile_rows=3)
@@ -66,12 +69,14 @@ def test_training_profile_prints_each_form(capsys):
     assert "== profile: gpt2 B1 S8 backend_eager (3 steps;" in out and "Self CPU" in out
 
 
+@pytest.mark.slow
 def test_training_step_rows_rewrite_every_site():
     rows = training.step_rows("t5", 2, 16, ["eager", "backend_eager"], device="cpu", tiny=True, reps=2, record=Record())
     assert rows[1]["sites"] == "6/6"
     assert all(r["first_loss"] == r["first_loss"] and r["step_ms"] > 0 for r in rows)   # finite
 
 
+@pytest.mark.slow
 def test_dynamic_batch_trainer_compiles_once_and_keeps_is_causal():
     """The cheap largest-batch search: one compile with the batch symbolic, and the causal mask still folds."""
     trainer = training.Trainer("gpt2", "backend_eager", device="cpu", tiny=True, dynamic_batch=True)
@@ -85,6 +90,7 @@ def test_dynamic_batch_trainer_compiles_once_and_keeps_is_causal():
     assert len(sites) == 2 and all(s.rewritten and s.causal == "top-left" for s in sites), str(with_sites[0])
 
 
+@pytest.mark.slow
 def test_step_memory_names_the_allocating_line(tmp_path):
     """bench/step_memory.py groups live CUDA blocks by the innermost frame in generated Inductor code (or the
     model, or the rewrite), quoted with its source line: the line names the buffer that costs the memory."""
@@ -131,6 +137,7 @@ def test_flex_plot_reads_the_last_row_of_each_form(tmp_path):
     assert len(found) == 2
 
 
+@pytest.mark.slow
 def test_saved_for_backward_drops_one_attention_output_per_layer_for_a_finite_mask(monkeypatch):
     """bench/step_memory.py --saved on the CPU: with a padding mask built in the graph from finite constants
     (transformers 5.x), the backend saves one attention output per layer less for the backward than when the
@@ -151,6 +158,7 @@ def test_saved_for_backward_drops_one_attention_output_per_layer_for_a_finite_ma
     assert unproven["saved_mib"] - proven["saved_mib"] == pytest.approx(layers * batch * seq * width * 2 / 2**20, abs=1e-3)
 
 
+@pytest.mark.slow
 def test_padded_attention_rows_agree_with_sdpa(tmp_path, monkeypatch):
     """bench/padded_attention.py on the CPU (flex forward only): every form runs and flex equals SDPA's dense mask
     on the rows that see a key."""
@@ -168,6 +176,7 @@ def test_padded_attention_rows_agree_with_sdpa(tmp_path, monkeypatch):
     assert flex and all(r["rel_err"] is not None and r["rel_err"] <= 1e-5 for r in flex), flex
 
 
+@pytest.mark.slow
 def test_bias_attention_rows_agree_with_sdpa(tmp_path, monkeypatch):
     """bench/bias_attention.py on the CPU (flex forward only): every form runs, and flex, reading the dense bias,
     computing ALiBi from the indices or reading it per key, equals SDPA with the bias."""
@@ -185,6 +194,7 @@ def test_bias_attention_rows_agree_with_sdpa(tmp_path, monkeypatch):
     assert len(flex) == 4 and all(r["rel_err"] is not None and r["rel_err"] <= 1e-5 for r in flex), flex
 
 
+@pytest.mark.slow
 def test_corpus_models_rows_rewrite_every_site(tmp_path):
     """bench/corpus_models.py --tiny: the library's fused path and the backend agree with the fp32 eager model to bf16
     rounding, every site of the eager path rewritten."""
@@ -198,6 +208,7 @@ def test_corpus_models_rows_rewrite_every_site(tmp_path):
     assert rows[1]["sites"].startswith("6/6") and all(float(r["rel_err"]) < 2e-2 for r in rows), rows
 
 
+@pytest.mark.slow
 def test_decode_forms_in_turn_same_tokens(tmp_path):
     """bench/decode.py's static-cache configuration: both forms built, called in turn, every timed call kept, the
     tokens equal to the uncompiled model's in the run's dtype and again in fp32, every backend site rewritten."""
@@ -228,6 +239,7 @@ def test_bench_lists_every_suite_with_its_script(capsys):
     assert set(cli.STANDARD) == {c.suite for c in standard.CASES if c.tiny}
 
 
+@pytest.mark.slow
 def test_suite_flags_go_to_the_script(tmp_path):
     """`python -m bench --suite forward <flags>` runs bench/models.py's main with those flags, as its own command
     line would: its rows, in its JSON file."""
@@ -253,6 +265,7 @@ def test_gpu_only_suite_says_so_on_the_cpu(capsys):
     assert "runs on CUDA only" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_standard_suite_row_beside_its_alternative(tmp_path, capsys):
     """One standard suite in process (--tiny): the summary row puts the backend beside Inductor on the sdpa model,
     every site rewritten, eager's numbers; the JSON says the device and the versions; the table is printed."""
@@ -270,7 +283,7 @@ def test_standard_suite_row_beside_its_alternative(tmp_path, capsys):
     assert "| suite" in capsys.readouterr().out
 
 
-@pytest.mark.processes
+@pytest.mark.slow
 def test_python_m_bench_tiny_covers_every_standard_suite(tmp_path):
     """`python -m bench --tiny` as a user runs it: every standard suite gives its row, the backend rewrites every
     site and keeps the reference's numbers (bf16 rounding for flex, against fp32 eager), one table printed."""
@@ -297,7 +310,7 @@ def test_python_m_bench_tiny_covers_every_standard_suite(tmp_path):
     assert done.stdout.count("| suite ") == 1 and "| decode " in done.stdout
 
 
-@pytest.mark.processes
+@pytest.mark.slow
 def test_deploy_onnx_rows_put_one_attention_node_per_site_and_match_eager(tmp_path):
     """bench/deploy.py's ONNX rows on tiny models: the eager export keeps its Softmax nodes, the rewritten one has an
     Attention node per site and none, both run by ONNX Runtime in their own processes within fp32 rounding of eager."""

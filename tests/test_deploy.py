@@ -113,6 +113,7 @@ def test_a_program_without_example_inputs_asks_for_them():
     assert len(sdpa_nodes(program)) == 2
 
 
+@pytest.mark.slow
 def test_decompositions_that_keep_attention_lower_the_rest_to_core_aten():
     _, ep = exported_llama()
     program = sdpa_rewrite.rewrite(ep)
@@ -123,7 +124,7 @@ def test_decompositions_that_keep_attention_lower_the_rest_to_core_aten():
     assert len(sdpa_nodes(program.run_decompositions())) == 0           # the default table decomposes SDPA
 
 
-@pytest.mark.processes
+@pytest.mark.slow
 def test_aoti_package_of_the_rewritten_program_runs_and_matches_eager(tmp_path):
     model, ep = exported_llama()
     program = sdpa_rewrite.rewrite(ep)
@@ -154,6 +155,7 @@ def onnx_inputs(name: str, padded: bool) -> dict:
     return kwargs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ONNX_MODELS)
 def test_onnx_export_makes_one_attention_node_per_site_and_matches_eager(name, tmp_path):
     pytest.importorskip("onnxscript")
@@ -177,6 +179,7 @@ def test_onnx_of_the_eager_model_has_no_attention_node():
     assert ops["Attention"] == 0 and ops["Softmax"] == 2
 
 
+@pytest.mark.slow
 def test_onnx_export_with_dynamic_shapes_runs_other_sizes():
     pytest.importorskip("onnxscript")
     ort = pytest.importorskip("onnxruntime")
@@ -193,6 +196,7 @@ def test_onnx_export_with_dynamic_shapes_runs_other_sizes():
     torch.testing.assert_close(torch.from_numpy(out), ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_onnx_export_says_which_sites_stay_eager_and_why():
     """A soft-capped site needs FlexAttention, which has no ONNX form: it stays eager, the export still runs."""
     pytest.importorskip("onnxscript")

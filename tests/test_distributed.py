@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-pytestmark = pytest.mark.processes          # each test starts its ranks as new processes
+pytestmark = pytest.mark.slow          # each test starts its ranks as new processes
 
 transformers = pytest.importorskip("transformers")
 if not dist.is_available() or not dist.is_gloo_available():

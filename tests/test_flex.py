@@ -188,6 +188,7 @@ def test_flex_off_keeps_soft_capping_eager():
     assert all("options={'flex': False}" in s.reason for s in sites)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "left-padded"])
 def test_inductor_cpu_forward(padded):
     """Inductor compiles the flex sites for the CPU (forward): same numbers as eager, a padded mask computed in the
@@ -217,6 +218,7 @@ class _TwoKeyLengths(torch.nn.Module):
                 flex_attention_site(q, k2, v2, m2, scale=0.25, cap=50.0))
 
 
+@pytest.mark.slow
 def test_flex_sites_of_different_key_lengths_compile_with_inductor():
     """flex_attention, traced outside Dynamo, compiles its wrapper with Dynamo: the second site's other mask shape
     must not make a size symbolic there (Inductor then fails: a score_mod subgraph that takes a size)."""
@@ -500,6 +502,7 @@ def test_padded_batch_on_flex_each_layer_compiled_alone(monkeypatch):
     assert_close_outputs(out, ref)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("per_row", [False, True], ids=["union", "per-row"])
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_padded_batch_on_flex_under_inductor(monkeypatch, side, per_row):

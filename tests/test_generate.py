@@ -40,6 +40,7 @@ def test_greedy_generate_same_tokens_decode_step_rewritten(build, padded):
         assert all(s.mask.startswith("input mask") for s in decode), [s.mask for s in decode]
 
 
+@pytest.mark.slow
 def test_transformers_auto_compile_of_generate_takes_the_backend():
     """transformers compiles the decode step itself when the cache is static: `CompileConfig(backend="sdpa_rewrite")`.
     Its default `mode="reduce-overhead"` beside `options=` is refused by torch.compile, so the mode travels as an
@@ -83,6 +84,7 @@ def test_compile_config_with_its_default_mode_takes_the_backend():
     assert sites and all(s.rewritten for s in sites) and all(s.q[-2] == 1 for s in sites), sites
 
 
+@pytest.mark.slow
 def test_reduce_overhead_mode_reaches_inductor_with_cuda_graphs(monkeypatch):
     """`torch.compile(fn, backend="sdpa_rewrite", mode="reduce-overhead")`: the mode reaches Inductor as its CUDA-graph
     config, and run-time verdicts (a host sync per new mask) are off under it."""
@@ -108,6 +110,7 @@ def test_reduce_overhead_mode_reaches_inductor_with_cuda_graphs(monkeypatch):
     assert reports and all(s.rewritten for r in reports for s in r.sites)
 
 
+@pytest.mark.slow
 def test_soft_capped_decode_with_a_static_cache():
     """Gemma 2's decode step with a static cache: transformers builds the sliding and full masks outside the compiled
     step, so they are graph inputs of different key lengths. With Inductor on the CPU the sites stay eager with the

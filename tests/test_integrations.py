@@ -26,6 +26,7 @@ def trainer_losses(compile_model: bool, reports: list) -> list:
     return [h["loss"] for h in trainer.state.log_history if "loss" in h]
 
 
+@pytest.mark.slow
 def test_trainer_with_the_model_compiled_by_the_backend():
     pytest.importorskip("accelerate")
     """accelerate checks `torch_compile_backend` against its own list of backend names and refuses "sdpa_rewrite";

@@ -135,7 +135,7 @@ def test_statuses_for_what_cannot_be_scanned():
     assert scan_model(lambda: (torch.nn.Linear(4, 4), (torch.randn(2, 4),))).status == "no attention"
 
 
-@pytest.mark.processes
+@pytest.mark.slow
 def test_python_dash_m_scan(tmp_path):
     out = tmp_path / "scan.json"
     proc = subprocess.run([sys.executable, "-m", "sdpa_rewrite", "scan", "bert", "--json", str(out)],
