@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import faulthandler
 import json
 import os
 import statistics
@@ -239,6 +240,7 @@ def main(argv=None) -> int:
     ap.add_argument("--static", action="store_true", help="aoti: one package per length, static shapes")
     ap.add_argument("--json")
     a = ap.parse_args(argv)
+    faulthandler.enable()                 # a crash inside a packaged model's native code still names its Python frame
     a.models = a.models or ("gpt2,bert,llama,xdecoder" if a.runtime == "onnx" else "llama8,gpt2")
     record = Record(a.json, {"runtime": a.runtime, "command": " ".join(sys.argv)})
     print(versions())
