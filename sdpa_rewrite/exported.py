@@ -55,8 +55,7 @@ def keep_attention_decompositions() -> Any:
     """Export's default decomposition table without SDPA's entries: `ep.run_decompositions(table)` then lowers
     the program to core ATen and keeps each rewritten site as one attention op."""
     table = torch.export.default_decompositions()
-    for op in (torch.ops.aten.scaled_dot_product_attention.default,):
-        table.pop(op, None)
+    table.pop(torch.ops.aten.scaled_dot_product_attention.default, None)
     return table
 
 
@@ -88,8 +87,8 @@ def _dim_of(expr, ranges: dict, dims: dict):
     symbols = list(expr.free_symbols)
     if len(symbols) == 1:
         s = symbols[0]
-        a, b = expr.as_poly(s).all_coeffs() if expr.is_polynomial(s) and expr.as_poly(s).degree() == 1 \
-            else (None, None)
+        poly = expr.as_poly(s) if expr.is_polynomial(s) else None
+        a, b = poly.all_coeffs() if poly is not None and poly.degree() == 1 else (None, None)
         if a is not None and a.is_Integer and b.is_Integer:
             if s not in dims:
                 bound = ranges.get(s)

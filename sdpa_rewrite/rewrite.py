@@ -25,8 +25,8 @@ from .view import meta_value
 _NEVER_SHARED = {F.scaled_dot_product_attention, causal_lower_right_attention, dropout_p_of, flex_attention_site}
 
 
-def rewrite(gm: "fx.GraphModule | torch.export.ExportedProgram", example_inputs: Optional[Sequence] = None, *, graph: int = 0,
-            fold_buffers: bool = True, empty_rows: str = "eager", assumed: Optional[dict] = None,
+def rewrite(gm: "fx.GraphModule | torch.export.ExportedProgram", example_inputs: Optional[Sequence] = None, *,
+            graph: int = 0, fold_buffers: bool = True, empty_rows: str = "eager", assumed: Optional[dict] = None,
             flex: bool = True, conditions: Optional[Conditions] = None) -> "Report | torch.export.ExportedProgram":
     """Rewrite every eager attention site of `gm` to SDPA in place (lint + recompile); return the report.
     An `ExportedProgram` is not changed in place: the rewritten program is returned (exported.py; its report is
@@ -46,8 +46,8 @@ def rewrite(gm: "fx.GraphModule | torch.export.ExportedProgram", example_inputs:
     if empty_rows not in ("eager", "kernel"):
         raise ValueError(f"empty_rows must be 'eager' or 'kernel', not {empty_rows!r}")
     if isinstance(gm, torch.export.ExportedProgram):
-        return rewrite_program(gm, rewrite, example_inputs, graph=graph, fold_buffers=fold_buffers, empty_rows=empty_rows,
-                               assumed=assumed, flex=flex, conditions=conditions)
+        return rewrite_program(gm, rewrite, example_inputs, graph=graph, fold_buffers=fold_buffers,
+                               empty_rows=empty_rows, assumed=assumed, flex=flex, conditions=conditions)
     if not isinstance(gm, fx.GraphModule):
         raise TypeError(
             "sdpa_rewrite.rewrite() takes a torch.fx.GraphModule (from torch.fx.symbolic_trace or a "
