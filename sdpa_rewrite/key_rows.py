@@ -119,7 +119,7 @@ def _split(sc: Scores, top_shape: tuple, folder: Folder, reader, rows: list, ver
         return KeyRows(row_terms, Verdict("none", "no mask beside the rows"), (), constant)
     form, slots = mask_form(rest)
     pattern = visible_pattern(form, top_shape, [values[m] for m in slots], MASKING + span[1] - span[0])
-    if pattern is None or not bool(pattern[1]):
+    if pattern is None or not bool(pattern[1].all()):
         return None
     band = classify(pattern[0], top_shape[-2], top_shape[-1])
     if band.kind not in BAND_KINDS:

@@ -169,15 +169,15 @@ def _visible(sc: Scores, top_shape: tuple, values: dict) -> Optional[torch.Tenso
     """True where eager's softmax can give weight; None when the values are not a 0 / masked pattern."""
     form, nodes = mask_form(sc)
     pattern = visible_pattern(form, top_shape, [values[n] for n in nodes])
-    if pattern is None or not bool(pattern[1]):
+    if pattern is None or not bool(pattern[1].all()):
         return None
     return pattern[0]
 
 
 def visible_pattern(form: MaskForm, top_shape: tuple, vals: list, masking: float = MASKING) -> Optional[tuple]:
-    """(visible, is_mask): True where eager's softmax can give weight, and a 0-d tensor saying whether every
-    additive value is 0 or masking (at or below -`masking`; read without a host sync); None when a fill is not a
-    masking one. With `form.rows`, masking must also clear the rows' span (key_rows.py), and the rows must be finite
+    """(visible, is_mask): True where eager's softmax can give weight, and a bool tensor that broadcasts against
+    it, True where the additive value is 0 or masking (at or below -`masking`), so that `is_mask.all()` says the
+    values are a 0 / masking pattern (read without a host sync); None when a fill is not a masking one. With `form.rows`, masking must also clear the rows' span (key_rows.py), and the rows must be finite
     with room to spare: both read on the device, into is_mask."""
     checks = []
     if form.rows:
@@ -212,7 +212,7 @@ def visible_pattern(form: MaskForm, top_shape: tuple, vals: list, masking: float
         masked = m if masked is None else masked | m
     if additive is not None:
         visible = additive == 0
-        is_mask = (visible | (additive <= -masking)).all()
+        is_mask = visible | (additive <= -masking)
         visible = visible if masked is None else visible & ~masked
     else:
         visible, is_mask = ~masked, torch.ones((), dtype=torch.bool, device=masked.device)

@@ -96,7 +96,14 @@ def runtime_kind(form: MaskForm, top_shape: tuple, values: Sequence) -> str:
 
 
 def pattern_flags(form: MaskForm, top_shape: tuple, *values) -> torch.Tensor:
-    """[is a 0 / masking pattern, all visible, top-left causal, lower-right causal] as one bool tensor, no sync."""
+    """[is a 0 / masking pattern, all visible, top-left causal, lower-right causal] as one bool tensor, no sync.
+
+    Both causal patterns make visibility a function of j - i alone (constant along each diagonal), and such a
+    matrix is fixed by its first row and first column. So "causal" is: every element equals its upper-left
+    neighbour, every row sees key 0, and the first row is the pattern's first row (lower-right: exact for L <= S,
+    the only case runtime_kind reads it). Every reduction is taken over the same three pieces (the block past the
+    first row and column, the first row, the first column), so compiled they are one pass over the mask: a mask
+    that the model has just built is read from memory once."""
     L, S = top_shape[-2:]
     pattern = visible_pattern(form, top_shape, values)
     if pattern is None:
@@ -104,9 +111,16 @@ def pattern_flags(form: MaskForm, top_shape: tuple, *values) -> torch.Tensor:
     visible, is_mask = pattern
     visible = torch.broadcast_to(visible, tuple(visible.shape[:-2]) + (L, S)) if visible.dim() >= 2 else \
         torch.broadcast_to(visible, (L, S))
-    delta = torch.arange(L, device=visible.device)[:, None] - torch.arange(S, device=visible.device)[None, :]
-    return torch.stack([is_mask, visible.all(), (visible == (delta >= 0)).all(),
-                        (visible == (delta + (S - L) >= 0)).all()])
+    is_mask = torch.broadcast_to(is_mask, visible.shape)
+    diagonal = (visible[..., 1:, 1:] == visible[..., :-1, :-1]).all() & visible[..., :, 0].all()
+    first_row, keys = visible[..., 0, :], torch.arange(S, device=visible.device)
+    return torch.stack([_all(is_mask), _all(visible), diagonal & (first_row == (keys <= 0)).all(),
+                        diagonal & (first_row == (keys <= S - L)).all()])
+
+
+def _all(x: torch.Tensor) -> torch.Tensor:
+    """x.all(), read as the block past the first row and column, the first row and the first column."""
+    return x[..., 1:, 1:].all() & x[..., 0, :].all() & x[..., :, 0].all()
 
 
 _compiled: dict = {}

@@ -343,6 +343,59 @@ def test_compiled_check_gives_the_eager_flags():
         assert torch.equal(compiled(mask), runtime.pattern_flags(form, shape, mask)), mask
 
 
+def _near_causal_masks():
+    """Masks a check of fewer than all elements could take for causal: every causal pattern at several (L, S), one
+    element flipped at each corner, diagonal and boundary, sliding windows (constant along diagonals, like causal),
+    a band above the diagonal, the transpose, a per-batch difference, and values that are not a mask."""
+    for L, S in [(1, 1), (1, 6), (6, 1), (5, 5), (4, 7), (7, 4)]:
+        for offset in {0, S - L}:
+            keep = torch.ones(L, S, dtype=torch.bool).tril(offset)
+            yield keep
+            middle = L // 2
+            for i, j in {(0, 0), (0, S - 1), (L - 1, 0), (L - 1, S - 1), (middle, min(S - 1, max(0, middle + offset))),
+                         (middle, min(S - 1, max(0, middle + offset + 1)))}:
+                flipped = keep.clone()
+                flipped[i, j] = ~flipped[i, j]
+                yield flipped
+            for window in (1, 2, 3):
+                yield keep & ~torch.ones(L, S, dtype=torch.bool).tril(offset - window)
+            yield torch.ones(L, S, dtype=torch.bool).triu(offset)
+            yield torch.ones(L, S, dtype=torch.bool)
+            yield keep.T.contiguous() if L == S else keep
+            yield torch.stack([keep, keep.clone().fill_(True)])
+
+
+def _reference_flags(mask: torch.Tensor) -> list:
+    """What runtime.pattern_flags must say, element by element."""
+    L, S = mask.shape[-2:]
+    visible = mask == 0
+    i, j = torch.arange(L)[:, None], torch.arange(S)[None, :]
+    return [bool(((mask == 0) | (mask <= -1000)).all()), bool(visible.all()), bool((visible == (j <= i)).all()),
+            L > S or bool((visible == (j <= i + S - L)).all())]
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_pattern_flags_equal_the_element_by_element_definition(compiled):
+    """The check reads a causal pattern off its diagonals, first row and first column; it must say exactly what
+    comparing every element with the causal pattern says (lower-right where it is read: L <= S)."""
+    from sdpa_rewrite.masks import MaskForm
+
+    form = MaskForm(terms=((0, 1.0, (), None),), fills=())
+    seen = 0
+    for keep in _near_causal_masks():
+        for masking in (MIN, float("-inf")):
+            mask = torch.zeros(keep.shape).masked_fill(~keep, masking)
+            shape = (2, 1) + tuple(keep.shape[-2:]) if keep.dim() == 3 else (1, 1) + tuple(keep.shape)
+            mask = mask.view(shape[0], 1, *shape[2:])
+            flags = runtime._flags_function(form, shape, compiled=compiled)(mask).tolist()
+            expect = _reference_flags(mask)
+            if shape[-2] > shape[-1]:
+                flags[3] = expect[3]       # lower-right is read only when L < S
+            assert flags == expect, (keep, flags, expect)
+            seen += expect[2]
+    assert seen > 10
+
+
 def test_explain_marks_the_masks_whose_verdict_is_taken_at_run_time():
     """explain() says what the backend would do: an attention_mask of ones is input data, classified at run time."""
     import sdpa_rewrite
