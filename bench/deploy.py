@@ -16,11 +16,13 @@ decoder of GPT-2's size: 12 layers, d768, GQA 12/4), `xdecoder` (x-transformers'
 eager attention: the third-party model).
 
 AOTInductor, batch 1, the sequence length dynamic (one package per model and form; `--static`: one per length), on
-CUDA in bf16, lengths up to the model's positions:
+CUDA in bf16 (fp32 on the CPU), lengths up to the model's positions; each package is loaded and timed in a process of
+its own (bench/aoti_run.py), `--rounds` times, the forms in turn:
     native_aoti        transformers' sdpa model exported and packaged
     eager_aoti         the eager model exported and packaged (Inductor on the eager attention)
     rewritten_aoti     the eager model exported, sdpa_rewrite.rewrite(program), packaged
-Models: bench/zoo.py's `llama8` and `gpt2`. Peak memory is what one call allocates above what was allocated before.
+Models: bench/zoo.py's `llama8` and `gpt2`. Peak memory is what one call allocates above what was allocated before;
+`loaded_mib` is the device memory the loaded package holds (its weights).
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import zoo  # noqa: E402
-from bench.timing import Record, measure, versions  # noqa: E402
+from bench.timing import Record, versions  # noqa: E402
 
 ONNX_FORMS = ("eager_ort", "eager_ort_fused", "rewritten_ort")
 AOTI_FORMS = ("native_aoti", "eager_aoti", "rewritten_aoti")
@@ -167,6 +169,8 @@ def onnx_rows(a, record: Record) -> list:
 
 
 def aoti_rows(a, record: Record) -> list:
+    """Per model and length group: every form packaged once, then each package's process run `--rounds` times, the
+    forms in turn; a row's `ms` is the median of its rounds' medians, `vs_first` against the first form's."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     rows = []
@@ -176,56 +180,76 @@ def aoti_rows(a, record: Record) -> list:
             seqs = [int(s) for s in a.seqs.split(",") if int(s) <= longest]
             if len(seqs) < len(a.seqs.split(",")):
                 rows.append(record.add("aoti", {"model": name, "error": f"lengths past {longest} positions skipped"}))
-            first: dict = {}
+            shared = os.path.join(folder, name)           # the first form's logits, which the others are compared with
+            os.makedirs(shared, exist_ok=True)
             # one package per length (--static), or one with the length dynamic for all of them
-            groups = [[s] for s in seqs] if a.static else [seqs]
-            for form in a.forms.split(",") if a.forms else AOTI_FORMS:
-                for group in groups:
-                    seq_dim = None if a.static else torch.export.Dim("seq", min=16, max=max(group))
-                    rows += aoti_form(a, name, form, group, seq_dim, device, dtype, folder, first, record)
+            for group in [[s] for s in seqs] if a.static else [seqs]:
+                seq_dim = None if a.static else torch.export.Dim("seq", min=16, max=max(group))
+                forms = a.forms.split(",") if a.forms else list(AOTI_FORMS)
+                packaged = {form: aoti_package(a, name, form, group, seq_dim, device, dtype, folder) for form in forms}
+                runs: dict = {form: [] for form, info in packaged.items() if "package" in info}
+                for _ in range(a.rounds):
+                    for form in runs:
+                        runs[form].append(time_package(packaged[form]["package"], name, shared, a.reps, group))
+                first: dict = {}
+                for form, info in packaged.items():
+                    for seq in group:
+                        row = {"model": name, "seq": seq, "form": form,
+                               **{k: v for k, v in info.items() if k != "package"}}
+                        measured = [r[seq] for r in runs.get(form, []) if "ms" in r.get(seq, {})]
+                        if measured:
+                            row.update(max(measured, key=lambda r: r["peak_mib"]))          # the peak of the rounds
+                            row.update(ms=round(statistics.median(r["ms"] for r in measured), 3),
+                                       rounds_ms=[r["ms"] for r in measured])
+                            row["vs_first"] = round(first.setdefault(seq, row["ms"]) / row["ms"], 3)
+                        elif runs.get(form):
+                            row.update(runs[form][0].get(seq, {}))                           # its error
+                        rows.append(record.add("aoti", row))
     return rows
 
 
-def aoti_form(a, name, form, seqs, seq_dim, device, dtype, folder, first, record) -> list:
-    """One model and form: export, (rewrite,) package, load, and time each length; `first` keeps each length's
-    logits and time of the first form, which the others are compared with."""
-    from torch._inductor import aoti_compile_and_package, aoti_load_package
+def aoti_package(a, name, form, seqs, seq_dim, device, dtype, folder) -> dict:
+    """One model and form exported, (rewritten,) and packaged with AOTInductor: {package, compile_s, sites} or
+    {error}."""
+    from torch._inductor import aoti_compile_and_package
 
     import sdpa_rewrite
 
     model = zoo.build(name, "sdpa" if form == "native_aoti" else "eager", device=device, dtype=dtype, tiny=a.tiny)
-    kwargs = lambda seq: {**zoo.inputs(name, 1, seq, device=device), "use_cache": False}  # noqa: E731
+    kwargs = {**zoo.inputs(name, 1, seqs[0], device=device), "use_cache": False}
     started, sites = time.perf_counter(), ""
     try:
         with torch.no_grad():
             shapes = None if seq_dim is None else {"input_ids": {1: seq_dim}, "use_cache": None}
-            program = torch.export.export(model, (), kwargs(seqs[0]), strict=False, dynamic_shapes=shapes)
+            program = torch.export.export(model, (), kwargs, strict=False, dynamic_shapes=shapes)
             if form == "rewritten_aoti":
                 program = sdpa_rewrite.rewrite(program)
                 report = sdpa_rewrite.report_of(program)
                 sites = f"{len(report.rewritten)}/{len(report.sites)}"
-            runner = aoti_load_package(aoti_compile_and_package(
-                program, package_path=os.path.join(folder, f"{name}_{form}_{seqs[0]}.pt2")))
+            package = aoti_compile_and_package(program,
+                                               package_path=os.path.join(folder, f"{name}_{form}_{seqs[0]}.pt2"))
     except Exception as e:
-        return [record.add("aoti", {"model": name, "form": form,
-                                    "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"})]
-    compile_s = round(time.perf_counter() - started, 1)
-    rows = []
-    for seq in seqs:
-        inputs = kwargs(seq)
-        call = lambda: runner(**inputs)  # noqa: E731
-        with torch.no_grad():
-            out = call()
-            logits = (out["logits"] if isinstance(out, dict) else out[0]).float()
-            timing = measure(call, reps=a.reps, device=device)
-        base_logits, base_ms = first.setdefault(seq, (logits, timing.ms))
-        rows.append(record.add("aoti", {
-            "model": name, "seq": seq, "form": form, "ms": round(timing.ms, 3), "iqr_ms": round(timing.spread_ms, 3),
-            "peak_mib": round(timing.peak_mib, 1), "compile_s": compile_s, "sites": sites,
-            "max_abs_err_vs_first": float((logits - base_logits).abs().max()), "vs_first": round(base_ms / timing.ms, 3)}))
-    if device == "cuda":
-        torch.cuda.empty_cache()
-    return rows
+        return {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+    finally:
+        del model
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return {"package": package, "compile_s": round(time.perf_counter() - started, 1), "sites": sites}
+
+
+def time_package(package: str, name: str, shared: str, reps: int, seqs: list) -> dict:
+    """Load and time one package at each length in a process of its own (bench/aoti_run.py): a crash in the
+    package's native code costs this run, and its memory is the package's alone. {seq: row or {error}}."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-m", "bench.aoti_run", package, name, shared, str(reps),
+                           *map(str, seqs)], cwd=root, capture_output=True, text=True)
+    measured = {r["seq"]: r for r in map(json.loads, (ln for ln in done.stdout.splitlines() if ln.startswith("{")))}
+    if len(measured) < len(seqs):
+        print(done.stderr[-3000:], file=sys.stderr)     # faulthandler's stack of a crashed package
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
+        for seq in seqs:
+            measured.setdefault(seq, {"error": f"exit {done.returncode} while loading or running the package: {last}"})
+    return measured
 
 
 def main(argv=None) -> int:
@@ -235,7 +259,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seqs", default="128,512,2048")
     ap.add_argument("--forms", default=None)
     ap.add_argument("--reps", type=int, default=10)
-    ap.add_argument("--rounds", type=int, default=3, help="onnx: each form's process this many times, in turn")
+    ap.add_argument("--rounds", type=int, default=3, help="each form's process this many times, the forms in turn")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--static", action="store_true", help="aoti: one package per length, static shapes")
     ap.add_argument("--json")
@@ -247,7 +271,8 @@ def main(argv=None) -> int:
     rows = onnx_rows(a, record) if a.runtime == "onnx" else aoti_rows(a, record)
     from tabulate import tabulate
 
-    keys = ["model", "seq", "form", "ms", "iqr_ms", "model_and_run_mib" if a.runtime == "onnx" else "peak_mib",
+    memory = ["model_and_run_mib"] if a.runtime == "onnx" else ["peak_mib", "loaded_mib"]
+    keys = ["model", "seq", "form", "ms", "iqr_ms", *memory,
             "vs_eager_ort" if a.runtime == "onnx" else "vs_first", "attention_ops" if a.runtime == "onnx" else "sites",
             "error"]
     print(tabulate([[r.get(k, "") for k in keys] for r in rows], headers=keys))

@@ -28,6 +28,7 @@ import argparse
 import gc
 import os
 import re
+import statistics
 import sys
 import time
 
@@ -198,36 +199,59 @@ def host_profile(fn, title: str, rows: int, device: str, calls: int = 10) -> Non
     pstats.Stats(profile).sort_stats("cumulative").print_stats(rows)
 
 
-def mask_cost(name: str, batch: int, seq: int, device: str, tiny: bool, record: Record, reps: int = 10) -> None:
-    """What the model's own mask building costs between the compiled layers, eager model against sdpa model
-    (transformers' `create_causal_mask`, timed with the device synchronised around it)."""
+def mask_cost(name: str, batch: int, seq: int, device: str, tiny: bool, record: Record, pairs: int = 100) -> None:
+    """What the backend adds to a forward beyond Inductor on the sdpa model and the eager model's own mask building.
+    The two forms are called alternately `pairs` times in one process (so a slow spell of the machine falls on
+    both), with Python's garbage collector held off, and transformers' `create_causal_mask` is timed inside each
+    forward (the device synchronised around it); per pair, backend - sdpa - the backend's mask building. `mask_ms`:
+    each form's mask building (the sdpa model's is near nothing: it hands SDPA is_causal)."""
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     args = zoo.inputs(name, batch, seq, device=device)
-    for impl in ("eager", "sdpa"):
-        model = zoo.build(name, impl, device=device, dtype=dtype, tiny=tiny)
-        module = sys.modules[type(model.base_model).__module__]
-        build, times = module.create_causal_mask, []
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    models = {form: build(name, form, device, dtype, tiny, False, []) for form in ("inductor_sdpa", "backend_inductor")}
+    module = sys.modules[type(models["inductor_sdpa"].base_model).__module__]     # both models' modeling module
+    original, building = module.create_causal_mask, []
 
-        def timed(*a, **k):
-            sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-            sync()
-            start = time.perf_counter()
-            out = build(*a, **k)  # noqa: B023
-            sync()
-            times.append((time.perf_counter() - start) * 1e3)  # noqa: B023
-            return out
+    def timed(*a, **k):
+        sync()
+        start = time.perf_counter()
+        out = original(*a, **k)
+        sync()
+        building.append((time.perf_counter() - start) * 1e3)
+        return out
 
-        module.create_causal_mask = timed
-        try:
-            with torch.no_grad():
-                for _ in range(reps):
+    module.create_causal_mask = timed
+    times, mask_ms = {form: [] for form in models}, {form: [] for form in models}
+    try:
+        with torch.no_grad():
+            for model in models.values():
+                for _ in range(3):
                     model(**args)
-        finally:
-            module.create_causal_mask = build
-        record.add("mask_cost", {"model": name, "shape": f"B{batch} S{seq}", "impl": impl,
-                                 "mask_ms": round(sorted(times)[len(times) // 2], 3)})
-        del model
-        _free(device)
+            gc.collect()
+            gc.disable()
+            for i in range(pairs):
+                for form in (models if i % 2 else reversed(models)):
+                    building.clear()
+                    sync()
+                    start = time.perf_counter()
+                    models[form](**args)
+                    sync()
+                    times[form].append((time.perf_counter() - start) * 1e3)
+                    mask_ms[form].append(sum(building))
+    finally:
+        gc.enable()
+        module.create_causal_mask = original
+    share = sorted(b - a - m for a, b, m in zip(times["inductor_sdpa"], times["backend_inductor"],
+                                               mask_ms["backend_inductor"]))
+    quartiles = statistics.quantiles(share, n=4)
+    median = lambda x: round(statistics.median(x), 3)  # noqa: E731
+    record.add("mask_cost", {"model": name, "shape": f"B{batch} S{seq}", "pairs": pairs,
+                             "sdpa_ms": median(times["inductor_sdpa"]), "backend_ms": median(times["backend_inductor"]),
+                             "mask_ms": {form: median(ms) for form, ms in mask_ms.items()},
+                             "backend_share_ms": median(share), "share_q1_q3": [round(quartiles[0], 3),
+                                                                               round(quartiles[2], 3)]})
+    del models
+    _free(device)
 
 
 def kernels(reports: list) -> str:
@@ -260,7 +284,9 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--profile-rows", type=int, default=0, help="print each form's top kernels of one forward")
     ap.add_argument("--tiny", action="store_true", help="2-layer models: check the script, not the speed")
-    ap.add_argument("--mask-cost", action="store_true", help="time the model's own causal-mask building, eager vs sdpa")
+    ap.add_argument("--mask-cost", action="store_true", help="the backend's share of a forward beyond Inductor on the "
+                    "sdpa model and the eager model's own mask building, the two forms called alternately")
+    ap.add_argument("--pairs", type=int, default=100, help="--mask-cost: forwards of each form")
     ap.add_argument("--json")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -278,7 +304,7 @@ def main() -> int:
                                 profile_rows=args.profile_rows)
         if args.mask_cost and args.shape:
             b, s = map(int, args.shape.split("x"))
-            mask_cost(name, b, s, device, args.tiny, record)
+            mask_cost(name, b, s, device, args.tiny, record, args.pairs)
         if args.train_shape:
             b, s = map(int, args.train_shape.split("x"))
             steps += train_rows(name, b, s, forms, device=device, tiny=args.tiny, padded=args.padded,

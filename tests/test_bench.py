@@ -327,3 +327,19 @@ def test_deploy_onnx_rows_put_one_attention_node_per_site_and_match_eager(tmp_pa
         assert eager["attention_ops"] == 0 and eager["softmax_ops"] == 2, eager
         assert rewritten["attention_ops"] == 2 and rewritten["softmax_ops"] == 0 and rewritten["sites"] == "2/2"
         assert all(r["max_abs_err"] <= 1e-5 and len(r["rounds_ms"]) == 2 and r["ms"] > 0 for r in (eager, rewritten))
+
+
+@pytest.mark.slow
+def test_deploy_aoti_rows_run_each_package_in_its_own_process_and_match(tmp_path):
+    """bench/deploy.py's AOTInductor rows on a tiny Llama on the CPU: transformers' sdpa model and the rewritten eager
+    model packaged, each package loaded and timed in a process of its own, in rounds; the same logits."""
+    from bench import deploy
+
+    out = tmp_path / "deploy.json"
+    assert deploy.main(["--runtime", "aoti", "--tiny", "--models", "llama8", "--forms", "native_aoti,rewritten_aoti",
+                        "--static", "--seqs", "32", "--reps", "2", "--rounds", "2", "--json", str(out)]) == 0
+    rows = {r["form"]: r for r in json.loads(out.read_text())["aoti"]}
+    assert rows["rewritten_aoti"]["sites"] == "2/2", rows
+    for row in rows.values():
+        assert "error" not in row and row["ms"] > 0 and len(row["rounds_ms"]) == 2, row
+        assert row["max_abs_err_vs_first"] <= 1e-4, row
