@@ -330,7 +330,7 @@ def test_regional_generate_same_tokens(side):
 
 
 def test_compiled_check_gives_the_eager_flags():
-    """On CUDA the check runs compiled (one fused pass instead of a dozen); it must say what the eager one says."""
+    """On CUDA the check runs compiled (its passes fused into one); it must say what the eager one says."""
     from sdpa_rewrite.masks import MaskForm
 
     form = MaskForm(terms=((0, 1.0, (), None),), fills=())
