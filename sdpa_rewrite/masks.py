@@ -177,8 +177,9 @@ def _visible(sc: Scores, top_shape: tuple, values: dict) -> Optional[torch.Tenso
 def visible_pattern(form: MaskForm, top_shape: tuple, vals: list, masking: float = MASKING) -> Optional[tuple]:
     """(visible, is_mask): True where eager's softmax can give weight, and a bool tensor that broadcasts against
     it, True where the additive value is 0 or masking (at or below -`masking`), so that `is_mask.all()` says the
-    values are a 0 / masking pattern (read without a host sync); None when a fill is not a masking one. With `form.rows`, masking must also clear the rows' span (key_rows.py), and the rows must be finite
-    with room to spare: both read on the device, into is_mask."""
+    values are a 0 / masking pattern (read without a host sync); None when a fill is not a masking one. With
+    `form.rows`, masking must also clear the rows' span (key_rows.py), and the rows must be finite with room to
+    spare: both read on the device, into is_mask."""
     checks = []
     if form.rows:
         lo = hi = 0.0
