@@ -125,15 +125,32 @@ def export_forms(name: str, seq: int, forms: list, folder: str, tiny: bool) -> d
     return out
 
 
+def run_module(module: str, *argv) -> tuple:
+    """`python -m module argv...` in a fresh process from the repository root: (the JSON lines it printed, the
+    completed process)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-m", module, *map(str, argv)], cwd=root, capture_output=True, text=True)
+    return [json.loads(ln) for ln in done.stdout.splitlines() if ln.startswith("{")], done
+
+
+def last_line(done: subprocess.CompletedProcess) -> str:
+    return (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
+
+
+def over_rounds(runs: list, peak: str) -> dict:
+    """A form's row from its rounds: the round that peaked highest (`peak`), with `ms` the median of the rounds'
+    medians and every round's ms."""
+    row = dict(max(runs, key=lambda r: r[peak]))
+    row.update(ms=round(statistics.median(r["ms"] for r in runs), 3), rounds_ms=[r["ms"] for r in runs])
+    return row
+
+
 def time_in_process(path: str, folder: str, reps: int) -> dict:
     """Run one ONNX file in a fresh process (bench/ort_run.py): its time, peak memory and error against eager."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    done = subprocess.run([sys.executable, "-m", "bench.ort_run", path, folder, str(reps)], cwd=root,
-                          capture_output=True, text=True)
-    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+    lines, done = run_module("bench.ort_run", path, folder, reps)
     if done.returncode or not lines:
-        return {"error": (done.stderr.strip().splitlines() or ["no output"])[-1][:200]}
-    return json.loads(lines[-1])
+        return {"error": last_line(done)}
+    return lines[-1]
 
 
 def onnx_rows(a, record: Record) -> list:
@@ -156,9 +173,7 @@ def onnx_rows(a, record: Record) -> list:
                     row = {"model": name, "seq": seq, "form": form, **info}
                     runs = [r for r in rounds.get(form, []) if "ms" in r]
                     if runs:
-                        row.update(max(runs, key=lambda r: r["model_and_run_mib"]))      # the peak of the rounds
-                        row.update(ms=round(statistics.median(r["ms"] for r in runs), 3),
-                                   rounds_ms=[r["ms"] for r in runs])
+                        row.update(over_rounds(runs, "model_and_run_mib"))
                     elif form in rounds:
                         row.update(rounds[form][0])                                          # its error
                     base = row.get("ms") if form == "eager_ort" else base
@@ -173,7 +188,7 @@ def aoti_rows(a, record: Record) -> list:
     forms in turn; a row's `ms` is the median of its rounds' medians, `vs_first` against the first form's."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    rows = []
+    forms, rows = a.forms.split(",") if a.forms else list(AOTI_FORMS), []
     with tempfile.TemporaryDirectory() as folder:
         for name in a.models.split(","):
             longest = zoo.config(name, "eager", a.tiny).max_position_embeddings      # GPT-2's n_positions too
@@ -185,7 +200,6 @@ def aoti_rows(a, record: Record) -> list:
             # one package per length (--static), or one with the length dynamic for all of them
             for group in [[s] for s in seqs] if a.static else [seqs]:
                 seq_dim = None if a.static else torch.export.Dim("seq", min=16, max=max(group))
-                forms = a.forms.split(",") if a.forms else list(AOTI_FORMS)
                 packaged = {form: aoti_package(a, name, form, group, seq_dim, device, dtype, folder) for form in forms}
                 runs: dict = {form: [] for form, info in packaged.items() if "package" in info}
                 for _ in range(a.rounds):
@@ -198,9 +212,7 @@ def aoti_rows(a, record: Record) -> list:
                                **{k: v for k, v in info.items() if k != "package"}}
                         measured = [r[seq] for r in runs.get(form, []) if "ms" in r.get(seq, {})]
                         if measured:
-                            row.update(max(measured, key=lambda r: r["peak_mib"]))          # the peak of the rounds
-                            row.update(ms=round(statistics.median(r["ms"] for r in measured), 3),
-                                       rounds_ms=[r["ms"] for r in measured])
+                            row.update(over_rounds(measured, "peak_mib"))
                             row["vs_first"] = round(first.setdefault(seq, row["ms"]) / row["ms"], 3)
                         elif runs.get(form):
                             row.update(runs[form][0].get(seq, {}))                           # its error
@@ -240,15 +252,13 @@ def aoti_package(a, name, form, seqs, seq_dim, device, dtype, folder) -> dict:
 def time_package(package: str, name: str, shared: str, reps: int, seqs: list) -> dict:
     """Load and time one package at each length in a process of its own (bench/aoti_run.py): a crash in the
     package's native code costs this run, and its memory is the package's alone. {seq: row or {error}}."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    done = subprocess.run([sys.executable, "-m", "bench.aoti_run", package, name, shared, str(reps),
-                           *map(str, seqs)], cwd=root, capture_output=True, text=True)
-    measured = {r["seq"]: r for r in map(json.loads, (ln for ln in done.stdout.splitlines() if ln.startswith("{")))}
+    lines, done = run_module("bench.aoti_run", package, name, shared, reps, *seqs)
+    measured = {r["seq"]: r for r in lines}
     if len(measured) < len(seqs):
         print(done.stderr[-3000:], file=sys.stderr)     # faulthandler's stack of a crashed package
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
+        error = f"exit {done.returncode} while loading or running the package: {last_line(done)}"
         for seq in seqs:
-            measured.setdefault(seq, {"error": f"exit {done.returncode} while loading or running the package: {last}"})
+            measured.setdefault(seq, {"error": error})
     return measured
 
 
