@@ -21,7 +21,7 @@ Models: bench/zoo.py's llama8 (bf16, GQA 16/4) and gpt2 (fp16), and the windowed
 Gemma2-like ones (bf16) with their window set to `--window` so that a 2048-token prompt crosses it; those run the
 static forms, with transformers' flex path beside its sdpa one. GPT-2's prompts are cut to its 2048 positions.
 
-Every configuration (model, cache, batch, prompt) starts from `torch._dynamo.reset()`: each form compiles (two
+Every configuration (model, cache, batch, prompt) starts from `torch._dynamo.reset()`: each form compiles (three
 warm-up calls), then `--reps` timed rounds call every form once in turn. A call is greedy `generate()` of exactly
 `--new` tokens, timed on the wall clock with the device synchronised at both ends (prefill included: transformers
 runs the prompt uncompiled on the static path). Per form: the median call, tokens/s (batch · new / median), the
@@ -33,9 +33,10 @@ counters that moved in it (recompiles, graphs, CUDA-graph recordings and skips) 
 
 Why a form is slower shows in one profiled call per form, at `--profile-shape`: CUDA-graph replays, recordings and
 eager warm-up runs of Inductor's CUDA-graph trees, kernel launches outside graphs, host synchronisations and
-`cudaMemcpyAsync` calls per decode step, each with the ops it came from. Rows are saved to `--json` as they come; a
-configuration that would start after `--budget-s` is recorded as skipped. `--tiny` (2-layer models) checks the
-script on a CPU.
+`cudaMemcpyAsync` calls per decode step, each with the ops it came from, and the device time of a step (all its
+kernels; each kernel's launches and time a step, most first) beside the step's wall time. Rows are saved to `--json`
+as they come; a configuration that would start after `--budget-s` is recorded as skipped. `--tiny` (2-layer models)
+checks the script on a CPU.
 """
 from __future__ import annotations
 
@@ -202,6 +203,7 @@ def profile_call(model, ids, kwargs: dict, device: str, trees: GraphTreeCounts) 
         ms, _ = timed_call(model, ids, kwargs, device)
     steps = kwargs["max_new_tokens"] - 1             # decode steps; the prompt's forward gives the first token
     names, origins = collections.Counter(), collections.Counter()
+    kernel_us, kernel_n = collections.Counter(), collections.Counter()
     for e in prof.events():
         if e.device_type == torch.autograd.DeviceType.CPU:
             names[e.name] += 1
@@ -209,6 +211,8 @@ def profile_call(model, ids, kwargs: dict, device: str, trees: GraphTreeCounts) 
                 origins[f"{e.name} from {_origin(e)}"] += 1
         else:
             names["<kernel>"] += 1
+            kernel_us[e.name[:80]] += e.time_range.elapsed_us()
+            kernel_n[e.name[:80]] += 1
     tree = {k: trees.counts[k] - before[k] for k in ("replays", "recordings", "eager_runs")}
     return {"graph_replays_per_step": round(tree["replays"] / steps, 2),
             "graph_launches_per_step": round(names["cudaGraphLaunch"] / steps, 2),
@@ -217,7 +221,9 @@ def profile_call(model, ids, kwargs: dict, device: str, trees: GraphTreeCounts) 
             "kernels_per_step": round(names["<kernel>"] / steps, 1),
             "syncs_per_step": round(sum(names[n] for n in SYNCS) / steps, 2),
             "memcpy_per_step": round(names["cudaMemcpyAsync"] / steps, 2),
-            "profiled_ms": round(ms, 1),
+            "profiled_ms": round(ms, 1), "device_us_per_step": round(sum(kernel_us.values()) / steps, 1),
+            "kernels_us_per_step": {k: [round(kernel_n[k] / steps, 2), round(us / steps, 2)]
+                                    for k, us in kernel_us.most_common()},
             "sync_origins": {k: round(v / steps, 2) for k, v in origins.most_common(6)}}
 
 
@@ -286,14 +292,16 @@ def configuration(name: str, cache: str, batch: int, prompt: int, a, device: str
     trees = GraphTreeCounts()
     with listening() as log, torch.no_grad():
         try:
-            for form in list(forms):            # build and compile every form (two calls: compile, then record)
+            for form in list(forms):            # build and compile every form (three calls: compile, record, replay)
                 seen = len(log.messages)
                 models[form] = build(name, form, device, a.tiny, a.window)
                 kwargs = generate_kwargs(form, a.new)
+                prefill[form] = prefill_ms(models[form], ids, device) if cache == "static" else None
                 try:
                     with sdpa_rewrite.collect_reports() as reports[form]:
                         ms, out = timed_call(models[form], ids, kwargs, device)
-                        timed_call(models[form], ids, kwargs, device)
+                        for _ in range(2):
+                            timed_call(models[form], ids, kwargs, device)
                 except Exception as e:          # recorded, and the other forms go on
                     record.add("failed", {"model": name, "cache": cache, "shape": shape, "form": form,
                                           "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"})
@@ -301,7 +309,6 @@ def configuration(name: str, cache: str, batch: int, prompt: int, a, device: str
                     del models[form]
                     continue
                 first_s[form], tokens[form] = round(ms / 1e3, 1), out[:, -a.new:]
-                prefill[form] = prefill_ms(models[form], ids, device) if cache == "static" else None
                 warmup_log[form] = sorted(set(log.messages[seen:]))
             for _ in range(a.reps):             # the timed rounds: every form once in turn
                 for form in forms:
@@ -342,7 +349,8 @@ def configuration(name: str, cache: str, batch: int, prompt: int, a, device: str
 
 
 COLUMNS = ("model", "cache", "shape", "form", "tokens_per_s", "ms", "spread_pct", "iqr_pct", "prefill_ms",
-           "same_tokens", "sites", "graph_replays_per_step", "recordings", "launches_per_step", "syncs_per_step")
+           "same_tokens", "sites", "graph_replays_per_step", "recordings", "launches_per_step", "syncs_per_step",
+           "device_us_per_step")
 
 
 def table(rows: list) -> str:
