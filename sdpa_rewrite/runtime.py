@@ -29,7 +29,7 @@ import torch.fx as fx
 
 from .find import Attention, find
 from .fold import _RANDOM, Folder
-from .masks import MaskForm, _laid_out, _SymbolicRegroup, mask_form, visible_pattern
+from .masks import MaskForm, mask_form, visible_pattern
 from .rewrite import snapshot
 from .view import hashable, is_inplace, meta_value, same_batch, target_name
 
@@ -98,60 +98,29 @@ def runtime_kind(form: MaskForm, top_shape: tuple, values: Sequence) -> str:
 def pattern_flags(form: MaskForm, top_shape: tuple, *values) -> torch.Tensor:
     """[is a 0 / masking pattern, all visible, top-left causal, lower-right causal] as one bool tensor, no sync.
 
-    Each of the three patterns is constant along every diagonal (visibility is a function of j - i), so the check
-    asks that of the tensors the mask is made from: every element of each, laid out like the scores, equals its
-    upper-left neighbour. Then the mask is fixed by its first row and first column, and the patterns are read there
-    (lower-right: exact for L <= S, the only case runtime_kind reads it). The pass over the mask is one exact
-    comparison an element, fused into one loop when compiled. A mask whose masked values differ along a diagonal
-    (-inf in one place, the dtype's minimum in another) is a pattern this check does not take: it stays a mask,
-    which is always exact."""
+    Both causal patterns make visibility a function of j - i alone (constant along each diagonal), and such a
+    matrix is fixed by its first row and first column. So "causal" is: every element equals its upper-left
+    neighbour, every row sees key 0, and the first row is the pattern's first row (lower-right: exact for L <= S,
+    the only case runtime_kind reads it). Every reduction is taken over the same three pieces (the block past the
+    first row and column, the first row, the first column), so compiled they are one pass over the mask: a mask
+    that the model has just built is read from memory once."""
     L, S = top_shape[-2:]
-    laid = _laid_out_slots(form, top_shape, values)
-    if laid is None:
+    pattern = visible_pattern(form, top_shape, values)
+    if pattern is None:
         return torch.zeros(4, dtype=torch.bool, device=values[0].device)
-    form, values, slots = laid
-    invariant = torch.ones((), dtype=torch.bool, device=values[0].device)
-    for i in slots:
-        v = values[i]
-        invariant = invariant & (v[..., 1:, 1:] == v[..., :-1, :-1]).all()
-    row = visible_pattern(form, top_shape, [v[..., :1, :] if i in slots else v for i, v in enumerate(values)])
-    column = visible_pattern(form, top_shape, [v[..., :, :1] if i in slots else v for i, v in enumerate(values)])
-    if row is None or column is None:
-        return torch.zeros(4, dtype=torch.bool, device=values[0].device)
-    (first_row, row_is_mask), (first_column, column_is_mask) = row, column
-    keys = torch.arange(S, device=first_row.device)
-    sees_key_0 = invariant & first_column.all()
-    return torch.stack([invariant & row_is_mask.all() & column_is_mask.all(),
-                        invariant & first_row.all() & first_column.all(),
-                        sees_key_0 & (first_row == (keys <= 0)).all(),
-                        sees_key_0 & (first_row == (keys <= S - L)).all()])
+    visible, is_mask = pattern
+    visible = torch.broadcast_to(visible, tuple(visible.shape[:-2]) + (L, S)) if visible.dim() >= 2 else \
+        torch.broadcast_to(visible, (L, S))
+    is_mask = torch.broadcast_to(is_mask, visible.shape)
+    diagonal = (visible[..., 1:, 1:] == visible[..., :-1, :-1]).all() & visible[..., :, 0].all()
+    first_row, keys = visible[..., 0, :], torch.arange(S, device=visible.device)
+    return torch.stack([_all(is_mask), _all(visible), diagonal & (first_row == (keys <= 0)).all(),
+                        diagonal & (first_row == (keys <= S - L)).all()])
 
 
-def _laid_out_slots(form: MaskForm, top_shape: tuple, values: Sequence) -> Optional[tuple]:
-    """(form, values, slots): every tensor the mask's elements are computed from (terms, fills, their factors) laid
-    out like the scores and broadcast to their (L, S), the form reading them so, and those slots. None where a value
-    cannot be laid out. The rows' values stay whole: only their span is read."""
-    L, S = top_shape[-2:]
-    at = {}
-    for slot, _, _, where in form.terms:
-        at.setdefault(slot, []).append(where)
-    for slot, _, _, _, where in form.fills:
-        at.setdefault(slot, []).append(where)
-    factors = {s for t in form.terms for _, s, _ in t[2] if s is not None}
-    values = list(values)
-    try:
-        for slot in set(at) | factors:
-            v = values[slot]
-            if slot in at:
-                if len(set(at[slot])) > 1:
-                    return None
-                v = _laid_out(v, at[slot][0], top_shape)
-            values[slot] = torch.broadcast_to(v, torch.broadcast_shapes(v.shape, (L, S)))
-    except (RuntimeError, _SymbolicRegroup):
-        return None
-    form = dataclasses.replace(form, terms=tuple(t[:3] + (None,) for t in form.terms),
-                               fills=tuple(f[:4] + (None,) for f in form.fills))
-    return form, values, set(at) | factors
+def _all(x: torch.Tensor) -> torch.Tensor:
+    """x.all(), read as the block past the first row and column, the first row and the first column."""
+    return x[..., 1:, 1:].all() & x[..., 0, :].all() & x[..., :, 0].all()
 
 
 _compiled: dict = {}
