@@ -22,14 +22,16 @@ Gemma2-like ones (bf16) with their window set to `--window` so that a 2048-token
 static forms, with transformers' flex path beside its sdpa one. GPT-2's prompts are cut to its 2048 positions.
 
 Every configuration (model, cache, batch, prompt) starts from `torch._dynamo.reset()`: each form compiles (three
-warm-up calls), then `--reps` timed rounds call every form once in turn. A call is greedy `generate()` of exactly
-`--new` tokens, timed on the wall clock with the device synchronised at both ends (prefill included: transformers
-runs the prompt uncompiled on the static path). Per form: the median call, tokens/s (batch · new / median), the
-spread ((slowest − fastest) / median, and the interquartile range / median), the prefill alone on the static
-path (an uncompiled forward of the prompt), and `same_tokens`, the fraction of new tokens equal to the uncompiled
-sdpa model's in the same dtype (random weights in half precision tie often, so native forms are the yardstick
-there; `--check-tokens` compares again in fp32). Every timed call's time is kept, with the Dynamo and Inductor
-counters that moved in it (recompiles, graphs, CUDA-graph recordings and skips) and the recompile log's reasons.
+warm-up calls), an untimed round calls every form once in turn (the forms share the device's CUDA-graph tree: the
+first timed call has recorded its graphs again), then `--reps` timed rounds call every form once in turn. A call is
+greedy `generate()` of exactly `--new` tokens, timed on the wall clock with the device synchronised at both ends
+(prefill included: transformers runs the prompt uncompiled on the static path). Per form: the median call, tokens/s
+(batch · new / median), the spread ((slowest − fastest) / median, and the interquartile range / median), the prefill
+alone on the static path (an uncompiled forward of the prompt), and `same_tokens`, the fraction of new tokens equal
+to the uncompiled sdpa model's in the same dtype (random weights in half precision tie often, so native forms are
+the yardstick there; `--check-tokens` compares again in fp32). Every timed call's time is kept, with the Dynamo and
+Inductor counters that moved in it (recompiles, graphs, CUDA-graph recordings and skips) and the recompile log's
+reasons.
 
 Why a form is slower shows in one profiled call per form, at `--profile-shape`: CUDA-graph replays, recordings and
 eager warm-up runs of Inductor's CUDA-graph trees, kernel launches outside graphs, host synchronisations and
@@ -310,6 +312,8 @@ def configuration(name: str, cache: str, batch: int, prompt: int, a, device: str
                     continue
                 first_s[form], tokens[form] = round(ms / 1e3, 1), out[:, -a.new:]
                 warmup_log[form] = sorted(set(log.messages[seen:]))
+            for form in forms:                  # an untimed round in turn: Inductor's CUDA-graph trees are one per
+                timed_call(models[form], ids, generate_kwargs(form, a.new), device)   # device, shared by the forms
             for _ in range(a.reps):             # the timed rounds: every form once in turn
                 for form in forms:
                     before, seen = dynamo_counts(), len(log.messages)
