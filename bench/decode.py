@@ -333,13 +333,16 @@ def configuration(name: str, cache: str, batch: int, prompt: int, a, device: str
     for form in forms:
         t = sorted(times[form])
         median = statistics.median(t)
+        paired = [x / y for x, y in zip(times[forms[0]], times[form])]    # the first form's call / this form's
         q = statistics.quantiles(t, n=4) if len(t) > 1 else [t[0]] * 3
         done, found, _ = site_counts(reports[form])
         record.add("decode", {
             "model": name, "cache": cache, "shape": shape, "form": form,
             "tokens_per_s": round(batch * a.new / median * 1e3, 1), "ms": round(median, 1),
             "best_ms": round(t[0], 1), "spread_pct": round((t[-1] - t[0]) / median * 100, 1),
-            "iqr_pct": round((q[2] - q[0]) / median * 100, 1), "prefill_ms": prefill[form],
+            "iqr_pct": round((q[2] - q[0]) / median * 100, 1),
+            "paired": round(statistics.median(paired), 3) if paired else None,
+            "paired_wins": f"{sum(r > 1 for r in paired)}/{len(paired)}", "prefill_ms": prefill[form],
             "first_call_s": first_s[form], "same_tokens": round((tokens[form] == ref_tokens).float().mean().item(), 3),
             "same_tokens_fp32": tokens_fp32.get(form),
             "sites": f"{done}/{found}" if found else "", "reps": len(t), **profiles.get(form, {}),
@@ -352,7 +355,7 @@ def configuration(name: str, cache: str, batch: int, prompt: int, a, device: str
         torch.cuda.empty_cache()
 
 
-COLUMNS = ("model", "cache", "shape", "form", "tokens_per_s", "ms", "spread_pct", "iqr_pct", "prefill_ms",
+COLUMNS = ("model", "cache", "shape", "form", "tokens_per_s", "ms", "spread_pct", "iqr_pct", "paired", "prefill_ms",
            "same_tokens", "sites", "graph_replays_per_step", "recordings", "launches_per_step", "syncs_per_step",
            "device_us_per_step")
 
@@ -365,6 +368,27 @@ def table(rows: list) -> str:
         ratio = r["tokens_per_s"] / base[key]["tokens_per_s"] if base[key]["tokens_per_s"] else float("nan")
         out.append({**{c: r.get(c, "") for c in COLUMNS}, "vs_first": f"{ratio:.2f}x"})
     return tabulate(out, headers="keys", tablefmt="github")
+
+
+def kernel_differences(rows: list, floor_us: float = 0.5) -> str:
+    """Per profiled configuration, the kernels whose launches or device time a step differ between the first form
+    and each other one by more than `floor_us`: where one form's step does GPU work the other does not."""
+    out, base = [], {}
+    for r in rows:
+        if "kernels_us_per_step" not in r:
+            continue
+        key = (r["model"], r["cache"], r["shape"])
+        first = base.setdefault(key, r)
+        if first is r:
+            continue
+        a, b = first["kernels_us_per_step"], r["kernels_us_per_step"]
+        for name in set(a) | set(b):
+            (n0, us0), (n1, us1) = a.get(name, (0, 0.0)), b.get(name, (0, 0.0))
+            if abs(us1 - us0) > floor_us or abs(n1 - n0) >= 1:
+                out.append({"shape": r["shape"], "kernel": name[:70], first["form"]: f"{n0} × / {us0} us",
+                            r["form"]: f"{n1} × / {us1} us", "delta_us": round(us1 - us0, 2)})
+    out.sort(key=lambda x: -abs(x["delta_us"]))
+    return tabulate(out, headers="keys", tablefmt="github") if out else ""
 
 
 def main() -> int:
@@ -409,6 +433,10 @@ def main() -> int:
                     configuration(name, cache, batch, prompt, a, device, record)
     print(versions())
     print(table(record.tables.get("decode", [])))
+    differences = kernel_differences(record.tables.get("decode", []))
+    if differences:
+        print("kernels a decode step runs differently (per step, in the profiled call):")
+        print(differences)
     return 0
 
 

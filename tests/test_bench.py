@@ -224,6 +224,20 @@ def test_decode_forms_in_turn_same_tokens(tmp_path):
     assert [r["form"] for r in rows] == ["native_static", "backend_static"]
     assert all(r["same_tokens"] == 1.0 and r["same_tokens_fp32"] == 1.0 and len(r["calls_ms"]) == 2 for r in rows)
     assert rows[1]["sites"] == "2/2" and not rows[0]["sites"]
+    ratios = sorted(x / y for x, y in zip(rows[0]["calls_ms"], rows[1]["calls_ms"]))     # round by round
+    assert rows[0]["paired"] == 1.0 and rows[1]["paired"] == pytest.approx(sum(ratios) / 2, abs=0.01)  # calls_ms rounded
+
+
+def test_kernel_differences_name_what_one_step_runs_and_the_other_does_not():
+    """The decode profile's kernel table: a kernel only one form launches, or launches for longer, is listed with
+    its difference a step; kernels equal in both are not."""
+    from bench.decode import kernel_differences
+
+    rows = [{"model": "m", "cache": "static", "shape": "B1", "form": form, "kernels_us_per_step": kernels}
+            for form, kernels in (("native", {"gemm": [4, 40.0], "copy": [2, 3.0]}),
+                                  ("backend", {"gemm": [4, 40.2], "select": [1, 1.5]}))]
+    text = kernel_differences(rows)
+    assert "copy" in text and "select" in text and "gemm" not in text and "-3" in text and "1.5" in text
 
 
 def test_bench_lists_every_suite_with_its_script(capsys):
