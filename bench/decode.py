@@ -22,16 +22,16 @@ Gemma2-like ones (bf16) with their window set to `--window` so that a 2048-token
 static forms, with transformers' flex path beside its sdpa one. GPT-2's prompts are cut to its 2048 positions.
 
 Every configuration (model, cache, batch, prompt) starts from `torch._dynamo.reset()`: each form compiles (three
-warm-up calls), an untimed round calls every form once in turn (the forms share the device's CUDA-graph tree: the
-first timed call has recorded its graphs again), then `--reps` timed rounds call every form once in turn. A call is
-greedy `generate()` of exactly `--new` tokens, timed on the wall clock with the device synchronised at both ends
-(prefill included: transformers runs the prompt uncompiled on the static path). Per form: the median call, tokens/s
-(batch · new / median), the spread ((slowest − fastest) / median, and the interquartile range / median), the prefill
-alone on the static path (an uncompiled forward of the prompt), and `same_tokens`, the fraction of new tokens equal
-to the uncompiled sdpa model's in the same dtype (random weights in half precision tie often, so native forms are
-the yardstick there; `--check-tokens` compares again in fp32). Every timed call's time is kept, with the Dynamo and
-Inductor counters that moved in it (recompiles, graphs, CUDA-graph recordings and skips) and the recompile log's
-reasons.
+warm-up calls), untimed rounds call every form once in turn until a round records no CUDA graph (the forms share the
+device's CUDA-graph tree, and switching between them records again for a few rounds; `settle_rounds` in the rows),
+then `--reps` timed rounds call every form once in turn. A call is greedy `generate()` of exactly `--new` tokens,
+timed on the wall clock with the device synchronised at both ends (prefill included: transformers runs the prompt
+uncompiled on the static path). Per form: the median call, tokens/s (batch · new / median), the spread ((slowest −
+fastest) / median, and the interquartile range / median), the prefill alone on the static path (an uncompiled
+forward of the prompt), and `same_tokens`, the fraction of new tokens equal to the uncompiled sdpa model's in the
+same dtype (random weights in half precision tie often, so native forms are the yardstick there; `--check-tokens`
+compares again in fp32). Every timed call's time is kept, with the Dynamo and Inductor counters that moved in it
+(recompiles, graphs, CUDA-graph recordings and skips) and the recompile log's reasons.
 
 Why a form is slower shows in one profiled call per form, at `--profile-shape`: CUDA-graph replays, recordings and
 eager warm-up runs of Inductor's CUDA-graph trees, kernel launches outside graphs, host synchronisations and
@@ -241,6 +241,22 @@ def _origin(event) -> str:
     return " < ".join(names) + (" @ " + " | ".join(stack) if stack else "")
 
 
+SETTLE_ROUNDS = 8
+
+
+def settle(models: dict, forms: list, ids, new: int, device: str, trees: GraphTreeCounts) -> int:
+    """Untimed rounds, every form once in turn, until a round records no CUDA graph (at most SETTLE_ROUNDS): the
+    forms share the device's CUDA-graph tree, and switching between them has recorded graphs again for the first
+    few rounds at B8 and B32. Returns the rounds run."""
+    for rounds in range(1, SETTLE_ROUNDS + 1):
+        before = trees.counts["recordings"], dynamo_counts()["inductor.cudagraph_recorded_non_static_inputs"]
+        for form in forms:
+            timed_call(models[form], ids, generate_kwargs(form, new), device)
+        if (trees.counts["recordings"], dynamo_counts()["inductor.cudagraph_recorded_non_static_inputs"]) == before:
+            return rounds
+    return SETTLE_ROUNDS
+
+
 def fp32_tokens(name: str, forms: list, ids, a, device: str) -> dict:
     """Each form rebuilt and cast to fp32 (the weights rounded to the timed dtype first, as every form's are), TF32
     off: its new tokens against the uncompiled model's, cast the same way (half-precision greedy tokens of random
@@ -291,6 +307,7 @@ def configuration(name: str, cache: str, batch: int, prompt: int, a, device: str
     events = {form: [] for form in forms}             # (timed call, counters that moved in it)
     tokens_fp32 = {}
     profiles = {}
+    settle_rounds = [0]
     trees = GraphTreeCounts()
     with listening() as log, torch.no_grad():
         try:
@@ -312,8 +329,7 @@ def configuration(name: str, cache: str, batch: int, prompt: int, a, device: str
                     continue
                 first_s[form], tokens[form] = round(ms / 1e3, 1), out[:, -a.new:]
                 warmup_log[form] = sorted(set(log.messages[seen:]))
-            for form in forms:                  # an untimed round in turn: Inductor's CUDA-graph trees are one per
-                timed_call(models[form], ids, generate_kwargs(form, a.new), device)   # device, shared by the forms
+            settle_rounds[0] = settle(models, forms, ids, a.new, device, trees)
             for _ in range(a.reps):             # the timed rounds: every form once in turn
                 for form in forms:
                     before, seen = dynamo_counts(), len(log.messages)
@@ -345,7 +361,8 @@ def configuration(name: str, cache: str, batch: int, prompt: int, a, device: str
             "paired_wins": f"{sum(r > 1 for r in paired)}/{len(paired)}", "prefill_ms": prefill[form],
             "first_call_s": first_s[form], "same_tokens": round((tokens[form] == ref_tokens).float().mean().item(), 3),
             "same_tokens_fp32": tokens_fp32.get(form),
-            "sites": f"{done}/{found}" if found else "", "reps": len(t), **profiles.get(form, {}),
+            "sites": f"{done}/{found}" if found else "", "reps": len(t), "settle_rounds": settle_rounds[0],
+            **profiles.get(form, {}),
             "calls_ms": [round(x, 1) for x in times[form]], "calls_with_events": events[form] or None,
             "during_timed_calls": {k: v for k, v in during[form].items() if v} or None,
             "timed_log": sorted(timed_log[form])[:6] or None, "warmup_log": warmup_log[form][:6] or None})

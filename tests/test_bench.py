@@ -224,6 +224,7 @@ def test_decode_forms_in_turn_same_tokens(tmp_path):
     assert [r["form"] for r in rows] == ["native_static", "backend_static"]
     assert all(r["same_tokens"] == 1.0 and r["same_tokens_fp32"] == 1.0 and len(r["calls_ms"]) == 2 for r in rows)
     assert rows[1]["sites"] == "2/2" and not rows[0]["sites"]
+    assert all(r["settle_rounds"] == 1 for r in rows)          # no CUDA graph on the CPU: one untimed round settles
     ratios = sorted(x / y for x, y in zip(rows[0]["calls_ms"], rows[1]["calls_ms"]))     # round by round
     assert rows[0]["paired"] == 1.0 and rows[1]["paired"] == pytest.approx(sum(ratios) / 2, abs=0.01)  # calls_ms rounded
 
