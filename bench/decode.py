@@ -248,11 +248,14 @@ def settle(models: dict, forms: list, ids, new: int, device: str, trees: GraphTr
     """Untimed rounds, every form once in turn, until a round records no CUDA graph (at most SETTLE_ROUNDS): the
     forms share the device's CUDA-graph tree, and switching between them has recorded graphs again for the first
     few rounds at B8 and B32. Returns the rounds run."""
+    def recorded() -> tuple:
+        return trees.counts["recordings"], dynamo_counts()["inductor.cudagraph_recorded_non_static_inputs"]
+
     for rounds in range(1, SETTLE_ROUNDS + 1):
-        before = trees.counts["recordings"], dynamo_counts()["inductor.cudagraph_recorded_non_static_inputs"]
+        before = recorded()
         for form in forms:
             timed_call(models[form], ids, generate_kwargs(form, new), device)
-        if (trees.counts["recordings"], dynamo_counts()["inductor.cudagraph_recorded_non_static_inputs"]) == before:
+        if recorded() == before:
             return rounds
     return SETTLE_ROUNDS
 
@@ -307,7 +310,7 @@ def configuration(name: str, cache: str, batch: int, prompt: int, a, device: str
     events = {form: [] for form in forms}             # (timed call, counters that moved in it)
     tokens_fp32 = {}
     profiles = {}
-    settle_rounds = [0]
+    settle_rounds = 0
     trees = GraphTreeCounts()
     with listening() as log, torch.no_grad():
         try:
@@ -329,7 +332,7 @@ def configuration(name: str, cache: str, batch: int, prompt: int, a, device: str
                     continue
                 first_s[form], tokens[form] = round(ms / 1e3, 1), out[:, -a.new:]
                 warmup_log[form] = sorted(set(log.messages[seen:]))
-            settle_rounds[0] = settle(models, forms, ids, a.new, device, trees)
+            settle_rounds = settle(models, forms, ids, a.new, device, trees)
             for _ in range(a.reps):             # the timed rounds: every form once in turn
                 for form in forms:
                     before, seen = dynamo_counts(), len(log.messages)
@@ -361,7 +364,7 @@ def configuration(name: str, cache: str, batch: int, prompt: int, a, device: str
             "paired_wins": f"{sum(r > 1 for r in paired)}/{len(paired)}", "prefill_ms": prefill[form],
             "first_call_s": first_s[form], "same_tokens": round((tokens[form] == ref_tokens).float().mean().item(), 3),
             "same_tokens_fp32": tokens_fp32.get(form),
-            "sites": f"{done}/{found}" if found else "", "reps": len(t), "settle_rounds": settle_rounds[0],
+            "sites": f"{done}/{found}" if found else "", "reps": len(t), "settle_rounds": settle_rounds,
             **profiles.get(form, {}),
             "calls_ms": [round(x, 1) for x in times[form]], "calls_with_events": events[form] or None,
             "during_timed_calls": {k: v for k, v in during[form].items() if v} or None,
