@@ -3,7 +3,7 @@ configuration built in one process and timed in turn (A B A B ...), so no form g
 
     PYTHONPATH=. python bench/decode.py [--models llama8,gpt2,mistralw,gemma2w] [--batches 1,8,32]
                                         [--prompts 128,2048] [--caches static,dynamic] [--new 256] [--reps 10]
-                                        [--window 1024] [--profile-shape 1x128] [--check-tokens]
+                                        [--window 1024] [--profile-shape 1x128] [--check-tokens] [--mask-control]
                                         [--budget-s 540] [--json out.json] [--tiny]
 
 Forms, per cache:
@@ -12,6 +12,10 @@ Forms, per cache:
                                 static cache: transformers compiles the decode step with its default
                                 CompileConfig (Inductor, mode="reduce-overhead": CUDA graphs)
              native_flex_static the same with attn_implementation="flex_attention" (windowed / soft-capped models)
+             sdpa_eager_mask_static  with `--mask-control`: transformers' sdpa attention fed the float mask that
+                                transformers builds for eager models (`eager_mask`, registered as the attention
+                                implementation "sdpa_eager_mask"), same CompileConfig as native: the host work of
+                                the eager model outside the compiled step, with hand-written SDPA inside it
              backend_static     eager model, static cache, `CompileConfig(backend="sdpa_rewrite")`: the same
                                 default mode, handed to the backend by torch.compile
     dynamic  native_dynamic     sdpa model, dynamic cache, `model.forward = torch.compile(model.forward)`
@@ -27,8 +31,10 @@ device's CUDA-graph tree, and switching between them records again for a few rou
 then `--reps` timed rounds call every form once in turn. A call is greedy `generate()` of exactly `--new` tokens,
 timed on the wall clock with the device synchronised at both ends (prefill included: transformers runs the prompt
 uncompiled on the static path). Per form: the median call, tokens/s (batch · new / median), the spread ((slowest −
-fastest) / median, and the interquartile range / median), the prefill alone on the static path (an uncompiled
-forward of the prompt), and `same_tokens`, the fraction of new tokens equal to the uncompiled sdpa model's in the
+fastest) / median, and the interquartile range / median), `paired` (median over rounds of the first form's call /
+this form's), the prefill alone on the static path (an uncompiled forward of the prompt: eager attention for the eager
+model), `step_ms` and `step_paired` (the same with that prefill taken off each call and the rest divided by the new
+tokens: the decode steps, which are what the compiled step and its host code decide), and `same_tokens`, the fraction of new tokens equal to the uncompiled sdpa model's in the
 same dtype (random weights in half precision tie often, so native forms are the yardstick there; `--check-tokens`
 compares again in fp32). Every timed call's time is kept, with the Dynamo and Inductor counters that moved in it
 (recompiles, graphs, CUDA-graph recordings and skips) and the recompile log's reasons.
@@ -64,10 +70,26 @@ SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize
 LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx")
 
 
-def forms_of(model: str, cache: str) -> list:
+MASK_CONTROL = "sdpa_eager_mask"
+
+
+def forms_of(model: str, cache: str, mask_control: bool = False) -> list:
     if cache == "static" and model in WINDOWED:
         return ["native_static", "native_flex_static", "backend_static"]
+    if cache == "static" and mask_control and native_impl(model) == "sdpa":
+        return ["native_static", "sdpa_eager_mask_static", "backend_static"]
     return FORMS[cache]
+
+
+def register_mask_control() -> None:
+    """The attention implementation "sdpa_eager_mask": transformers' sdpa attention with the mask function of its
+    eager models, so that a form differs from the eager model only inside the compiled step."""
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import eager_mask
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    AttentionInterface.register(MASK_CONTROL, ALL_ATTENTION_FUNCTIONS["sdpa"])
+    AttentionMaskInterface.register(MASK_CONTROL, eager_mask)
 
 
 def overrides(name: str, tiny: bool, window: int) -> dict:
@@ -81,7 +103,10 @@ def native_impl(name: str) -> str:
 
 def build(name: str, form: str, device: str, tiny: bool, window: int):
     dtype = (torch.float16 if name == "gpt2" else torch.bfloat16) if device == "cuda" else torch.float32
-    impl = "eager" if form.startswith("backend") else "flex_attention" if "flex" in form else native_impl(name)
+    impl = ("eager" if form.startswith("backend") else "flex_attention" if "flex" in form
+            else MASK_CONTROL if form.startswith(MASK_CONTROL) else native_impl(name))
+    if impl == MASK_CONTROL:
+        register_mask_control()
     model = zoo.build(name, impl, device=device, dtype=dtype, tiny=tiny, **overrides(name, tiny, window))
     if form.endswith("static"):
         from transformers import CompileConfig
@@ -295,7 +320,7 @@ def prefill_ms(model, ids, device: str, reps: int = 3) -> float:
 
 
 def configuration(name: str, cache: str, batch: int, prompt: int, a, device: str, record: Record) -> None:
-    forms = forms_of(name, cache)
+    forms = forms_of(name, cache, getattr(a, "mask_control", False))
     torch._dynamo.reset()
     ids = zoo.inputs(name, batch, prompt, device=device)["input_ids"]
     shape = f"B{batch} P{prompt}+{a.new}"
@@ -353,6 +378,7 @@ def configuration(name: str, cache: str, batch: int, prompt: int, a, device: str
         t = sorted(times[form])
         median = statistics.median(t)
         paired = [x / y for x, y in zip(times[forms[0]], times[form])]    # the first form's call / this form's
+        steps = decode_steps(times, prefill, forms[0], form, a.new)
         q = statistics.quantiles(t, n=4) if len(t) > 1 else [t[0]] * 3
         done, found, _ = site_counts(reports[form])
         record.add("decode", {
@@ -361,7 +387,7 @@ def configuration(name: str, cache: str, batch: int, prompt: int, a, device: str
             "best_ms": round(t[0], 1), "spread_pct": round((t[-1] - t[0]) / median * 100, 1),
             "iqr_pct": round((q[2] - q[0]) / median * 100, 1),
             "paired": round(statistics.median(paired), 3) if paired else None,
-            "paired_wins": f"{sum(r > 1 for r in paired)}/{len(paired)}", "prefill_ms": prefill[form],
+            "paired_wins": f"{sum(r > 1 for r in paired)}/{len(paired)}", "prefill_ms": prefill[form], **steps,
             "first_call_s": first_s[form], "same_tokens": round((tokens[form] == ref_tokens).float().mean().item(), 3),
             "same_tokens_fp32": tokens_fp32.get(form),
             "sites": f"{done}/{found}" if found else "", "reps": len(t), "settle_rounds": settle_rounds,
@@ -375,7 +401,19 @@ def configuration(name: str, cache: str, batch: int, prompt: int, a, device: str
         torch.cuda.empty_cache()
 
 
+def decode_steps(times: dict, prefill: dict, first: str, form: str, new: int) -> dict:
+    """A form's decode steps alone: each call less the form's uncompiled prefill, over the new tokens (the static path
+    only, where transformers runs the prompt outside the compiled step), and the first form's / this form's, round by
+    round."""
+    if prefill.get(form) is None or prefill.get(first) is None or not times[form]:
+        return {"step_ms": None, "step_paired": None}
+    per_step = {f: [(ms - prefill[f]) / new for ms in times[f]] for f in (first, form)}
+    return {"step_ms": round(statistics.median(per_step[form]), 3),
+            "step_paired": round(statistics.median([x / y for x, y in zip(per_step[first], per_step[form])]), 3)}
+
+
 COLUMNS = ("model", "cache", "shape", "form", "tokens_per_s", "ms", "spread_pct", "iqr_pct", "paired", "prefill_ms",
+           "step_ms", "step_paired",
            "same_tokens", "sites", "graph_replays_per_step", "recordings", "launches_per_step", "syncs_per_step",
            "device_us_per_step")
 
@@ -424,6 +462,8 @@ def main() -> int:
     ap.add_argument("--profile-shape", default="1x128", help="BxP: the configuration profiled (one call per form)")
     ap.add_argument("--check-tokens", action="store_true",
                     help="at --profile-shape, every form again in fp32: new tokens against uncompiled fp32")
+    ap.add_argument("--mask-control", action="store_true",
+                    help="add the sdpa_eager_mask_static form to the static configurations of sdpa models")
     ap.add_argument("--budget-s", type=float, default=float("inf"))
     ap.add_argument("--json")
     ap.add_argument("--tiny", action="store_true")

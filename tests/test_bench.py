@@ -217,16 +217,44 @@ def test_decode_forms_in_turn_same_tokens(tmp_path):
     from bench import decode
 
     a = argparse.Namespace(tiny=True, new=4, reps=2, window=1024, profile=False, check_tokens=True,
-                           profiled=(1, 16))
+                           profiled=(1, 16), mask_control=True)
     record = Record(str(tmp_path / "decode.json"))
     decode.configuration("llama8", "static", 1, 16, a, "cpu", record)
     rows = record.tables["decode"]
-    assert [r["form"] for r in rows] == ["native_static", "backend_static"]
+    assert [r["form"] for r in rows] == ["native_static", "sdpa_eager_mask_static", "backend_static"]
     assert all(r["same_tokens"] == 1.0 and r["same_tokens_fp32"] == 1.0 and len(r["calls_ms"]) == 2 for r in rows)
-    assert rows[1]["sites"] == "2/2" and not rows[0]["sites"]
+    assert rows[2]["sites"] == "2/2" and not rows[0]["sites"] and not rows[1]["sites"]
     assert all(r["settle_rounds"] == 1 for r in rows)          # no CUDA graph on the CPU: one untimed round settles
-    ratios = sorted(x / y for x, y in zip(rows[0]["calls_ms"], rows[1]["calls_ms"]))     # round by round
-    assert rows[0]["paired"] == 1.0 and rows[1]["paired"] == pytest.approx(sum(ratios) / 2, abs=0.01)  # calls_ms rounded
+    ratios = sorted(x / y for x, y in zip(rows[0]["calls_ms"], rows[2]["calls_ms"]))     # round by round
+    assert rows[0]["paired"] == 1.0 and rows[2]["paired"] == pytest.approx(sum(ratios) / 2, abs=0.01)  # calls_ms rounded
+    assert rows[0]["step_paired"] == 1.0 and all(0 < r["step_ms"] < r["ms"] / 4 for r in rows)
+
+
+def test_mask_control_builds_the_eager_models_mask_for_sdpa_attention():
+    """The control form's model: transformers' sdpa attention, and the additive float mask of its eager models."""
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from bench import decode
+
+    model = decode.build("llama8", "sdpa_eager_mask_static", "cpu", True, 1024)
+    impl = model.config._attn_implementation
+    assert impl == decode.MASK_CONTROL and model.generation_config.cache_implementation is None
+    assert ALL_MASK_ATTENTION_FUNCTIONS[impl] is eager_mask
+    assert ALL_ATTENTION_FUNCTIONS[impl] is ALL_ATTENTION_FUNCTIONS["sdpa"]
+    assert decode.forms_of("llama8", "static", True)[1] == "sdpa_eager_mask_static"
+    assert decode.forms_of("gemma2w", "static", True) == ["native_static", "native_flex_static", "backend_static"]
+    assert decode.forms_of("llama8", "dynamic", True) == ["native_dynamic", "backend_dynamic"]
+
+
+def test_decode_steps_take_each_forms_prefill_off_its_calls():
+    from bench.decode import decode_steps
+
+    times = {"a": [110.0, 210.0, 130.0], "b": [60.0, 60.0, 70.0]}
+    steps = decode_steps(times, {"a": 10.0, "b": 20.0}, "a", "b", new=10)
+    assert steps["step_ms"] == 4.0                             # (60 - 20) / 10, (60 - 20) / 10, (70 - 20) / 10
+    assert steps["step_paired"] == 2.5                         # median of 10/4, 20/4, 12/5
+    assert decode_steps(times, {"a": None, "b": None}, "a", "b", new=10) == {"step_ms": None, "step_paired": None}
 
 
 def test_kernel_differences_name_what_one_step_runs_and_the_other_does_not():
