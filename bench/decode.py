@@ -27,8 +27,9 @@ static forms, with transformers' flex path beside its sdpa one. GPT-2's prompts 
 
 Every configuration (model, cache, batch, prompt) starts from `torch._dynamo.reset()`: each form compiles (three
 warm-up calls), untimed rounds call every form once in turn until a round records no CUDA graph (the forms share the
-device's CUDA-graph tree, and switching between them records again for a few rounds; `settle_rounds` in the rows),
-then `--reps` timed rounds call every form once in turn. A call is greedy `generate()` of exactly `--new` tokens,
+device's CUDA-graph tree, and switching between them records again for a few rounds; `settle_rounds` in the rows,
+and `settle_events`: whether those recordings were roots of the tree or children of another graph, and which
+invariant a recorded graph failed), then `--reps` timed rounds call every form once in turn. A call is greedy `generate()` of exactly `--new` tokens,
 timed on the wall clock with the device synchronised at both ends (prefill included: transformers runs the prompt
 uncompiled on the static path). Per form: the median call, tokens/s (batch · new / median), the spread ((slowest −
 fastest) / median, and the interquartile range / median), `paired` (median over rounds of the first form's call /
@@ -163,11 +164,15 @@ class GraphTreeCounts:
         manager = trees.CUDAGraphTreeManager
         for method, key in (("execute_node", "replays"), ("record_function", "recordings"),
                             ("run_eager", "eager_runs")):
-            original = getattr(manager, method, None)
-            if original is None:
-                continue
-            self._patched.append((manager, method, original))
-            setattr(manager, method, self._counting(original, key))
+            self._patch(manager, method, self._counting, key)
+        self._patch(manager, "record_function", self._placing)
+        self._patch(trees.CUDAGraphNode, "check_invariants", self._refusing)
+
+    def _patch(self, owner, method, wrap, *args) -> None:
+        original = getattr(owner, method, None)
+        if original is not None:
+            self._patched.append((owner, method, original))
+            setattr(owner, method, wrap(original, *args))
 
     def _counting(self, original, key):
         counts = self.counts
@@ -177,8 +182,31 @@ class GraphTreeCounts:
             return original(*args, **kwargs)
         return counted
 
+    def _placing(self, original):
+        """Where a new recording goes: a root of the tree, or a child of another recorded graph (the tree could
+        not end the path it was on, so the same function is recorded again under it)."""
+        counts = self.counts
+
+        def placed(manager, *args, **kwargs):
+            counts["recorded_as_root" if manager.current_node is None else "recorded_as_child"] += 1
+            return original(manager, *args, **kwargs)
+        return placed
+
+    def _refusing(self, original):
+        """Why a recorded graph was not replayed: the invariant it failed (static input moved, an output of an
+        earlier graph still alive, ...)."""
+        counts = self.counts
+
+        def checked(node, *args, **kwargs):
+            result = original(node, *args, **kwargs)
+            status = result[0] if isinstance(result, tuple) else result
+            if getattr(status, "name", "SUCCESS") != "SUCCESS" and status is not True:
+                counts[f"not_replayed:{getattr(status, 'name', status)}"] += 1
+            return result
+        return checked
+
     def restore(self) -> None:
-        for owner, method, original in self._patched:
+        for owner, method, original in reversed(self._patched):       # a method wrapped twice comes back whole
             setattr(owner, method, original)
 
 
@@ -217,6 +245,12 @@ def dynamo_counts() -> collections.Counter:
             if isinstance(value, int):
                 out[f"{group}.{key}"] = value
     return out
+
+
+def tree_counts(trees: GraphTreeCounts) -> collections.Counter:
+    """The CUDA-graph tree's recordings, where they went, and why recorded graphs were not replayed."""
+    return collections.Counter({f"cudagraph_trees.{k}": v for k, v in trees.counts.items()
+                                if k.startswith(("recorded_as", "not_replayed"))})
 
 
 def profile_call(model, ids, kwargs: dict, device: str, trees: GraphTreeCounts) -> dict:
@@ -335,7 +369,7 @@ def configuration(name: str, cache: str, batch: int, prompt: int, a, device: str
     events = {form: [] for form in forms}             # (timed call, counters that moved in it)
     tokens_fp32 = {}
     profiles = {}
-    settle_rounds = 0
+    settle_rounds, settle_events = 0, {}
     trees = GraphTreeCounts()
     with listening() as log, torch.no_grad():
         try:
@@ -357,12 +391,14 @@ def configuration(name: str, cache: str, batch: int, prompt: int, a, device: str
                     continue
                 first_s[form], tokens[form] = round(ms / 1e3, 1), out[:, -a.new:]
                 warmup_log[form] = sorted(set(log.messages[seen:]))
+            before = tree_counts(trees)
             settle_rounds = settle(models, forms, ids, a.new, device, trees)
+            settle_events = dict(tree_counts(trees) - before)
             for _ in range(a.reps):             # the timed rounds: every form once in turn
                 for form in forms:
-                    before, seen = dynamo_counts(), len(log.messages)
+                    before, seen = dynamo_counts() + tree_counts(trees), len(log.messages)
                     times[form].append(timed_call(models[form], ids, generate_kwargs(form, a.new), device)[0])
-                    moved = dynamo_counts() - before
+                    moved = dynamo_counts() + tree_counts(trees) - before
                     during[form] += moved
                     if moved:
                         events[form].append((len(times[form]) - 1, dict(moved)))
@@ -391,6 +427,7 @@ def configuration(name: str, cache: str, batch: int, prompt: int, a, device: str
             "first_call_s": first_s[form], "same_tokens": round((tokens[form] == ref_tokens).float().mean().item(), 3),
             "same_tokens_fp32": tokens_fp32.get(form),
             "sites": f"{done}/{found}" if found else "", "reps": len(t), "settle_rounds": settle_rounds,
+            "settle_events": settle_events or None,
             **profiles.get(form, {}),
             "calls_ms": [round(x, 1) for x in times[form]], "calls_with_events": events[form] or None,
             "during_timed_calls": {k: v for k, v in during[form].items() if v} or None,
