@@ -4,7 +4,7 @@ configuration built in one process and timed in turn (A B A B ...), so no form g
     PYTHONPATH=. python bench/decode.py [--models llama8,gpt2,mistralw,gemma2w] [--batches 1,8,32]
                                         [--prompts 128,2048] [--caches static,dynamic] [--new 256] [--reps 10]
                                         [--window 1024] [--profile-shape 1x128] [--check-tokens] [--mask-control]
-                                        [--compiled-prompt]
+                                        [--compiled-forward]
                                         [--budget-s 540] [--json out.json] [--tiny]
 
 Forms, per cache:
@@ -19,9 +19,11 @@ Forms, per cache:
                                 the eager model outside the compiled step, with hand-written SDPA inside it
              backend_static     eager model, static cache, `CompileConfig(backend="sdpa_rewrite")`: the same
                                 default mode, handed to the backend by torch.compile
-             backend_prompt_static  with `--compiled-prompt`: the same, and `forward` compiled by the backend as
-                                well, so the prompt's forward (which transformers runs uncompiled on this path)
-                                goes through it too
+             backend_forward_static  with `--compiled-forward`: the eager model, static cache, `forward` compiled
+                                by the backend in its default mode: the prompt's forward (which transformers runs
+                                uncompiled on the static path) goes through the backend too, and so do the decode
+                                steps, without CUDA graphs (transformers' auto-compile of the step finds `forward`
+                                compiled, and Dynamo runs that compiled code)
     dynamic  native_dynamic     sdpa model, dynamic cache, `model.forward = torch.compile(model.forward)`
              backend_dynamic    eager model, dynamic cache, `torch.compile(model.forward, backend="sdpa_rewrite")`
 
@@ -78,14 +80,14 @@ LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaun
 MASK_CONTROL = "sdpa_eager_mask"
 
 
-def forms_of(model: str, cache: str, mask_control: bool = False, compiled_prompt: bool = False) -> list:
+def forms_of(model: str, cache: str, mask_control: bool = False, compiled_forward: bool = False) -> list:
     if cache != "static":
         return FORMS[cache]
     forms = ["native_static", "native_flex_static", "backend_static"] if model in WINDOWED else list(FORMS[cache])
     if mask_control and native_impl(model) == "sdpa":
         forms.insert(1, "sdpa_eager_mask_static")
-    if compiled_prompt:
-        forms.append("backend_prompt_static")
+    if compiled_forward:
+        forms.append("backend_forward_static")
     return forms
 
 
@@ -123,7 +125,7 @@ def build(name: str, form: str, device: str, tiny: bool, window: int):
         if device != "cuda":
             config._compile_all_devices = True     # transformers auto-compiles the decode step on accelerators only
         model.generation_config.compile_config = config
-        if form == "backend_prompt_static":
+        if form == "backend_forward_static":
             model.forward = torch.compile(model.forward, backend="sdpa_rewrite")
     elif form == "native_dynamic":
         model.forward = torch.compile(model.forward)
@@ -363,7 +365,7 @@ def prefill_ms(model, ids, device: str, reps: int = 3) -> float:
 
 
 def configuration(name: str, cache: str, batch: int, prompt: int, a, device: str, record: Record) -> None:
-    forms = forms_of(name, cache, getattr(a, "mask_control", False), getattr(a, "compiled_prompt", False))
+    forms = forms_of(name, cache, getattr(a, "mask_control", False), getattr(a, "compiled_forward", False))
     torch._dynamo.reset()
     ids = zoo.inputs(name, batch, prompt, device=device)["input_ids"]
     shape = f"B{batch} P{prompt}+{a.new}"
@@ -510,8 +512,8 @@ def main() -> int:
                     help="at --profile-shape, every form again in fp32: new tokens against uncompiled fp32")
     ap.add_argument("--mask-control", action="store_true",
                     help="add the sdpa_eager_mask_static form to the static configurations of sdpa models")
-    ap.add_argument("--compiled-prompt", action="store_true",
-                    help="add the backend_prompt_static form: the prompt's forward compiled by the backend too")
+    ap.add_argument("--compiled-forward", action="store_true",
+                    help="add the backend_forward_static form: forward compiled by the backend, static cache")
     ap.add_argument("--budget-s", type=float, default=float("inf"))
     ap.add_argument("--json")
     ap.add_argument("--tiny", action="store_true")

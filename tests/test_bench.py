@@ -245,8 +245,8 @@ def test_mask_control_builds_the_eager_models_mask_for_sdpa_attention():
     assert decode.forms_of("llama8", "static", True)[1] == "sdpa_eager_mask_static"
     assert decode.forms_of("gemma2w", "static", True) == ["native_static", "native_flex_static", "backend_static"]
     assert decode.forms_of("llama8", "dynamic", True) == ["native_dynamic", "backend_dynamic"]
-    assert decode.forms_of("llama8", "static", compiled_prompt=True) == ["native_static", "backend_static",
-                                                                         "backend_prompt_static"]
+    assert decode.forms_of("llama8", "static", compiled_forward=True) == ["native_static", "backend_static",
+                                                                         "backend_forward_static"]
 
 
 def test_decode_steps_take_each_forms_prefill_off_its_calls():

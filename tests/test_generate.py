@@ -84,6 +84,40 @@ def test_compile_config_with_its_default_mode_takes_the_backend():
     assert sites and all(s.rewritten for s in sites) and all(s.q[-2] == 1 for s in sites), sites
 
 
+def test_compiled_forward_beside_compile_config_takes_the_prompt_and_the_steps(monkeypatch):
+    """With `forward` compiled by the backend as well, the prompt (which transformers runs uncompiled on the static
+    path) goes through the backend, and so does every decode step, in the forward's own mode: transformers'
+    auto-compile of the step finds `forward` compiled and Dynamo runs that code (no CUDA graphs; docs/integrations.md
+    says so)."""
+    from transformers import CompileConfig
+
+    import sdpa_rewrite.backend as backend
+
+    modes = []
+    real = backend.compile_downstream
+
+    def spy(downstream, gm, inputs, mode=None, config=None):
+        modes.append(mode)
+        return real(downstream, gm, inputs, mode=mode, config=config)
+
+    monkeypatch.setattr(backend, "compile_downstream", spy)
+    model = llama()
+    ids = torch.randint(3, 128, (2, 6), generator=torch.Generator().manual_seed(0))
+    kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=0, cache_implementation="static")
+    ref = model.generate(ids, **kwargs)
+    config = CompileConfig(backend="sdpa_rewrite")
+    config._compile_all_devices = True            # transformers auto-compiles on accelerators only; the CPU for the test
+    model.generation_config.compile_config = config
+    model.forward = torch.compile(model.forward, backend="sdpa_rewrite", options={"downstream": "eager"})
+    with sdpa_rewrite.collect_reports() as reports:
+        out = model.generate(ids, **kwargs)
+    sites = [s for r in reports for s in r.sites]
+    assert torch.equal(out, ref)
+    assert sites and all(s.rewritten for s in sites), sites
+    assert {s.q[-2] for s in sites} == {6, 1}                      # the prompt's sites and the decode step's
+    assert modes and all(m is None for m in modes), modes          # the forward's compile, not reduce-overhead
+
+
 @pytest.mark.slow
 def test_reduce_overhead_mode_reaches_inductor_with_cuda_graphs(monkeypatch):
     """`torch.compile(fn, backend="sdpa_rewrite", mode="reduce-overhead")`: the mode reaches Inductor as its CUDA-graph
