@@ -33,18 +33,20 @@ static forms, with transformers' flex path beside its sdpa one. GPT-2's prompts 
 
 Every configuration (model, cache, batch, prompt) starts from `torch._dynamo.reset()`: each form compiles (three
 warm-up calls), untimed rounds call every form once in turn until a round records no CUDA graph (the forms share the
-device's CUDA-graph tree, and switching between them records again for a few rounds; `settle_rounds` in the rows,
-and `settle_events`: whether those recordings were roots of the tree or children of another graph, and which
-invariant a recorded graph failed), then `--reps` timed rounds call every form once in turn. A call is greedy `generate()` of exactly `--new` tokens,
-timed on the wall clock with the device synchronised at both ends (prefill included: transformers runs the prompt
-uncompiled on the static path). Per form: the median call, tokens/s (batch · new / median), the spread ((slowest −
-fastest) / median, and the interquartile range / median), `paired` (median over rounds of the first form's call /
-this form's), the prefill alone on the static path (an uncompiled forward of the prompt: eager attention for the eager
-model), `step_ms` and `step_paired` (the same with that prefill taken off each call and the rest divided by the new
-tokens: the decode steps, which are what the compiled step and its host code decide), and `same_tokens`, the fraction of new tokens equal to the uncompiled sdpa model's in the
-same dtype (random weights in half precision tie often, so native forms are the yardstick there; `--check-tokens`
-compares again in fp32). Every timed call's time is kept, with the Dynamo and Inductor counters that moved in it
-(recompiles, graphs, CUDA-graph recordings and skips) and the recompile log's reasons.
+device's CUDA-graph tree, and switching between them records again for a few rounds; `settle_rounds` in the rows, and
+`settle_events`: whether those recordings were roots of the tree or children of another graph, and which invariant a
+recorded graph failed), then `--reps` timed rounds call every form once in turn. A call is greedy `generate()` of
+exactly `--new` tokens, timed on the wall clock with the device synchronised at both ends (prefill included:
+transformers runs the prompt uncompiled on the static path). Per form: the median call, tokens/s (batch · new /
+median), the spread ((slowest − fastest) / median, and the interquartile range / median), `paired` (median over rounds
+of the first form's call / this form's), the prefill alone on the static path (the prompt's forward as the form runs
+it: uncompiled, so eager attention for the eager model, unless `forward` is compiled), `step_ms` and `step_paired`
+(the same with that prefill taken off each call and the rest divided by the new tokens: the decode steps, which are
+what the compiled step and its host code decide), and `same_tokens`, the fraction of new tokens equal to the
+uncompiled sdpa model's in the same dtype (random weights in half precision tie often, so native forms are the
+yardstick there; `--check-tokens` compares again in fp32). Every timed call's time is kept, with the Dynamo and
+Inductor counters that moved in it (recompiles, graphs, CUDA-graph recordings and skips, the tree's roots and failed
+invariants) and the recompile log's reasons.
 
 Why a form is slower shows in one profiled call per form, at `--profile-shape`: CUDA-graph replays, recordings and
 eager warm-up runs of Inductor's CUDA-graph trees, kernel launches outside graphs, host synchronisations and
@@ -450,8 +452,8 @@ def configuration(name: str, cache: str, batch: int, prompt: int, a, device: str
 
 
 def decode_steps(times: dict, prefill: dict, first: str, form: str, new: int) -> dict:
-    """A form's decode steps alone: each call less the form's uncompiled prefill, over the new tokens (the static path
-    only, where transformers runs the prompt outside the compiled step), and the first form's / this form's, round by
+    """A form's decode steps alone: each call less the form's prefill, over the new tokens (the static path only,
+    where transformers runs the prompt outside the compiled step), and the first form's / this form's, round by
     round."""
     if prefill.get(form) is None or prefill.get(first) is None or not times[form]:
         return {"step_ms": None, "step_paired": None}

@@ -106,7 +106,7 @@ def test_compiled_forward_beside_compile_config_takes_the_prompt_and_the_steps(m
     kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=0, cache_implementation="static")
     ref = model.generate(ids, **kwargs)
     config = CompileConfig(backend="sdpa_rewrite")
-    config._compile_all_devices = True            # transformers auto-compiles on accelerators only; the CPU for the test
+    config._compile_all_devices = True            # transformers auto-compiles on accelerators only
     model.generation_config.compile_config = config
     model.forward = torch.compile(model.forward, backend="sdpa_rewrite", options={"downstream": "eager"})
     with sdpa_rewrite.collect_reports() as reports:
