@@ -175,8 +175,7 @@ class GraphTreeCounts:
         except ImportError:
             return
         manager = trees.CUDAGraphTreeManager
-        for method, key in (("execute_node", "replays"), ("record_function", "recordings"),
-                            ("run_eager", "eager_runs")):
+        for method, key in (("execute_node", "replays"), ("run_eager", "eager_runs")):
             self._patch(manager, method, self._counting, key)
         self._patch(manager, "record_function", self._placing)
         self._patch(trees.CUDAGraphNode, "check_invariants", self._refusing)
@@ -196,11 +195,12 @@ class GraphTreeCounts:
         return counted
 
     def _placing(self, original):
-        """Where a new recording goes: a root of the tree, or a child of another recorded graph (the tree could
-        not end the path it was on, so the same function is recorded again under it)."""
+        """Recordings, and where each goes: a root of the tree, or a child of another recorded graph (the tree
+        could not end the path it was on, so the same function is recorded again under it)."""
         counts = self.counts
 
         def placed(manager, *args, **kwargs):
+            counts["recordings"] += 1
             counts["recorded_as_root" if manager.current_node is None else "recorded_as_child"] += 1
             return original(manager, *args, **kwargs)
         return placed
@@ -219,7 +219,7 @@ class GraphTreeCounts:
         return checked
 
     def restore(self) -> None:
-        for owner, method, original in reversed(self._patched):       # a method wrapped twice comes back whole
+        for owner, method, original in self._patched:
             setattr(owner, method, original)
 
 

@@ -84,13 +84,8 @@ def test_compile_config_with_its_default_mode_takes_the_backend():
     assert sites and all(s.rewritten for s in sites) and all(s.q[-2] == 1 for s in sites), sites
 
 
-def test_compiled_forward_beside_compile_config_takes_the_prompt_and_the_steps(monkeypatch):
-    """With `forward` compiled by the backend as well, the prompt (which transformers runs uncompiled on the static
-    path) goes through the backend, and so does every decode step, in the forward's own mode: transformers'
-    auto-compile of the step finds `forward` compiled and Dynamo runs that code (no CUDA graphs; docs/integrations.md
-    says so)."""
-    from transformers import CompileConfig
-
+def _downstream_modes(monkeypatch) -> list:
+    """The Inductor mode of every compile the backend hands downstream, in order."""
     import sdpa_rewrite.backend as backend
 
     modes = []
@@ -101,6 +96,17 @@ def test_compiled_forward_beside_compile_config_takes_the_prompt_and_the_steps(m
         return real(downstream, gm, inputs, mode=mode, config=config)
 
     monkeypatch.setattr(backend, "compile_downstream", spy)
+    return modes
+
+
+def test_compiled_forward_beside_compile_config_takes_the_prompt_and_the_steps(monkeypatch):
+    """With `forward` compiled by the backend as well, the prompt (which transformers runs uncompiled on the static
+    path) goes through the backend, and so does every decode step, in the forward's own mode: transformers'
+    auto-compile of the step finds `forward` compiled and Dynamo runs that code (no CUDA graphs; docs/integrations.md
+    says so)."""
+    from transformers import CompileConfig
+
+    modes = _downstream_modes(monkeypatch)
     model = llama()
     ids = torch.randint(3, 128, (2, 6), generator=torch.Generator().manual_seed(0))
     kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=0, cache_implementation="static")
@@ -124,14 +130,7 @@ def test_reduce_overhead_mode_reaches_inductor_with_cuda_graphs(monkeypatch):
     config, and run-time verdicts (a host sync per new mask) are off under it."""
     import sdpa_rewrite.backend as backend
 
-    seen = {}
-    real = backend.compile_downstream
-
-    def spy(downstream, gm, inputs, mode=None, config=None):
-        seen["mode"] = mode
-        return real(downstream, gm, inputs, mode=mode, config=config)
-
-    monkeypatch.setattr(backend, "compile_downstream", spy)
+    modes = _downstream_modes(monkeypatch)
     model = llama()
     ids = torch.randint(3, 128, (1, 6), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -139,7 +138,7 @@ def test_reduce_overhead_mode_reaches_inductor_with_cuda_graphs(monkeypatch):
         with sdpa_rewrite.collect_reports() as reports:
             out = torch.compile(model.forward, backend="sdpa_rewrite", mode="reduce-overhead")(ids).logits
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-    assert seen["mode"] == "reduce-overhead"
+    assert modes and modes[-1] == "reduce-overhead"
     assert backend._cuda_graphs("inductor", "reduce-overhead", {})
     assert reports and all(s.rewritten for r in reports for s in r.sites)
 
